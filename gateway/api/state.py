@@ -1,0 +1,32 @@
+"""What the lifespan builds and the handlers use, as one typed object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
+
+from gateway.config import Settings
+from gateway.db.writer import LogWriter
+from gateway.metrics import Metrics
+from gateway.services.auth import KeyRing
+from gateway.services.proxy import ProxyService
+from gateway.shadow.dispatcher import ShadowDispatcher
+
+
+@dataclass
+class GatewayState:
+    settings: Settings
+    metrics: Metrics
+    keys: KeyRing
+    proxy: ProxyService
+    dispatcher: ShadowDispatcher
+    writer: LogWriter
+    engine: AsyncEngine
+    started_at: int
+
+
+def gateway_state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state

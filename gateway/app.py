@@ -1,0 +1,100 @@
+"""The ASGI application: ``create_app(settings)`` and the lifespan that owns every resource."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+
+from gateway import __version__
+from gateway.api import health, openai
+from gateway.api.errors import (
+    gateway_error_handler,
+    http_exception_handler,
+    unexpected_error_handler,
+)
+from gateway.api.state import GatewayState
+from gateway.clients.upstream import new_session
+from gateway.config import Settings, load_settings
+from gateway.db.engine import create_engine, plain_dsn
+from gateway.db.writer import LogWriter
+from gateway.errors import ConfigError, GatewayError
+from gateway.metrics import Metrics
+from gateway.services.auth import KeyRing
+from gateway.services.proxy import ProxyService
+from gateway.shadow.dispatcher import ShadowDispatcher
+
+_log = logging.getLogger("shadow_gateway")
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
+    if not settings.database_url:
+        raise ConfigError("no database URL: set DATABASE_URL (the CLI starts an embedded one)")
+    database_url = settings.database_url
+    metrics = metrics or Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        config = settings.config
+        upstream_keys = {k: v.get_secret_value() for k, v in settings.upstream_keys.items()}
+        engine = create_engine(database_url, config.database)
+        writer = LogWriter(
+            plain_dsn(database_url),
+            settings.data_dir / "journal",
+            config.log_writer,
+            metrics,
+            connect_timeout_s=config.database.connect_timeout_s,
+        )
+        await writer.start()
+        teacher_session = new_session(max_connections=0)  # 0: unlimited; the app bounds it
+        student_session = new_session(
+            max_connections=sum(r.student.max_concurrency for r in config.routes if r.student)
+        )
+        dispatcher = ShadowDispatcher(
+            student_session, config.routes, upstream_keys, writer, metrics
+        )
+        app.state.gateway = GatewayState(
+            settings=settings,
+            metrics=metrics,
+            keys=KeyRing(settings.api_keys),
+            proxy=ProxyService(config, upstream_keys, teacher_session, dispatcher, writer, metrics),
+            dispatcher=dispatcher,
+            writer=writer,
+            engine=engine,
+            started_at=int(time.time()),
+        )
+        _log.info("shadow-gateway %s ready: %d route(s)", __version__, len(config.routes))
+        try:
+            yield
+        finally:
+            # Requests are finished (the server drained them); now the background work.
+            await dispatcher.drain(config.server.drain_timeout_s)
+            await writer.close()
+            await student_session.close()
+            await teacher_session.close()
+            await engine.dispose()
+            _log.info("shadow-gateway stopped; log queue drained")
+
+    app = FastAPI(
+        title="shadow-gateway",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.router.routes.extend(openai.routes)
+    app.include_router(health.router)
+    app.add_exception_handler(GatewayError, gateway_error_handler)
+    app.add_exception_handler(HTTPException, http_exception_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` and multi-worker runs: config path from the env."""
+    return create_app(load_settings(os.environ.get("SHADOW_GATEWAY_CONFIG")))

@@ -1,0 +1,1 @@
+"""Upstream HTTP clients (teacher and student)."""

@@ -1,0 +1,176 @@
+"""HTTP calls to the teacher and the student.
+
+aiohttp is the transport: measured on this project's benchmark machine it costs a fraction of
+httpx's default transport per request, and the upstream call dominates the gateway's own CPU
+cost on the request path (see docs/benchmarks.md). Teacher and student each get their own
+``ClientSession`` (own connection pool), so a slow student can never exhaust the teacher's
+connections. aiohttp's exceptions stop here: callers see the gateway's own errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+
+from gateway.errors import TeacherHTTPError, TeacherTimeout, TeacherUnreachable
+
+JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One upstream endpoint as the clients need it, resolved from config once."""
+
+    url: str  # full URL of the endpoint, e.g. http://host/v1/chat/completions
+    headers: Mapping[str, str]
+    timeout: aiohttp.ClientTimeout
+    stream_timeout: aiohttp.ClientTimeout
+
+
+def make_upstream(
+    base_url: str, path: str, api_key: str | None, timeout_s: float, connect_timeout_s: float
+) -> Upstream:
+    headers = dict(JSON_HEADERS)
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return Upstream(
+        url=base_url.rstrip("/") + path,
+        headers=headers,
+        timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s),
+        # A stream may run long; what must not happen is a silence longer than timeout_s.
+        stream_timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout_s, sock_read=timeout_s
+        ),
+    )
+
+
+def new_session(max_connections: int) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300)
+    # The body is relayed as received: no transparent decompression surprises, no cookies.
+    return aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=True,
+        raise_for_status=False,
+    )
+
+
+@dataclass(frozen=True)
+class UpstreamReply:
+    status: int
+    body: bytes
+    content_type: str | None
+
+
+class TeacherStream:
+    """An open SSE response from the teacher; iterate it to relay chunks as they arrive."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.content_type = response.headers.get("Content-Type", "text/event-stream")
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+        except TimeoutError as exc:
+            raise TeacherTimeout("the teacher stopped sending within its timeout") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise TeacherUnreachable(f"the teacher's stream broke off: {exc}") from exc
+        finally:
+            self._response.release()
+
+    def close(self) -> None:
+        self._response.close()
+
+
+async def call_teacher(
+    session: aiohttp.ClientSession, upstream: Upstream, body: bytes
+) -> UpstreamReply:
+    """POST ``body`` and read the whole answer; raise a GatewayError on any failure."""
+    try:
+        async with session.post(
+            upstream.url, data=body, headers=upstream.headers, timeout=upstream.timeout
+        ) as response:
+            payload = await response.read()
+            content_type = response.headers.get("Content-Type")
+    except TimeoutError as exc:
+        raise TeacherTimeout(
+            f"the teacher did not answer within {upstream.timeout.total:g} s"
+        ) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise TeacherUnreachable(f"cannot reach the teacher: {exc}") from exc
+    if response.status >= 400:
+        raise TeacherHTTPError(response.status, payload, content_type)
+    return UpstreamReply(response.status, payload, content_type)
+
+
+async def open_teacher_stream(
+    session: aiohttp.ClientSession, upstream: Upstream, body: bytes
+) -> TeacherStream:
+    """POST a ``stream: true`` request and return once the status line and headers are in."""
+    try:
+        response = await session.post(
+            upstream.url, data=body, headers=upstream.headers, timeout=upstream.stream_timeout
+        )
+    except TimeoutError as exc:
+        raise TeacherTimeout("the teacher did not start its answer within its timeout") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise TeacherUnreachable(f"cannot reach the teacher: {exc}") from exc
+    if response.status >= 400:
+        try:
+            payload = await response.read()
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            payload = b""
+        finally:
+            response.release()
+        raise TeacherHTTPError(response.status, payload, response.headers.get("Content-Type"))
+    return TeacherStream(response)
+
+
+@dataclass(frozen=True)
+class StudentReply:
+    """What the student said, or why it said nothing. Never raises: the student is optional."""
+
+    outcome: str  # ok | timeout | unreachable | http_error | invalid_response
+    status: int | None
+    body: bytes
+    latency_s: float
+    error: str | None = None
+
+
+async def call_student(
+    session: aiohttp.ClientSession, upstream: Upstream, body: bytes
+) -> StudentReply:
+    started = time.perf_counter()
+    try:
+        async with session.post(
+            upstream.url, data=body, headers=upstream.headers, timeout=upstream.timeout
+        ) as response:
+            payload = await response.read()
+    except TimeoutError:
+        return StudentReply(
+            "timeout",
+            None,
+            b"",
+            time.perf_counter() - started,
+            f"no answer within {upstream.timeout.total:g} s",
+        )
+    except (aiohttp.ClientError, OSError) as exc:
+        return StudentReply("unreachable", None, b"", time.perf_counter() - started, str(exc))
+    except asyncio.CancelledError:
+        raise
+    latency = time.perf_counter() - started
+    if response.status >= 400:
+        return StudentReply(
+            "http_error",
+            response.status,
+            payload,
+            latency,
+            f"HTTP {response.status}: {payload[:300].decode('utf-8', 'replace')}",
+        )
+    return StudentReply("ok", response.status, payload, latency)

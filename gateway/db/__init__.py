@@ -1,0 +1,1 @@
+"""Postgres: tables, engine, batched log writer, journal, embedded server, migrations."""

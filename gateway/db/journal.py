@@ -1,0 +1,128 @@
+"""An append-only local journal for log records Postgres could not take.
+
+Each process appends to its own file (``journal-<pid>-<random>.jsonl``) and holds an exclusive
+``flock`` on it while alive. Any process may replay a file nobody holds, so records a killed
+worker left behind are picked up by whichever worker runs next. Lines are written whole and
+fsync'd per batch; a torn last line (power loss, SIGKILL mid-write) is skipped on replay and
+counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+_log = logging.getLogger("shadow_gateway.journal")
+_DATETIME_COLUMNS = ("created_at", "completed_at")
+
+Record = dict[str, Any]
+
+
+def _decode(line: bytes) -> Record | None:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or "request_id" not in record:
+        return None
+    for column in _DATETIME_COLUMNS:
+        value = record.get(column)
+        if isinstance(value, str):
+            record[column] = datetime.fromisoformat(value)
+    return record
+
+
+class Journal:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._path: Path | None = None
+        self._file: IO[bytes] | None = None
+        self.records = 0  # records in this process's own file, not yet replayed
+
+    def open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._path = self.directory / f"journal-{os.getpid()}-{secrets.token_hex(4)}.jsonl"
+        self._file = self._path.open("ab")
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def close(self) -> None:
+        if self._file is None:
+            return
+        self._file.close()
+        self._file = None
+        if self._path is not None and self.records == 0:
+            self._path.unlink(missing_ok=True)
+
+    def append(self, records: list[Record]) -> None:
+        """Write ``records`` durably; raise OSError if the disk refuses."""
+        if self._file is None:
+            raise OSError("the journal is not open")
+        data = b"".join(orjson.dumps(record) + b"\n" for record in records)
+        self._file.write(data)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.records += len(records)
+
+    def orphans(self) -> list[Path]:
+        """Journal files of processes that are gone (their lock is free)."""
+        found = []
+        for path in sorted(self.directory.glob("journal-*.jsonl")):
+            if path == self._path:
+                continue
+            try:
+                with path.open("rb") as handle:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            except BlockingIOError:
+                continue  # a live process holds it
+            except FileNotFoundError:
+                continue  # another process replayed and removed it meanwhile
+            found.append(path)
+        return found
+
+    def has_backlog(self) -> bool:
+        return self.records > 0 or bool(self.orphans())
+
+    def read_own(self) -> Iterator[Record]:
+        if self._path is not None and self.records:
+            yield from self.read(self._path)
+
+    def read(self, path: Path) -> Iterator[Record]:
+        torn = 0
+        with path.open("rb") as handle:
+            for line in handle:
+                record = _decode(line)
+                if record is None:
+                    torn += 1
+                    continue
+                yield record
+        if torn:
+            _log.warning("journal %s: skipped %d unreadable line(s)", path.name, torn)
+
+    def claim(self, path: Path) -> IO[bytes] | None:
+        """Lock an orphan file for replay; None if someone else got it first."""
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        return handle
+
+    def truncate_own(self) -> None:
+        if self._file is not None:
+            self._file.truncate(0)
+            self._file.seek(0)
+            os.fsync(self._file.fileno())
+        self.records = 0

@@ -1,0 +1,69 @@
+"""Table definitions, kept equal to what the Alembic migrations create (a test compares them).
+
+The migrations are the truth for the schema; these objects exist so queries are written
+against typed columns, and so the log writer knows each column's Postgres type.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("request_id", Text, primary_key=True),
+    Column("route", Text, nullable=False),
+    Column("endpoint", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("completed_at", DateTime(timezone=True)),
+    Column("mode", Text, nullable=False),
+    Column("served_by", Text),
+    Column("fallback_reason", Text),
+    Column("stream", Boolean),
+    Column("status_code", Integer),
+    Column("error_type", Text),
+    Column("error_message", Text),
+    Column("slices", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("request_payload", JSONB),
+    Column("teacher_model", Text),
+    Column("teacher_status", Integer),
+    Column("teacher_output", Text),
+    Column("teacher_response", JSONB),
+    Column("teacher_finish_reason", Text),
+    Column("teacher_latency_ms", Float),
+    Column("teacher_prompt_tokens", Integer),
+    Column("teacher_completion_tokens", Integer),
+    Column("teacher_error", Text),
+    Column("student_model", Text),
+    Column("student_url", Text),
+    Column("student_status", Text),
+    Column("student_http_status", Integer),
+    Column("student_output", Text),
+    Column("student_response", JSONB),
+    Column("student_logprobs", JSONB),
+    Column("student_finish_reason", Text),
+    Column("student_latency_ms", Float),
+    Column("student_prompt_tokens", Integer),
+    Column("student_completion_tokens", Integer),
+    Column("student_error", Text),
+    Column("student_confidence", Float),
+    Column("agreement_score", Float),
+    Column("agree", Boolean),
+    Column("gateway_overhead_ms", Float),
+    Index("ix_requests_route_created_at", "route", "created_at"),
+    Index("ix_requests_created_at", "created_at"),
+)

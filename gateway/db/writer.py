@@ -1,0 +1,303 @@
+"""The batched log writer: request path → memory → Postgres, or the journal when it is down.
+
+``submit`` never blocks and never does I/O: it merges the record into a pending map keyed by
+request id (so the two halves of one row usually become one write). A single background task
+flushes on size or time with one ``INSERT … SELECT FROM unnest(…) ON CONFLICT DO UPDATE``
+statement per batch, which merges halves already in the table and makes every write idempotent.
+
+When Postgres is unreachable, batches are appended to the local journal instead, and the task
+probes Postgres every ``retry_interval_s``; once it answers, the journal (this process's file
+and any orphaned files of dead processes) is replayed before new batches. A row Postgres
+rejects for its content (not its availability) is retried alone and, if still refused, kept
+in ``rejected.jsonl`` next to the journal: it is never silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from sqlalchemy.dialects import postgresql
+
+from gateway.config import LogWriterConfig
+from gateway.db.journal import Journal, Record
+from gateway.db.tables import requests
+from gateway.metrics import Metrics
+
+_log = logging.getLogger("shadow_gateway.writer")
+
+_COLUMNS = [column.name for column in requests.columns]
+_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+_TYPES = {column.name: column.type.compile(dialect=_DIALECT) for column in requests.columns}
+_JSON_COLUMNS = {name for name, pg_type in _TYPES.items() if pg_type == "JSONB"}
+# Built from our own table definition, never from input: no injection surface.
+_UPSERT = (
+    f"INSERT INTO requests ({', '.join(_COLUMNS)}) "  # noqa: S608
+    f"SELECT * FROM unnest({', '.join(f'${i}::{_TYPES[c]}[]' for i, c in enumerate(_COLUMNS, 1))}) "
+    "ON CONFLICT (request_id) DO UPDATE SET "
+    + ", ".join(f"{c} = COALESCE(EXCLUDED.{c}, requests.{c})" for c in _COLUMNS[1:])
+)
+# Postgres text and jsonb cannot hold NUL; an escaped \u0000 (not an escaped backslash) is cut.
+_JSON_NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+DB_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
+
+
+def _json(value: Any) -> str | None:
+    if value is None:
+        return None
+    return _JSON_NUL.sub(rb"\1", orjson.dumps(value)).decode()
+
+
+def _column_arrays(batch: list[Record]) -> list[list[Any]]:
+    arrays = []
+    for column in _COLUMNS:
+        values = [record.get(column) for record in batch]
+        if column in _JSON_COLUMNS:
+            values = [_json(value) for value in values]
+        elif _TYPES[column] == "TEXT":
+            values = [v.replace("\x00", "") if isinstance(v, str) else v for v in values]
+        arrays.append(values)
+    return arrays
+
+
+def merge(into: Record, update: Record) -> None:
+    """Fold a later half into a pending record: set values win over missing ones."""
+    for key, value in update.items():
+        if value is not None:
+            into[key] = value
+
+
+class LogWriter:
+    def __init__(
+        self,
+        dsn: str,
+        journal_dir: Path,
+        config: LogWriterConfig,
+        metrics: Metrics,
+        *,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        self._dsn = dsn
+        self._config = config
+        self._metrics = metrics
+        self._connect_timeout_s = connect_timeout_s
+        self.journal = Journal(journal_dir)
+        self._rejected_path = journal_dir / "rejected.jsonl"
+        self._pending: dict[str, Record] = {}
+        self._wake = asyncio.Event()
+        self._conn: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._next_probe = 0.0
+        self.database_up = False
+
+    # -- request path -----------------------------------------------------------------------
+
+    def submit(self, record: Record) -> None:
+        pending = self._pending.get(record["request_id"])
+        if pending is not None:
+            merge(pending, record)
+        else:
+            self._pending[record["request_id"]] = record
+        size = len(self._pending)
+        if size >= self._config.batch_size:
+            self._wake.set()
+        if size >= self._config.queue_max:
+            # Postgres is not keeping up: move the backlog to disk rather than grow memory.
+            self._spill(self._take(size))
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.journal.open()
+        await self._connect()
+        self._task = asyncio.create_task(self._run(), name="log-writer")
+
+    async def close(self) -> None:
+        """Write everything still pending (to Postgres, else the journal) and stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        while self._pending:
+            await self._flush(self._take(self._config.batch_size))
+        if self._conn is not None:
+            with contextlib.suppress(*DB_UNAVAILABLE, asyncpg.PostgresError):
+                await asyncio.wait_for(self._conn.close(), 2)
+        self.journal.close()
+
+    async def _run(self) -> None:
+        interval = self._config.flush_interval_s
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+            try:
+                await self._cycle()
+            except Exception:  # the writer must outlive any single bad cycle
+                _log.exception("log writer cycle failed; will retry")
+
+    async def _cycle(self) -> None:
+        if not self.database_up and time.monotonic() >= self._next_probe:
+            await self._connect()
+        if self.database_up and self.journal.has_backlog():
+            await self._replay()
+        while self._pending:
+            await self._flush(self._take(self._config.batch_size))
+            if len(self._pending) < self._config.batch_size:
+                break
+        self._metrics.log_queue_depth.set(len(self._pending))
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _take(self, count: int) -> list[Record]:
+        keys = list(self._pending)[:count]
+        return [self._pending.pop(key) for key in keys]
+
+    async def _connect(self) -> None:
+        self._next_probe = time.monotonic() + self._config.retry_interval_s
+        try:
+            self._conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout_s)
+        except (*DB_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            self._set_database_up(False, exc)
+            return
+        self._set_database_up(True)
+
+    def _set_database_up(self, up: bool, exc: BaseException | None = None) -> None:
+        if up and not self.database_up:
+            _log.info("log writer connected to Postgres")
+        elif not up and (self.database_up or self._conn is not None):
+            _log.error(
+                "Postgres unreachable (%s); journaling log records to %s until it returns",
+                exc,
+                self.journal.directory,
+            )
+            self._conn = None
+        self.database_up = up
+        self._metrics.database_up.set(1 if up else 0)
+
+    async def _flush(self, batch: list[Record]) -> None:
+        if not batch:
+            return
+        if self.database_up and await self._write(batch):
+            return
+        self._spill(batch)
+
+    def _spill(self, batch: list[Record]) -> None:
+        try:
+            self.journal.append(batch)
+        except OSError as exc:
+            # Disk refused too: keep the records in memory; the next cycle tries again.
+            _log.error(
+                "cannot write the journal (%s); keeping %d records in memory", exc, len(batch)
+            )
+            for record in batch:
+                self._pending.setdefault(record["request_id"], record)
+            return
+        self._metrics.journal_records.set(self.journal.records)
+
+    async def _write(self, batch: list[Record]) -> bool:
+        """Upsert ``batch``; False (and Postgres marked down) if it is unreachable."""
+        assert self._conn is not None
+        try:
+            await self._conn.execute(_UPSERT, *_column_arrays(batch), timeout=30)
+        except DB_UNAVAILABLE as exc:
+            self._metrics.db_write_errors.labels("unavailable").inc()
+            self._set_database_up(False, exc)
+            return False
+        except asyncpg.PostgresError as exc:
+            self._metrics.db_write_errors.labels("rejected").inc()
+            _log.warning(
+                "Postgres refused a batch of %d (%s); writing rows one by one", len(batch), exc
+            )
+            return await self._write_one_by_one(batch)
+        self._metrics.log_rows_written.inc(len(batch))
+        return True
+
+    async def _write_one_by_one(self, batch: list[Record]) -> bool:
+        assert self._conn is not None
+        refused: list[Record] = []
+        for record in batch:
+            try:
+                await self._conn.execute(_UPSERT, *_column_arrays([record]), timeout=30)
+            except DB_UNAVAILABLE as exc:
+                self._set_database_up(False, exc)
+                return False  # the caller journals the whole batch; upserts make that safe
+            except asyncpg.PostgresError as exc:
+                record["_rejected_because"] = str(exc)
+                refused.append(record)
+            else:
+                self._metrics.log_rows_written.inc()
+        if refused:
+            self._keep_rejected(refused)
+        return True
+
+    def _keep_rejected(self, records: Iterable[Record]) -> None:
+        records = list(records)
+        _log.error("Postgres refused %d record(s); kept in %s", len(records), self._rejected_path)
+        with self._rejected_path.open("ab") as handle:
+            handle.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
+
+    async def _replay(self) -> None:
+        replayed = 0
+        own = list(self.journal.read_own())
+        if own and await self._write_chunks(own):
+            self.journal.truncate_own()
+            replayed += len(own)
+        elif own:
+            return
+        for path in self.journal.orphans():
+            handle = self.journal.claim(path)
+            if handle is None:
+                continue
+            try:
+                records = list(self.journal.read(path))
+                if not await self._write_chunks(records):
+                    return
+                path.unlink()
+                replayed += len(records)
+            finally:
+                handle.close()
+        if replayed:
+            self._metrics.journal_replayed.inc(replayed)
+            self._metrics.journal_records.set(self.journal.records)
+            _log.info("replayed %d journaled record(s) into Postgres", replayed)
+
+    async def _write_chunks(self, records: list[Record]) -> bool:
+        size = self._config.batch_size
+        for start in range(0, len(records), size):
+            if not await self._write(_dedupe(records[start : start + size])):
+                return False
+        return True
+
+
+def _dedupe(records: list[Record]) -> list[Record]:
+    """One entry per request id, halves merged: one upsert may not touch a row twice."""
+    merged: dict[str, Record] = {}
+    for record in records:
+        existing = merged.get(record["request_id"])
+        if existing is None:
+            merged[record["request_id"]] = dict(record)
+        else:
+            merge(existing, record)
+    return list(merged.values())

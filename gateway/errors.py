@@ -1,0 +1,132 @@
+"""The gateway's exception hierarchy.
+
+Every error an app can see is a :class:`GatewayError`. Each subclass fixes the HTTP status and
+the OpenAI error ``type``/``code``; the API layer turns any of them into OpenAI's error shape
+``{"error": {"message", "type", "param", "code"}}``. Lower layers translate the exceptions of
+the libraries they use at their boundary (``raise TeacherTimeout(...) from exc``), so nothing
+above them needs to know about aiohttp or asyncpg.
+
+    GatewayError
+    ├── InvalidRequest          400  malformed JSON, schema violations (``param`` names the field)
+    ├── AuthenticationFailed    401  missing or wrong API key
+    ├── RouteNotFound           404  ``model`` names no route
+    ├── PayloadTooLarge         413  body over ``server.max_body_bytes``
+    ├── UnsupportedMediaType    415  body is not JSON
+    └── UpstreamError           the teacher failed
+        ├── TeacherUnreachable  502  connection refused / reset / DNS
+        ├── TeacherTimeout      504  no answer within the route's ``timeout_s``
+        └── TeacherHTTPError    the teacher's own status, its error body passed through
+
+Configuration problems are :class:`ConfigError`; they stop the process at start-up with a plain
+message and never reach an app.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import orjson
+
+
+class ConfigError(Exception):
+    """The config file or environment is invalid; the message says what to fix."""
+
+
+class GatewayError(Exception):
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "internal_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+
+    @property
+    def http_status(self) -> int:
+        return self.status_code
+
+    def to_body(self) -> bytes:
+        return error_body(self.message, self.error_type, param=self.param, code=self.code)
+
+
+def error_body(
+    message: str, error_type: str, *, param: str | None = None, code: str | None = None
+) -> bytes:
+    payload: dict[str, Any] = {
+        "error": {"message": message, "type": error_type, "param": param, "code": code}
+    }
+    return orjson.dumps(payload)
+
+
+class InvalidRequest(GatewayError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class AuthenticationFailed(GatewayError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class RouteNotFound(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "model_not_found"
+
+
+class PayloadTooLarge(GatewayError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status_code = 415
+    error_type = "invalid_request_error"
+    default_code = "unsupported_media_type"
+
+
+class UpstreamError(GatewayError):
+    error_type = "upstream_error"
+
+
+class TeacherUnreachable(UpstreamError):
+    status_code = 502
+    default_code = "teacher_unreachable"
+
+
+class TeacherTimeout(UpstreamError):
+    status_code = 504
+    default_code = "teacher_timeout"
+
+
+class TeacherHTTPError(UpstreamError):
+    """The teacher answered with an error status; its body goes back to the app unchanged."""
+
+    def __init__(self, status: int, body: bytes, content_type: str | None) -> None:
+        super().__init__(f"teacher answered HTTP {status}", code="teacher_error")
+        self.upstream_status = status
+        self.upstream_body = body
+        self.content_type = content_type
+
+    @property
+    def http_status(self) -> int:
+        return self.upstream_status
+
+    def to_body(self) -> bytes:
+        # Pass an OpenAI-shaped error through as is; wrap anything else so apps always get one.
+        try:
+            parsed = orjson.loads(self.upstream_body)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+            return self.upstream_body
+        detail = self.upstream_body[:500].decode("utf-8", "replace").strip()
+        return error_body(
+            f"teacher answered HTTP {self.upstream_status}: {detail}" if detail else self.message,
+            self.error_type,
+            code=self.code,
+        )

@@ -1,0 +1,1 @@
+"""Wire-format models (OpenAI requests and errors)."""

@@ -1,0 +1,98 @@
+"""OpenAI request models, validated on the way in.
+
+Only the fields the gateway reads or that would hurt an upstream if malformed are declared;
+everything else passes through untouched (``extra="allow"``), so new OpenAI parameters keep
+working without a gateway release. The request forwarded upstream is the client's own JSON,
+not a re-serialisation of these models.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from gateway.errors import InvalidRequest
+
+
+class _OpenAIModel(BaseModel):
+    # strict: JSON has real booleans and numbers; "yes" is not true and "5" is not 5.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class ChatMessage(_OpenAIModel):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(_OpenAIModel):
+    include_usage: bool | None = None
+
+
+Metadata = dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]]
+
+
+class _CommonRequest(_OpenAIModel):
+    model: str = Field(min_length=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(default=None, ge=1, le=128)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    user: str | None = Field(default=None, max_length=512)
+    metadata: Metadata | None = Field(default=None, max_length=16)
+
+
+class ChatCompletionRequest(_CommonRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+
+Prompt = str | list[str] | list[int] | list[list[int]]
+
+
+class CompletionRequest(_CommonRequest):
+    prompt: Prompt
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: bool | None = None
+
+
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {
+    "chat": TypeAdapter(ChatCompletionRequest),
+    "text": TypeAdapter(CompletionRequest),
+}
+
+
+def validate_request(
+    endpoint: str, body: dict[str, Any]
+) -> ChatCompletionRequest | CompletionRequest:
+    """Validate ``body``; raise :class:`InvalidRequest` naming the first offending field."""
+    try:
+        validated: ChatCompletionRequest | CompletionRequest = _ADAPTERS[endpoint].validate_python(
+            body
+        )
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        param = _param_path(first["loc"])
+        raise InvalidRequest(
+            f"Invalid value for '{param}': {first['msg']}" if param else first["msg"],
+            param=param or None,
+            code="invalid_value" if first["type"] != "missing" else "missing_required_parameter",
+        ) from None
+    return validated
+
+
+def _param_path(loc: tuple[int | str, ...]) -> str:
+    """``('messages', 0, 'role')`` → ``messages[0].role``, the way OpenAI names params."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif "[" in part or part in {"str", "list[str]", "list[int]", "list[list[int]]"}:
+            continue  # pydantic's union-member tags are not field names
+        else:
+            path += f".{part}" if path else part
+    return path

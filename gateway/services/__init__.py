@@ -1,0 +1,1 @@
+"""Service objects the API layer calls: the proxy (request path) and auth."""

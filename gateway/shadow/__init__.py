@@ -1,0 +1,1 @@
+"""The bounded background pipeline that calls the student."""

@@ -1,0 +1,155 @@
+"""Shadow calls to the student, off the response path and bounded.
+
+Each route has a fixed number of student calls that may be in flight (``max_concurrency``).
+A request that finds them all busy is not shadowed: the drop is counted and recorded, never
+queued, so a hanging student costs at most ``max_concurrency`` idle sockets and never memory
+or teacher latency. Every task is referenced until done (a set plus ``add_done_callback``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.clients.upstream import Upstream, call_student, make_upstream
+from gateway.config import RouteConfig, StudentConfig
+from gateway.core.completions import Endpoint
+from gateway.db.writer import LogWriter
+from gateway.metrics import Metrics
+from gateway.shadow.records import (
+    STUDENT_OK,
+    STUDENT_SHUTDOWN,
+    RowIdentity,
+    student_half,
+    student_skipped,
+)
+
+_log = logging.getLogger("shadow_gateway.shadow")
+
+ENDPOINT_PATHS: Mapping[Endpoint, str] = {"chat": "/chat/completions", "text": "/completions"}
+
+
+@dataclass
+class _RouteStudents:
+    config: StudentConfig
+    upstreams: dict[Endpoint, list[Upstream]]
+    cursor: Iterator[int]
+    in_flight: int = 0
+
+    def next_upstream(self, endpoint: Endpoint) -> Upstream:
+        candidates = self.upstreams[endpoint]
+        return candidates[next(self.cursor) % len(candidates)]
+
+
+def student_request(endpoint: Endpoint, body: Mapping[str, Any], student: StudentConfig) -> bytes:
+    """The app's request, re-aimed at the student: its model, no streaming, logprobs on."""
+    request = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    request["model"] = student.model
+    request["stream"] = False
+    if endpoint == "chat":
+        request["logprobs"] = True
+        if student.top_logprobs:
+            request["top_logprobs"] = student.top_logprobs
+    else:
+        request["logprobs"] = max(student.top_logprobs, 1)
+    return orjson.dumps(request)
+
+
+class ShadowDispatcher:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        routes: list[RouteConfig],
+        api_keys: Mapping[str, str],
+        writer: LogWriter,
+        metrics: Metrics,
+    ) -> None:
+        self._session = session
+        self._writer = writer
+        self._metrics = metrics
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._routes: dict[str, _RouteStudents] = {}
+        for route in routes:
+            student = route.student
+            if student is None:
+                continue
+            key = api_keys.get(student.api_key_env) if student.api_key_env else None
+            self._routes[route.name] = _RouteStudents(
+                config=student,
+                upstreams={
+                    endpoint: [
+                        make_upstream(
+                            str(url), path, key, student.timeout_s, student.connect_timeout_s
+                        )
+                        for url in student.base_urls
+                    ]
+                    for endpoint, path in ENDPOINT_PATHS.items()
+                },
+                cursor=itertools.count(),
+            )
+
+    def try_shadow(self, identity: RowIdentity, body: Mapping[str, Any]) -> bool:
+        """Start a student call for this request; False (and counted) if the route is full."""
+        students = self._routes[identity.route]
+        if students.in_flight >= students.config.max_concurrency:
+            self._metrics.shadow_dropped.labels(identity.route).inc()
+            return False
+        students.in_flight += 1
+        self._metrics.shadow_in_flight.labels(identity.route).inc()
+        task = asyncio.create_task(self._shadow(students, identity, body))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def _shadow(
+        self, students: _RouteStudents, identity: RowIdentity, body: Mapping[str, Any]
+    ) -> None:
+        upstream = students.next_upstream(identity.endpoint)
+        try:
+            payload = student_request(identity.endpoint, body, students.config)
+            reply = await call_student(self._session, upstream, payload)
+            record = student_half(
+                identity,
+                student_model=students.config.model,
+                student_url=upstream.url,
+                reply=reply,
+            )
+            self._writer.submit(record)
+            outcome = record["student_status"]
+            self._metrics.shadow_calls.labels(identity.route, outcome).inc()
+            if outcome == STUDENT_OK:
+                self._metrics.student_latency.labels(identity.route).observe(reply.latency_s)
+        except asyncio.CancelledError:
+            self._writer.submit(
+                student_skipped(identity, STUDENT_SHUTDOWN, "the gateway shut down mid-call")
+            )
+            self._metrics.shadow_calls.labels(identity.route, STUDENT_SHUTDOWN).inc()
+            raise
+        except Exception as exc:  # a bug here must not lose the row's student half silently
+            _log.exception("shadow call failed unexpectedly")
+            self._writer.submit(student_skipped(identity, "internal_error", repr(exc)))
+        finally:
+            students.in_flight -= 1
+            self._metrics.shadow_in_flight.labels(identity.route).dec()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Let in-flight student calls finish for up to ``timeout_s``, then cancel the rest."""
+        if not self._tasks:
+            return
+        _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            _log.warning("cancelled %d shadow call(s) still running at shutdown", len(pending))

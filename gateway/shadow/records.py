@@ -1,0 +1,170 @@
+"""Rows of the ``requests`` table, built in halves.
+
+A request's row is written by two parties that finish at different times: the request path
+writes the *teacher half* (what the app was sent) and the shadow pipeline writes the *student
+half*. Each half carries the row's identity columns plus only its own columns, and the writer
+merges halves (``COALESCE`` on conflict), so the row ends up complete whichever half lands
+first, and replaying either half from the journal changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from gateway.clients.upstream import StudentReply
+from gateway.core.completions import (
+    Endpoint,
+    StreamSummary,
+    finish_reason,
+    response_text,
+    strip_logprobs,
+    token_logprobs,
+    usage,
+)
+
+Record = dict[str, Any]
+
+# student_status values
+STUDENT_OK = "ok"
+STUDENT_NOT_SAMPLED = "not_sampled"
+STUDENT_DROPPED = "dropped"
+STUDENT_NO_STUDENT = "no_student"
+STUDENT_INVALID = "invalid_response"
+STUDENT_SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True)
+class RowIdentity:
+    request_id: str
+    route: str
+    endpoint: Endpoint
+    created_at: datetime
+    mode: str
+    slices: dict[str, str]
+
+    def columns(self) -> Record:
+        return {
+            "request_id": self.request_id,
+            "route": self.route,
+            "endpoint": self.endpoint,
+            "created_at": self.created_at,
+            "mode": self.mode,
+            "slices": self.slices,
+        }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def _parse(body: bytes) -> Any:
+    try:
+        return orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def teacher_half(
+    identity: RowIdentity,
+    *,
+    payload: dict[str, Any] | None,
+    teacher_model: str,
+    stream: bool,
+    status_code: int,
+    teacher_status: int | None,
+    body: bytes | None,
+    summary: StreamSummary | None,
+    teacher_latency_s: float | None,
+    overhead_s: float | None,
+    completed_at: datetime,
+    error_type: str | None = None,
+    error_message: str | None = None,
+) -> Record:
+    """The columns known once the app has its answer (or its error)."""
+    record = identity.columns()
+    record.update(
+        completed_at=completed_at,
+        served_by="teacher",
+        stream=stream,
+        status_code=status_code,
+        error_type=error_type,
+        error_message=error_message,
+        request_payload=payload,
+        teacher_model=teacher_model,
+        teacher_status=teacher_status,
+        teacher_latency_ms=_ms(teacher_latency_s),
+        gateway_overhead_ms=_ms(overhead_s),
+        teacher_error=error_message if error_type else None,
+    )
+    if summary is not None:
+        record.update(
+            teacher_output=summary.text,
+            teacher_response=summary.body,
+            teacher_finish_reason=summary.finish_reason,
+            teacher_prompt_tokens=summary.usage.prompt_tokens,
+            teacher_completion_tokens=summary.usage.completion_tokens,
+        )
+        if summary.error is not None and error_type is None:
+            record.update(
+                error_type="stream_error", teacher_error=orjson.dumps(summary.error).decode()
+            )
+    elif body is not None:
+        parsed = _parse(body)
+        if parsed is None and body:
+            parsed = {"unparsed": body[:4096].decode("utf-8", "replace")}
+        counts = usage(parsed)
+        record.update(
+            teacher_output=response_text(identity.endpoint, parsed),
+            teacher_response=parsed,
+            teacher_finish_reason=finish_reason(parsed),
+            teacher_prompt_tokens=counts.prompt_tokens,
+            teacher_completion_tokens=counts.completion_tokens,
+        )
+    return record
+
+
+def student_half(
+    identity: RowIdentity, *, student_model: str, student_url: str, reply: StudentReply
+) -> Record:
+    """The columns the shadow call produced; an unusable answer is a status, not an error."""
+    record = identity.columns()
+    record.update(
+        student_model=student_model,
+        student_url=student_url,
+        student_status=reply.outcome,
+        student_http_status=reply.status,
+        student_latency_ms=_ms(reply.latency_s),
+        student_error=reply.error,
+    )
+    if reply.outcome != STUDENT_OK:
+        return record
+    parsed = _parse(reply.body)
+    text = response_text(identity.endpoint, parsed)
+    if not isinstance(parsed, dict) or text is None:
+        record.update(
+            student_status=STUDENT_INVALID,
+            student_error="the student's answer is not a completion: "
+            + reply.body[:300].decode("utf-8", "replace"),
+        )
+        return record
+    counts = usage(parsed)
+    record.update(
+        student_output=text,
+        student_response=strip_logprobs(parsed),
+        student_logprobs=token_logprobs(identity.endpoint, parsed),
+        student_finish_reason=finish_reason(parsed),
+        student_prompt_tokens=counts.prompt_tokens,
+        student_completion_tokens=counts.completion_tokens,
+    )
+    return record
+
+
+def student_skipped(identity: RowIdentity, status: str, error: str | None = None) -> Record:
+    """A student half for a call that never happened or was cut short."""
+    record = identity.columns()
+    record.update(student_status=status, student_error=error)
+    return record

@@ -1,0 +1,86 @@
+"""Run the real gateway app under uvicorn in a thread, on a loopback port."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+import yaml
+from prometheus_client import CollectorRegistry
+
+from gateway.app import create_app
+from gateway.config import load_settings
+from gateway.metrics import Metrics
+
+APP_KEY = "test-app-key"
+
+
+def write_config(path: Path, routes: list[dict[str, Any]], **extra: Any) -> Path:
+    config: dict[str, Any] = {
+        "data_dir": str(path.parent / "data"),
+        "auth": {"keys": [{"name": "tests", "key_env": "SGW_TEST_APP_KEY", "scopes": ["app"]}]},
+        "log_writer": {"flush_interval_s": 0.05, "retry_interval_s": 0.2},
+        "routes": routes,
+    }
+    config.update(extra)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def route(
+    name: str, teacher_url: str, student_urls: list[str] | None, **extra: Any
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": name,
+        "teacher": {"base_url": teacher_url, "model": "teacher-model", "timeout_s": 2},
+    }
+    if student_urls is not None:
+        spec["student"] = {
+            "base_urls": student_urls,
+            "model": "student-model",
+            "timeout_s": 1,
+            "max_concurrency": 8,
+        }
+    spec.update(extra)
+    return spec
+
+
+class GatewayServer:
+    def __init__(self, config_path: Path) -> None:
+        self.metrics = Metrics(CollectorRegistry())
+        self.app = create_app(load_settings(config_path), self.metrics)
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                self.app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=5
+            )
+        )
+        self._thread = threading.Thread(target=self._server.run, daemon=True, name="gateway")
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def state(self) -> Any:
+        return self.app.state.gateway
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    def start(self) -> GatewayServer:
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not start")
+            time.sleep(0.01)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
