@@ -58,6 +58,8 @@ class EmbeddedPostgres:
         if self._server is None:
             return
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user)
+        # Stopped on purpose: the wheel's exit hook must not try to stop it again.
+        self._server._postmaster_info = None
 
 
 async def _ensure_database(admin_url: str, name: str) -> None:

@@ -1,0 +1,134 @@
+"""The student never touches the app's answer: down, hanging, erroring, or over its bound."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import openai
+
+from tests.integration.conftest import ROUTE, closed_port_url, complete_row, rows
+from tests.support.db import wait_for
+from tests.support.gateway import GatewayServer, route
+from tests.support.upstream import FakeOpenAI
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def sdk(gateway: GatewayServer, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
+
+
+def test_student_down_changes_nothing_for_the_app(
+    make_gateway: Callable[..., GatewayServer], app_key: str, teacher: FakeOpenAI, clean_db: str
+) -> None:
+    gateway = make_gateway([route(ROUTE, teacher.base_url, [closed_port_url()])])
+    raw = sdk(gateway, app_key).chat.completions.with_raw_response.create(
+        model=ROUTE, messages=MESSAGES
+    )
+    assert raw.parse().choices[0].message.content == "teacher: hello"
+    row = complete_row(clean_db, raw.headers["x-request-id"])
+    assert row["student_status"] == "unreachable"
+    assert row["student_error"]
+    assert row["teacher_output"] == "teacher: hello"
+    assert (
+        gateway.metric("shadow_gateway_shadow_calls_total", route=ROUTE, outcome="unreachable") == 1
+    )
+
+
+def test_hanging_student_does_not_delay_the_answer(
+    gateway: GatewayServer, app_key: str, student: FakeOpenAI, clean_db: str
+) -> None:
+    student.reset_behavior(hang=True)
+    raw = sdk(gateway, app_key).chat.completions.with_raw_response.create(
+        model=ROUTE, messages=MESSAGES
+    )
+    # The app has its answer while the student is still sitting on the shadow call.
+    assert raw.parse().choices[0].message.content == "teacher: hello"
+    assert student.in_progress == 1
+    request_id = raw.headers["x-request-id"]
+    wait_for(lambda: bool(rows(clean_db, f"request_id = '{request_id}'")), what="teacher half")
+    teacher_half = rows(clean_db, f"request_id = '{request_id}'")
+    assert teacher_half[0]["student_status"] is None  # still in flight
+    # The route's student timeout_s (1 s) ends the call; the row is completed then.
+    row = complete_row(clean_db, request_id)
+    assert row["student_status"] == "timeout"
+    student.release_hangs()
+
+
+def test_student_errors_and_garbage_are_recorded(
+    gateway: GatewayServer, app_key: str, student: FakeOpenAI, clean_db: str
+) -> None:
+    client = sdk(gateway, app_key)
+    student.reset_behavior(status=500)
+    failed = client.chat.completions.with_raw_response.create(model=ROUTE, messages=MESSAGES)
+    student.reset_behavior(garbage=True)
+    garbage = client.chat.completions.with_raw_response.create(model=ROUTE, messages=MESSAGES)
+
+    row = complete_row(clean_db, failed.headers["x-request-id"])
+    assert row["student_status"] == "http_error"
+    assert row["student_http_status"] == 500
+    assert row["teacher_output"] == "teacher: hello"
+    row = complete_row(clean_db, garbage.headers["x-request-id"])
+    assert row["student_status"] == "invalid_response"
+    assert "not a completion" in row["student_error"]
+
+
+def test_concurrency_bound_drops_and_counts(
+    make_gateway: Callable[..., GatewayServer],
+    app_key: str,
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    clean_db: str,
+) -> None:
+    spec = route(ROUTE, teacher.base_url, [student.base_url])
+    spec["student"]["max_concurrency"] = 2
+    spec["student"]["timeout_s"] = 30
+    gateway = make_gateway([spec])
+    student.reset_behavior(hang=True)
+    client = sdk(gateway, app_key)
+    for _ in range(5):
+        assert client.chat.completions.create(model=ROUTE, messages=MESSAGES).choices
+    assert student.in_progress == 2
+    assert gateway.metric("shadow_gateway_shadow_dropped_total", route=ROUTE) == 3
+    wait_for(lambda: len(rows(clean_db, "student_status = 'dropped'")) == 3, what="3 dropped rows")
+    student.release_hangs()
+    wait_for(lambda: len(rows(clean_db, "student_status = 'ok'")) == 2, what="2 shadowed rows")
+
+
+def test_sampling_and_teacher_mode(
+    make_gateway: Callable[..., GatewayServer],
+    app_key: str,
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    clean_db: str,
+) -> None:
+    gateway = make_gateway(
+        [
+            route("never", teacher.base_url, [student.base_url], shadow_sample=0.0),
+            route("killed", teacher.base_url, [student.base_url], mode="teacher"),
+            route("bare", teacher.base_url, None, mode="teacher"),
+        ]
+    )
+    client = sdk(gateway, app_key)
+    for name in ("never", "killed", "bare"):
+        client.chat.completions.create(model=name, messages=MESSAGES)
+    wait_for(lambda: len(rows(clean_db)) == 3, what="three rows")
+    statuses = {row["route"]: row["student_status"] for row in rows(clean_db)}
+    assert statuses == {"never": "not_sampled", "killed": "disabled", "bare": "disabled"}
+    assert student.received == []
+
+
+def test_round_robin_over_student_urls(
+    make_gateway: Callable[..., GatewayServer], app_key: str, teacher: FakeOpenAI, clean_db: str
+) -> None:
+    first, second = FakeOpenAI("s1").start(), FakeOpenAI("s2").start()
+    try:
+        gateway = make_gateway([route(ROUTE, teacher.base_url, [first.base_url, second.base_url])])
+        client = sdk(gateway, app_key)
+        for _ in range(4):
+            client.chat.completions.create(model=ROUTE, messages=MESSAGES)
+        wait_for(lambda: len(first.received) + len(second.received) == 4, what="4 shadow calls")
+        assert len(first.received) == len(second.received) == 2
+    finally:
+        first.stop()
+        second.stop()
