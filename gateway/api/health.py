@@ -25,7 +25,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     """Ready when the config is loaded and Postgres answers (checked at most once a second)."""
     state = gateway_state(request)
-    cached = getattr(request.app.state, "ready_cache", None)
+    cached = state.readiness
     now = time.monotonic()
     if cached is None or now - cached[0] > _READY_CACHE_S:
         database = "ok"
@@ -36,7 +36,7 @@ async def readyz(request: Request) -> JSONResponse:
         except Exception as exc:
             database = f"unreachable: {type(exc).__name__}"
         cached = (now, database)
-        request.app.state.ready_cache = cached
+        state.readiness = cached
     database = cached[1]
     body = {
         "status": "ready" if database == "ok" else "degraded",

@@ -25,6 +25,7 @@ class GatewayState:
     writer: LogWriter
     engine: AsyncEngine
     started_at: int
+    readiness: tuple[float, str] | None = None  # (checked at, database status), cached 1 s
 
 
 def gateway_state(request: Request) -> GatewayState:

@@ -9,7 +9,6 @@ connections. aiohttp's exceptions stop here: callers see the gateway's own error
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -50,13 +49,8 @@ def make_upstream(
 
 def new_session(max_connections: int) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=max_connections, ttl_dns_cache=300)
-    # The body is relayed as received: no transparent decompression surprises, no cookies.
-    return aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=True,
-        raise_for_status=False,
-    )
+    # Upstreams are APIs, not browsers: no cookies carried from one app's request to another.
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
 
 @dataclass(frozen=True)
@@ -162,8 +156,6 @@ async def call_student(
         )
     except (aiohttp.ClientError, OSError) as exc:
         return StudentReply("unreachable", None, b"", time.perf_counter() - started, str(exc))
-    except asyncio.CancelledError:
-        raise
     latency = time.perf_counter() - started
     if response.status >= 400:
         return StudentReply(

@@ -88,9 +88,6 @@ class Journal:
             found.append(path)
         return found
 
-    def has_backlog(self) -> bool:
-        return self.records > 0 or bool(self.orphans())
-
     def read_own(self) -> Iterator[Record]:
         if self._path is not None and self.records:
             yield from self.read(self._path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import re
 import time
@@ -47,6 +48,9 @@ _UPSERT = (
 )
 # Postgres text and jsonb cannot hold NUL; an escaped \u0000 (not an escaped backslash) is cut.
 _JSON_NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+_ORPHAN_SCAN_INTERVAL_S = 60.0
+_WRITTEN, _DOWN = object(), object()
 
 DB_UNAVAILABLE = (
     OSError,
@@ -105,7 +109,9 @@ class LogWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._next_probe = 0.0
+        self._next_orphan_scan = 0.0  # journals of dead processes: at start, then every minute
         self.database_up = False
+        self._reported_down = False
 
     # -- request path -----------------------------------------------------------------------
 
@@ -140,7 +146,11 @@ class LogWriter:
         if self._task is not None:
             await self._task
         while self._pending:
+            before = len(self._pending)
             await self._flush(self._take(self._config.batch_size))
+            if len(self._pending) >= before:  # neither Postgres nor the disk took them
+                _log.critical("exiting with %d log records unwritten", len(self._pending))
+                break
         if self._conn is not None:
             with contextlib.suppress(*DB_UNAVAILABLE, asyncpg.PostgresError):
                 await asyncio.wait_for(self._conn.close(), 2)
@@ -160,7 +170,9 @@ class LogWriter:
     async def _cycle(self) -> None:
         if not self.database_up and time.monotonic() >= self._next_probe:
             await self._connect()
-        if self.database_up and self.journal.has_backlog():
+        if self.database_up and (
+            self.journal.records or time.monotonic() >= self._next_orphan_scan
+        ):
             await self._replay()
         while self._pending:
             await self._flush(self._take(self._config.batch_size))
@@ -171,7 +183,7 @@ class LogWriter:
     # -- internals --------------------------------------------------------------------------
 
     def _take(self, count: int) -> list[Record]:
-        keys = list(self._pending)[:count]
+        keys = list(itertools.islice(self._pending, count))
         return [self._pending.pop(key) for key in keys]
 
     async def _connect(self) -> None:
@@ -184,14 +196,19 @@ class LogWriter:
         self._set_database_up(True)
 
     def _set_database_up(self, up: bool, exc: BaseException | None = None) -> None:
+        """Record Postgres's state; one log line per change, not one per failed probe."""
         if up and not self.database_up:
             _log.info("log writer connected to Postgres")
-        elif not up and (self.database_up or self._conn is not None):
+            self._next_orphan_scan = 0.0  # a reconnect is a good moment to look for orphans
+        elif not up and (self.database_up or not self._reported_down):
             _log.error(
                 "Postgres unreachable (%s); journaling log records to %s until it returns",
                 exc,
                 self.journal.directory,
             )
+        self._reported_down = not up
+        if not up and self._conn is not None:
+            self._conn.terminate()
             self._conn = None
         self.database_up = up
         self._metrics.database_up.set(1 if up else 0)
@@ -217,40 +234,49 @@ class LogWriter:
         self._metrics.journal_records.set(self.journal.records)
 
     async def _write(self, batch: list[Record]) -> bool:
-        """Upsert ``batch``; False (and Postgres marked down) if it is unreachable."""
-        assert self._conn is not None
-        try:
-            await self._conn.execute(_UPSERT, *_column_arrays(batch), timeout=30)
-        except DB_UNAVAILABLE as exc:
-            self._metrics.db_write_errors.labels("unavailable").inc()
-            self._set_database_up(False, exc)
+        """Upsert ``batch``; False (and Postgres marked down) if it could not be written."""
+        outcome = await self._upsert(batch)
+        if outcome is _WRITTEN:
+            return True
+        if outcome is _DOWN:
             return False
-        except asyncpg.PostgresError as exc:
-            self._metrics.db_write_errors.labels("rejected").inc()
-            _log.warning(
-                "Postgres refused a batch of %d (%s); writing rows one by one", len(batch), exc
-            )
-            return await self._write_one_by_one(batch)
-        self._metrics.log_rows_written.inc(len(batch))
-        return True
-
-    async def _write_one_by_one(self, batch: list[Record]) -> bool:
-        assert self._conn is not None
+        self._metrics.db_write_errors.labels("rejected").inc()
+        _log.warning(
+            "Postgres refused a batch of %d (%s); writing rows one by one", len(batch), outcome
+        )
         refused: list[Record] = []
         for record in batch:
-            try:
-                await self._conn.execute(_UPSERT, *_column_arrays([record]), timeout=30)
-            except DB_UNAVAILABLE as exc:
-                self._set_database_up(False, exc)
+            outcome = await self._upsert([record])
+            if outcome is _DOWN:
                 return False  # the caller journals the whole batch; upserts make that safe
-            except asyncpg.PostgresError as exc:
-                record["_rejected_because"] = str(exc)
-                refused.append(record)
-            else:
-                self._metrics.log_rows_written.inc()
+            if outcome is not _WRITTEN:
+                refused.append({**record, "_rejected_because": str(outcome)})
         if refused:
             self._keep_rejected(refused)
         return True
+
+    async def _upsert(self, batch: list[Record]) -> object:
+        """``_WRITTEN``, ``_DOWN``, or the error with which Postgres refused the content."""
+        assert self._conn is not None
+        try:
+            await self._conn.execute(_UPSERT, *_column_arrays(batch), timeout=30)
+        except ValueError as exc:  # refused by the driver before sending (out of range, …)
+            return exc
+        except DB_UNAVAILABLE as exc:
+            self._metrics.db_write_errors.labels("unavailable").inc()
+            self._set_database_up(False, exc)
+            return _DOWN
+        except asyncpg.PostgresError as exc:
+            return exc
+        except Exception as exc:
+            # Anything else (a driver left in a bad state, say) is handled as an outage: the
+            # batch goes to the journal and the connection is replaced; it is never dropped.
+            _log.exception("unexpected error writing to Postgres")
+            self._metrics.db_write_errors.labels("unavailable").inc()
+            self._set_database_up(False, exc)
+            return _DOWN
+        self._metrics.log_rows_written.inc(len(batch))
+        return _WRITTEN
 
     def _keep_rejected(self, records: Iterable[Record]) -> None:
         records = list(records)
@@ -259,6 +285,7 @@ class LogWriter:
             handle.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
 
     async def _replay(self) -> None:
+        self._next_orphan_scan = time.monotonic() + _ORPHAN_SCAN_INTERVAL_S
         replayed = 0
         own = list(self.journal.read_own())
         if own and await self._write_chunks(own):

@@ -169,10 +169,12 @@ def test_orphaned_journal_of_a_dead_process_is_replayed(
 def test_sigterm_drains_shadow_calls_and_the_log_queue(
     tmp_path: Path, clean_db: str, app_key: str, teacher: FakeOpenAI, student: FakeOpenAI
 ) -> None:
-    student.reset_behavior(latency_s=0.5)
+    student.reset_behavior(latency_s=1.5)
+    spec = route(ROUTE, teacher.base_url, [student.base_url])
+    spec["student"]["timeout_s"] = 10
     config = write_config(
         tmp_path / "gateway.yaml",
-        [route(ROUTE, teacher.base_url, [student.base_url])],
+        [spec],
         log_writer={"flush_interval_s": 5},  # nothing is flushed by time before SIGTERM
     )
     gateway = GatewayProcess(

@@ -44,7 +44,7 @@ def test_hanging_student_does_not_delay_the_answer(
     )
     # The app has its answer while the student is still sitting on the shadow call.
     assert raw.parse().choices[0].message.content == "teacher: hello"
-    assert student.in_progress == 1
+    wait_for(lambda: student.in_progress == 1, what="the shadow call to reach the student")
     request_id = raw.headers["x-request-id"]
     wait_for(lambda: bool(rows(clean_db, f"request_id = '{request_id}'")), what="teacher half")
     teacher_half = rows(clean_db, f"request_id = '{request_id}'")
@@ -61,13 +61,13 @@ def test_student_errors_and_garbage_are_recorded(
     client = sdk(gateway, app_key)
     student.reset_behavior(status=500)
     failed = client.chat.completions.with_raw_response.create(model=ROUTE, messages=MESSAGES)
-    student.reset_behavior(garbage=True)
-    garbage = client.chat.completions.with_raw_response.create(model=ROUTE, messages=MESSAGES)
-
     row = complete_row(clean_db, failed.headers["x-request-id"])
     assert row["student_status"] == "http_error"
     assert row["student_http_status"] == 500
     assert row["teacher_output"] == "teacher: hello"
+
+    student.reset_behavior(garbage=True)
+    garbage = client.chat.completions.with_raw_response.create(model=ROUTE, messages=MESSAGES)
     row = complete_row(clean_db, garbage.headers["x-request-id"])
     assert row["student_status"] == "invalid_response"
     assert "not a completion" in row["student_error"]
@@ -88,7 +88,7 @@ def test_concurrency_bound_drops_and_counts(
     client = sdk(gateway, app_key)
     for _ in range(5):
         assert client.chat.completions.create(model=ROUTE, messages=MESSAGES).choices
-    assert student.in_progress == 2
+    wait_for(lambda: student.in_progress == 2, what="two shadow calls at the student")
     assert gateway.metric("shadow_gateway_shadow_dropped_total", route=ROUTE) == 3
     wait_for(lambda: len(rows(clean_db, "student_status = 'dropped'")) == 3, what="3 dropped rows")
     student.release_hangs()
