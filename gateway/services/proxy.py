@@ -121,7 +121,6 @@ class ProxyService:
             mode=route.mode,
             slices=slice_labels(metadata, ctx.headers),
         )
-        self._start_shadow(route, identity, body)
         upstream = self._teachers[route.name, ctx.endpoint]
         teacher_body = orjson.dumps({**body, "model": route.teacher.model})
         if body.get("stream"):
@@ -139,6 +138,7 @@ class ProxyService:
         overhead = (finished - ctx.started) - teacher_latency
 
         async def after() -> None:
+            self._start_shadow(route, identity, body)
             self._writer.submit(
                 teacher_half(
                     identity,
@@ -161,6 +161,12 @@ class ProxyService:
     def _start_shadow(
         self, route: RouteConfig, identity: RowIdentity, body: dict[str, Any]
     ) -> None:
+        """Shadow the request, once the app has its answer.
+
+        Started after the answer rather than beside the teacher call: on a busy core the
+        student's reply would otherwise be handled while the teacher's waits (measured: about
+        0.4 ms of p50 at 20 req/s; docs/benchmarks.md).
+        """
         if route.mode == "teacher":
             status = STUDENT_DISABLED
         elif route.student is None:
@@ -210,6 +216,7 @@ class ProxyService:
                 raise
             finally:
                 teacher_latency = time.perf_counter() - teacher_started
+                self._start_shadow(route, identity, body)
                 summary = summarise_stream(ctx.endpoint, bytes(collected))
                 record = teacher_half(
                     identity,
@@ -255,6 +262,7 @@ class ProxyService:
         exc: GatewayError,
         teacher_latency: float,
     ) -> None:
+        self._start_shadow(route, identity, body)
         status = exc.http_status
         self._writer.submit(
             teacher_half(
