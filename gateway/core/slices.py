@@ -9,8 +9,10 @@ not fail an app's request.
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 HEADER_PREFIX = "x-slice-"
 MAX_LABELS = 16
@@ -51,3 +53,84 @@ def slice_labels(
             continue
         labels[name] = value
     return labels
+
+
+def last_user_text(body: Mapping[str, object]) -> str:
+    """The text a route's slice rules look at: the last user message, or the prompt."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                return _text_of(message.get("content"))
+        return ""
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+        return prompt[0]
+    return ""
+
+
+def _text_of(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: keep the text ones
+        return " ".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def length_bucket(length: int, bounds: Sequence[int]) -> str:
+    """``bounds`` [50, 200] → "<50", "50-199", ">=200"."""
+    if length < bounds[0]:
+        return f"<{bounds[0]}"
+    for low, high in itertools.pairwise(bounds):
+        if length < high:
+            return f"{low}-{high - 1}"
+    return f">={bounds[-1]}"
+
+
+@dataclass(frozen=True)
+class RouteSliceRules:
+    """A route's own labelling: regex rules, a length dimension, defaults.
+
+    Labels an app sent (metadata, headers) win over the route's rules; rules win over
+    defaults. Among rules, the first match per dimension wins.
+    """
+
+    rules: tuple[tuple[str, re.Pattern[str], str], ...] = ()
+    length_dimension: str | None = None
+    length_bounds: tuple[int, ...] = ()
+    defaults: tuple[tuple[str, str], ...] = ()
+
+    def apply(self, labels: dict[str, str], text: str) -> dict[str, str]:
+        for dimension, pattern, value in self.rules:
+            if dimension not in labels and pattern.search(text):
+                labels[dimension] = value
+        if self.length_dimension and self.length_dimension not in labels:
+            labels[self.length_dimension] = length_bucket(len(text), self.length_bounds)
+        for dimension, value in self.defaults:
+            labels.setdefault(dimension, value)
+        return labels
+
+
+ALL = "all"
+OTHER = "other"
+
+
+def exported_slices(
+    labels: Mapping[str, str], allowed: Mapping[str, frozenset[str]]
+) -> list[tuple[str, str]]:
+    """(dimension, value) pairs to use as metric labels, cardinality bounded by ``allowed``.
+
+    Every request counts under ("all", "all"); each allowed dimension counts once, under its
+    value when that is allowed, else "other" (also when the request has no such label).
+    """
+    pairs = [(ALL, ALL)]
+    for dimension, values in allowed.items():
+        value = labels.get(dimension)
+        pairs.append((dimension, value if value in values else OTHER))
+    return pairs
