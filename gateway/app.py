@@ -25,9 +25,10 @@ from gateway.config import Settings, load_settings
 from gateway.db.engine import create_engine, plain_dsn
 from gateway.db.writer import LogWriter
 from gateway.errors import ConfigError, GatewayError
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, describe_routes, forget_dead_workers
 from gateway.services.auth import KeyRing
 from gateway.services.proxy import ProxyService
+from gateway.shadow.analysis import build_analyses
 from gateway.shadow.dispatcher import ShadowDispatcher
 
 _log = logging.getLogger("shadow_gateway")
@@ -38,11 +39,16 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         raise ConfigError("no database URL: set DATABASE_URL (the CLI starts an embedded one)")
     database_url = settings.database_url
     metrics = metrics or Metrics()
+    # Built here, not in the lifespan, so a bad comparator or slice rule stops start-up with a
+    # ConfigError the CLI reports in one line.
+    analyses = build_analyses(settings.config)
+    describe_routes(settings.config, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         config = settings.config
         upstream_keys = {k: v.get_secret_value() for k, v in settings.upstream_keys.items()}
+        forget_dead_workers()
         engine = create_engine(database_url, config.database)
         writer = LogWriter(
             plain_dsn(database_url),
@@ -57,13 +63,15 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             max_connections=sum(r.student.max_concurrency for r in config.routes if r.student)
         )
         dispatcher = ShadowDispatcher(
-            student_session, config.routes, upstream_keys, writer, metrics
+            student_session, config.routes, upstream_keys, writer, metrics, analyses
         )
         app.state.gateway = GatewayState(
             settings=settings,
             metrics=metrics,
             keys=KeyRing(settings.api_keys),
-            proxy=ProxyService(config, upstream_keys, teacher_session, dispatcher, writer, metrics),
+            proxy=ProxyService(
+                config, upstream_keys, teacher_session, dispatcher, writer, metrics, analyses
+            ),
             dispatcher=dispatcher,
             writer=writer,
             engine=engine,

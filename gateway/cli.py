@@ -11,12 +11,15 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from gateway import __version__
 from gateway.config import Settings, load_settings
 from gateway.errors import ConfigError
+from gateway.metrics import MULTIPROC_ENV
 
 _log = logging.getLogger("shadow_gateway.cli")
 
@@ -64,6 +67,14 @@ def _check_schema(url: str) -> None:
         )
 
 
+def _fresh_dir(path: Path) -> Path:
+    """An empty directory for the workers' metric files (old counters must not carry over)."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -90,8 +101,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if workers == 1:
         from gateway.app import create_app
 
+        os.environ.pop(MULTIPROC_ENV, None)
         uvicorn.run(create_app(load_settings(settings.config_path)), **common)
     else:
+        from gateway.shadow.analysis import build_analyses
+
+        build_analyses(settings.config)  # report a bad comparator here, not in every worker
+        os.environ[MULTIPROC_ENV] = str(_fresh_dir(settings.data_dir / "prometheus"))
         uvicorn.run("gateway.app:create_app_from_env", factory=True, workers=workers, **common)
     return 0
 

@@ -8,7 +8,9 @@ nothing). Secrets are never written in the file: it names environment variables
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -54,12 +56,105 @@ class StudentConfig(_Strict):
     top_logprobs: int = Field(default=5, ge=0, le=20)
 
 
+Comparator = Literal["exact", "normalized", "json", "label", "numeric", "semantic", "custom"]
+ConfidenceMethod = Literal["mean_prob", "min_prob", "first_token", "margin"]
+SLICE_NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+
+
+def _check_regex(pattern: str | None) -> str | None:
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression ({exc})") from None
+    return pattern
+
+
+class AgreementConfig(_Strict):
+    """How teacher and student answers are compared (see gateway.core.agreement)."""
+
+    comparator: Comparator = "normalized"
+    # score >= threshold is agreement; default 1.0, or 0.8 for semantic
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    fields: list[str] = Field(default_factory=list)  # json: dotted paths; empty = whole document
+    pattern: str | None = None  # label: the regex whose first group (or match) is the label
+    ignore_case: bool = True  # label
+    abs_tol: float = Field(default=0.0, ge=0.0)  # numeric
+    rel_tol: float = Field(default=0.0, ge=0.0)  # numeric
+    function: str | None = Field(default=None, pattern=r"^[\w.]+:[\w.]+$")  # custom
+    model: str | None = None  # semantic: the embedding model (default: the packaged MiniLM)
+
+    _regex = field_validator("pattern")(_check_regex)
+
+    @model_validator(mode="after")
+    def _needs(self) -> AgreementConfig:
+        if self.comparator == "label" and not self.pattern:
+            raise ValueError("comparator label needs a pattern")
+        if self.comparator == "custom" and not self.function:
+            raise ValueError("comparator custom needs function: 'module:function'")
+        return self
+
+    @property
+    def effective_threshold(self) -> float:
+        if self.threshold is not None:
+            return self.threshold
+        return 0.8 if self.comparator == "semantic" else 1.0
+
+
+class SliceRule(_Strict):
+    """Label requests whose last user message matches ``pattern`` with ``dimension=value``."""
+
+    dimension: str = Field(pattern=SLICE_NAME)
+    pattern: str
+    value: str = Field(min_length=1, max_length=128)
+
+    _regex = field_validator("pattern")(_check_regex)
+
+
+class LengthBuckets(_Strict):
+    """Label the last user message's length in characters: bounds [50, 200] → <50, 50-199, ≥200."""
+
+    dimension: str = Field(default="prompt_length", pattern=SLICE_NAME)
+    bounds: list[int] = Field(min_length=1)
+
+    @field_validator("bounds")
+    @classmethod
+    def _ascending(cls, bounds: list[int]) -> list[int]:
+        if any(b <= a for a, b in itertools.pairwise(bounds)) or bounds[0] <= 0:
+            raise ValueError("bounds must be positive and strictly ascending")
+        return bounds
+
+
+class CriticalSlice(_Strict):
+    """A slice with a bar: the rollout gate and automatic rollback judge routes by these."""
+
+    dimension: str = Field(pattern=SLICE_NAME)
+    value: str = Field(min_length=1, max_length=128)
+    min_agreement: float = Field(ge=0.0, le=1.0)
+    min_samples: int = Field(default=30, ge=1)
+    window_s: float = Field(default=3600.0, gt=0)
+
+
+class SlicesConfig(_Strict):
+    rules: list[SliceRule] = Field(default_factory=list)
+    length_buckets: LengthBuckets | None = None
+    defaults: dict[str, str] = Field(default_factory=dict)  # dimension → label when none set
+    critical: list[CriticalSlice] = Field(default_factory=list)
+
+
+class RolloutConfig(_Strict):
+    confidence: ConfidenceMethod = "mean_prob"  # how the student's logprobs become confidence
+
+
 class RouteConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     teacher: TeacherConfig
     student: StudentConfig | None = None
     mode: Literal["teacher", "shadow"] = "shadow"
     shadow_sample: float = Field(default=1.0, ge=0.0, le=1.0)
+    rollout: RolloutConfig = RolloutConfig()
+    agreement: AgreementConfig = AgreementConfig()
+    slices: SlicesConfig = SlicesConfig()
 
 
 class KeyConfig(_Strict):
@@ -95,12 +190,20 @@ class LogWriterConfig(_Strict):
     store_payloads: bool = True
 
 
+class MetricsConfig(_Strict):
+    # Slice values exported as metric labels, per dimension; other values are exported as
+    # "other" and unlisted dimensions not at all, so label cardinality stays bounded whatever
+    # apps send. Critical slices are always exported.
+    slice_values: dict[str, list[str]] = Field(default_factory=dict)
+
+
 class GatewayConfig(_Strict):
     data_dir: Path = Path(".shadow-gateway")
     server: ServerConfig = ServerConfig()
     database: DatabaseConfig = DatabaseConfig()
     log_writer: LogWriterConfig = LogWriterConfig()
     auth: AuthConfig = AuthConfig()
+    metrics: MetricsConfig = MetricsConfig()
     routes: list[RouteConfig] = Field(min_length=1)
 
     @field_validator("routes")

@@ -2,12 +2,31 @@
 
 Tests build their own ``Metrics(CollectorRegistry())`` and read values with
 ``registry.get_sample_value``. Label values are bounded: routes come from config, statuses
-and outcomes from fixed sets.
+and outcomes from fixed sets, slice values from an allow-list.
+
+With several worker processes, ``shadow-gateway serve`` sets ``PROMETHEUS_MULTIPROC_DIR``
+before the workers start; prometheus_client then keeps every value in a per-process file
+there, and :func:`render` merges them, so ``/metrics`` on any worker shows the whole server.
+Gauges say how to merge (``multiprocess_mode``): sums for queue depths, the latest value for
+figures every worker sets alike.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+import re
+from pathlib import Path
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from gateway.config import GatewayConfig
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -84,11 +103,13 @@ class Metrics:
             "shadow_gateway_shadow_in_flight",
             "Student calls in flight.",
             ["route"],
+            multiprocess_mode="livesum",
             registry=reg,
         )
         self.log_queue_depth = Gauge(
             "shadow_gateway_log_queue_depth",
             "Log records waiting to be written to Postgres.",
+            multiprocess_mode="livesum",
             registry=reg,
         )
         self.log_rows_written = Counter(
@@ -105,6 +126,7 @@ class Metrics:
         self.journal_records = Gauge(
             "shadow_gateway_journal_records",
             "Records in the local journal waiting for Postgres.",
+            multiprocess_mode="livesum",
             registry=reg,
         )
         self.journal_replayed = Counter(
@@ -115,5 +137,117 @@ class Metrics:
         self.database_up = Gauge(
             "shadow_gateway_database_up",
             "1 while the log writer can reach Postgres, else 0.",
+            multiprocess_mode="livemin",
             registry=reg,
         )
+        # -- agreement and slices ------------------------------------------------------------
+        # ``dimension``/``slice`` come from the route's slice labels; values outside the
+        # configured allow-list are exported as "other", and every request also counts once
+        # under dimension="all", slice="all" (the aggregate, shown beside the slices).
+        self.agreement = Counter(
+            "shadow_gateway_agreement_total",
+            "Teacher/student comparisons by route, slice and verdict (agree, disagree).",
+            ["route", "dimension", "slice", "verdict"],
+            registry=reg,
+        )
+        self.agreement_score = Histogram(
+            "shadow_gateway_agreement_score",
+            "Agreement score in [0, 1] by route and slice.",
+            ["route", "dimension", "slice"],
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+            registry=reg,
+        )
+        self.confidence = Histogram(
+            "shadow_gateway_student_confidence",
+            "Student confidence (the route's method) by verdict, to see calibration.",
+            ["route", "verdict"],
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
+            registry=reg,
+        )
+        self.slice_bar = Gauge(
+            "shadow_gateway_slice_bar",
+            "A critical slice's minimum agreement (its bar), from the route's config.",
+            ["route", "dimension", "slice"],
+            multiprocess_mode="mostrecent",
+            registry=reg,
+        )
+        self.slice_min_samples = Gauge(
+            "shadow_gateway_slice_min_samples",
+            "Comparisons a critical slice needs in its window before its bar is judged.",
+            ["route", "dimension", "slice"],
+            multiprocess_mode="mostrecent",
+            registry=reg,
+        )
+        # -- rollout -------------------------------------------------------------------------
+        self.fallbacks = Counter(
+            "shadow_gateway_fallbacks_total",
+            "Requests the student was chosen for but the teacher answered, by reason.",
+            ["route", "reason"],
+            registry=reg,
+        )
+        self.rollout_percent = Gauge(
+            "shadow_gateway_rollout_percent",
+            "Share of users (0-100) eligible for the student's answer.",
+            ["route"],
+            multiprocess_mode="mostrecent",
+            registry=reg,
+        )
+        self.route_mode = Gauge(
+            "shadow_gateway_route_mode",
+            "1 for the route's current mode (teacher, shadow, rollout), 0 for the others.",
+            ["route", "mode"],
+            multiprocess_mode="mostrecent",
+            registry=reg,
+        )
+        self.auto_rollbacks = Counter(
+            "shadow_gateway_auto_rollbacks_total",
+            "Automatic rollbacks to shadow because a critical slice fell below its bar.",
+            ["route", "dimension", "slice"],
+            registry=reg,
+        )
+
+
+MODES = ("teacher", "shadow", "rollout")
+
+
+def describe_routes(config: GatewayConfig, metrics: Metrics) -> None:
+    """Export each route's mode, rollout percent and critical-slice bars (from config)."""
+    for route in config.routes:
+        for mode in MODES:
+            metrics.route_mode.labels(route.name, mode).set(1 if mode == route.mode else 0)
+        metrics.rollout_percent.labels(route.name).set(0)
+        for critical in route.slices.critical:
+            labels = (route.name, critical.dimension, critical.value)
+            metrics.slice_bar.labels(*labels).set(critical.min_agreement)
+            metrics.slice_min_samples.labels(*labels).set(critical.min_samples)
+
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_PID_FILE = re.compile(r"_(\d+)\.db$")
+
+
+def render(metrics: Metrics) -> bytes:
+    """The exposition text: this process's registry, or every worker's when multi-process."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return generate_latest(metrics.registry)
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]
+    return generate_latest(merged)
+
+
+def forget_dead_workers() -> None:
+    """Drop the live gauges of worker processes that no longer exist (a restarted worker)."""
+    directory = os.environ.get(MULTIPROC_ENV)
+    if not directory:
+        return
+    pids = {
+        int(m.group(1)) for p in Path(directory).glob("*.db") if (m := _PID_FILE.search(p.name))
+    }
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass

@@ -7,10 +7,11 @@ import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from gateway.api.state import gateway_state
+from gateway.metrics import render
 
 router = APIRouter()
 _READY_CACHE_S = 1.0
@@ -53,4 +54,4 @@ async def readyz(request: Request) -> JSONResponse:
 async def metrics(request: Request) -> Response:
     state = gateway_state(request)
     state.metrics.log_queue_depth.set(state.writer.queue_depth)
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(render(state.metrics), media_type=CONTENT_TYPE_LATEST)

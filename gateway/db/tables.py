@@ -63,6 +63,8 @@ requests = Table(
     Column("student_confidence", Float),
     Column("agreement_score", Float),
     Column("agree", Boolean),
+    Column("agreement_reason", Text),
+    Column("agreement_detail", JSONB),
     Column("gateway_overhead_ms", Float),
     Index("ix_requests_route_created_at", "route", "created_at"),
     Index("ix_requests_created_at", "created_at"),

@@ -27,10 +27,11 @@ from gateway.clients.upstream import (
 from gateway.config import GatewayConfig, RouteConfig
 from gateway.core.completions import Endpoint, summarise_stream
 from gateway.core.sampling import shadow_sampled
-from gateway.core.slices import slice_labels
+from gateway.core.slices import last_user_text, slice_labels
 from gateway.db.writer import LogWriter
 from gateway.errors import GatewayError, RouteNotFound, TeacherHTTPError
 from gateway.metrics import Metrics
+from gateway.shadow.analysis import RouteAnalysis
 from gateway.shadow.dispatcher import ENDPOINT_PATHS, ShadowDispatcher
 from gateway.shadow.records import (
     STUDENT_DROPPED,
@@ -79,8 +80,10 @@ class ProxyService:
         dispatcher: ShadowDispatcher,
         writer: LogWriter,
         metrics: Metrics,
+        analyses: Mapping[str, RouteAnalysis],
     ) -> None:
         self._config = config
+        self._analyses = analyses
         self._session = session
         self._dispatcher = dispatcher
         self._writer = writer
@@ -119,7 +122,9 @@ class ProxyService:
             endpoint=ctx.endpoint,
             created_at=ctx.created_at,
             mode=route.mode,
-            slices=slice_labels(metadata, ctx.headers),
+            slices=self._analyses[route.name].rules.apply(
+                slice_labels(metadata, ctx.headers), last_user_text(body)
+            ),
         )
         upstream = self._teachers[route.name, ctx.endpoint]
         teacher_body = orjson.dumps({**body, "model": route.teacher.model})
@@ -138,30 +143,33 @@ class ProxyService:
         overhead = (finished - ctx.started) - teacher_latency
 
         async def after() -> None:
-            self._start_shadow(route, identity, body)
-            self._writer.submit(
-                teacher_half(
-                    identity,
-                    payload=self._payload(body),
-                    teacher_model=route.teacher.model,
-                    stream=False,
-                    status_code=reply.status,
-                    teacher_status=reply.status,
-                    body=reply.body,
-                    summary=None,
-                    teacher_latency_s=teacher_latency,
-                    overhead_s=overhead,
-                    completed_at=datetime.now(UTC),
-                )
+            record = teacher_half(
+                identity,
+                payload=self._payload(body),
+                teacher_model=route.teacher.model,
+                stream=False,
+                status_code=reply.status,
+                teacher_status=reply.status,
+                body=reply.body,
+                summary=None,
+                teacher_latency_s=teacher_latency,
+                overhead_s=overhead,
+                completed_at=datetime.now(UTC),
             )
+            self._writer.submit(record)
+            self._start_shadow(route, identity, body, record["teacher_output"])
             self._observe(route, reply.status, teacher_latency, overhead)
 
         return Answer(reply.status, reply.body, reply.content_type or "application/json", after)
 
     def _start_shadow(
-        self, route: RouteConfig, identity: RowIdentity, body: dict[str, Any]
+        self,
+        route: RouteConfig,
+        identity: RowIdentity,
+        body: dict[str, Any],
+        teacher_text: str | None,
     ) -> None:
-        """Shadow the request, once the app has its answer.
+        """Shadow the request, once the app has its answer (``teacher_text`` if it succeeded).
 
         Started after the answer rather than beside the teacher call: on a busy core the
         student's reply would otherwise be handled while the teacher's waits (measured: about
@@ -173,7 +181,7 @@ class ProxyService:
             status = STUDENT_NO_STUDENT
         elif not shadow_sampled(identity.request_id, route.shadow_sample):
             status = STUDENT_NOT_SAMPLED
-        elif self._dispatcher.try_shadow(identity, body):
+        elif self._dispatcher.try_shadow(identity, body, teacher_text):
             return
         else:
             status = STUDENT_DROPPED
@@ -216,8 +224,9 @@ class ProxyService:
                 raise
             finally:
                 teacher_latency = time.perf_counter() - teacher_started
-                self._start_shadow(route, identity, body)
                 summary = summarise_stream(ctx.endpoint, bytes(collected))
+                complete = not disconnected and error is None and summary.error is None
+                self._start_shadow(route, identity, body, summary.text if complete else None)
                 record = teacher_half(
                     identity,
                     payload=self._payload(body),
@@ -262,7 +271,7 @@ class ProxyService:
         exc: GatewayError,
         teacher_latency: float,
     ) -> None:
-        self._start_shadow(route, identity, body)
+        self._start_shadow(route, identity, body, None)
         status = exc.http_status
         self._writer.submit(
             teacher_half(

@@ -21,8 +21,10 @@ import orjson
 from gateway.clients.upstream import Upstream, call_student, make_upstream
 from gateway.config import RouteConfig, StudentConfig
 from gateway.core.completions import Endpoint
+from gateway.core.slices import exported_slices
 from gateway.db.writer import LogWriter
 from gateway.metrics import Metrics
+from gateway.shadow.analysis import RouteAnalysis, Verdict
 from gateway.shadow.records import (
     STUDENT_OK,
     STUDENT_SHUTDOWN,
@@ -70,8 +72,10 @@ class ShadowDispatcher:
         api_keys: Mapping[str, str],
         writer: LogWriter,
         metrics: Metrics,
+        analyses: Mapping[str, RouteAnalysis],
     ) -> None:
         self._session = session
+        self._analyses = analyses
         self._writer = writer
         self._metrics = metrics
         self._tasks: set[asyncio.Task[None]] = set()
@@ -95,7 +99,9 @@ class ShadowDispatcher:
                 cursor=itertools.count(),
             )
 
-    def try_shadow(self, identity: RowIdentity, body: Mapping[str, Any]) -> bool:
+    def try_shadow(
+        self, identity: RowIdentity, body: Mapping[str, Any], teacher_text: str | None
+    ) -> bool:
         """Start a student call for this request; False (and counted) if the route is full."""
         students = self._routes[identity.route]
         if students.in_flight >= students.config.max_concurrency:
@@ -103,13 +109,17 @@ class ShadowDispatcher:
             return False
         students.in_flight += 1
         self._metrics.shadow_in_flight.labels(identity.route).inc()
-        task = asyncio.create_task(self._shadow(students, identity, body))
+        task = asyncio.create_task(self._shadow(students, identity, body, teacher_text))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
 
     async def _shadow(
-        self, students: _RouteStudents, identity: RowIdentity, body: Mapping[str, Any]
+        self,
+        students: _RouteStudents,
+        identity: RowIdentity,
+        body: Mapping[str, Any],
+        teacher_text: str | None,
     ) -> None:
         upstream = students.next_upstream(identity.endpoint)
         try:
@@ -121,11 +131,17 @@ class ShadowDispatcher:
                 student_url=upstream.url,
                 reply=reply,
             )
-            self._writer.submit(record)
             outcome = record["student_status"]
-            self._metrics.shadow_calls.labels(identity.route, outcome).inc()
             if outcome == STUDENT_OK:
+                analysis = self._analyses[identity.route]
+                verdict = await analysis.judge(
+                    teacher_text, record["student_output"], record["student_logprobs"]
+                )
+                record.update(verdict.columns())
+                self._observe_verdict(identity, analysis, verdict)
                 self._metrics.student_latency.labels(identity.route).observe(reply.latency_s)
+            self._writer.submit(record)
+            self._metrics.shadow_calls.labels(identity.route, outcome).inc()
         except asyncio.CancelledError:
             self._writer.submit(
                 student_skipped(identity, STUDENT_SHUTDOWN, "the gateway shut down mid-call")
@@ -135,9 +151,24 @@ class ShadowDispatcher:
         except Exception as exc:  # a bug here must not lose the row's student half silently
             _log.exception("shadow call failed unexpectedly")
             self._writer.submit(student_skipped(identity, "internal_error", repr(exc)))
+            self._metrics.shadow_calls.labels(identity.route, "internal_error").inc()
         finally:
             students.in_flight -= 1
             self._metrics.shadow_in_flight.labels(identity.route).dec()
+
+    def _observe_verdict(
+        self, identity: RowIdentity, analysis: RouteAnalysis, verdict: Verdict
+    ) -> None:
+        found = verdict.agreement
+        if found is None:
+            return
+        label = "agree" if found.agree else "disagree"
+        metrics, route = self._metrics, identity.route
+        for dimension, value in exported_slices(identity.slices, analysis.allowed):
+            metrics.agreement.labels(route, dimension, value, label).inc()
+            metrics.agreement_score.labels(route, dimension, value).observe(found.score)
+        if verdict.confidence is not None:
+            metrics.confidence.labels(route, label).observe(verdict.confidence)
 
     @property
     def in_flight(self) -> int:

@@ -12,7 +12,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,8 @@ class Behavior:
     hang: bool = False
     garbage: bool = False
     prefix: str = ""
+    # when set, the answer is answer(last message) instead of prefix + last message
+    answer: Callable[[str], str] | None = None
     chunk_delay_s: float = 0.0
     break_stream_after: int | None = None
 
@@ -42,14 +44,14 @@ class Received:
     headers: dict[str, str]
 
 
-def _answer_text(prefix: str, body: dict[str, Any]) -> str:
+def _answer_text(behavior: Behavior, body: dict[str, Any]) -> str:
     if "messages" in body:
         content = body["messages"][-1].get("content")
         last = content if isinstance(content, str) else json.dumps(content)
     else:
         prompt = body.get("prompt")
         last = prompt if isinstance(prompt, str) else json.dumps(prompt)
-    return f"{prefix}{last}"
+    return behavior.answer(last) if behavior.answer else f"{behavior.prefix}{last}"
 
 
 def _tokens(text: str) -> list[str]:
@@ -140,7 +142,7 @@ class FakeOpenAI:
         body, early = await self._common(request)
         if early is not None:
             return early
-        text = _answer_text(self.behavior.prefix, body)
+        text = _answer_text(self.behavior, body)
         tokens = _tokens(text)
         if body.get("stream"):
             return self._stream(body, tokens, chat=True)
@@ -170,7 +172,7 @@ class FakeOpenAI:
         body, early = await self._common(request)
         if early is not None:
             return early
-        text = _answer_text(self.behavior.prefix, body)
+        text = _answer_text(self.behavior, body)
         tokens = _tokens(text)
         if body.get("stream"):
             return self._stream(body, tokens, chat=False)

@@ -42,6 +42,18 @@ def test_minimal_config_loads_with_defaults(tmp_path: Path) -> None:
         ("routes: [{name: r, teacher: {base_url: x, model: t}, mode: teacher}]\n", "base_url"),
         ("- just\n- a list\n", "mapping at the top level"),
         ("routes: [\n", "not valid YAML"),
+        (ROUTE + "    agreement: {comparator: label}\n", "comparator label needs a pattern"),
+        (ROUTE + "    agreement: {comparator: custom}\n", "comparator custom needs function"),
+        (ROUTE + "    agreement: {comparator: fuzzy}\n", "routes.0.agreement.comparator"),
+        (
+            ROUTE + "    slices: {rules: [{dimension: c, pattern: '(', value: v}]}\n",
+            "not a valid regular expression",
+        ),
+        (ROUTE + "    slices: {length_buckets: {bounds: [50, 20]}}\n", "strictly ascending"),
+        (
+            ROUTE + "    slices: {critical: [{dimension: Tier!, value: x, min_agreement: 2}]}\n",
+            "routes.0.slices.critical.0.dimension",
+        ),
     ],
 )
 def test_bad_configs_say_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:

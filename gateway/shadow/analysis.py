@@ -1,0 +1,126 @@
+"""What the pipeline works out about a request, per route: slices, confidence, agreement.
+
+Built once at start-up from the route's config: slice rules are compiled, the comparator is
+made (a ``custom`` function imported, a ``semantic`` model loaded), and the metric allow-list
+of slice values fixed. Comparators that may be slow (``semantic``, ``custom``) run in a worker
+thread so they never stall the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import (
+    AgreementConfig,
+    GatewayConfig,
+    MetricsConfig,
+    RouteConfig,
+    SlicesConfig,
+)
+from gateway.core import agreement
+from gateway.core.agreement import Agreement, Comparator
+from gateway.core.confidence import confidence
+from gateway.core.slices import RouteSliceRules
+from gateway.errors import ConfigError
+
+
+def slice_rules(config: SlicesConfig) -> RouteSliceRules:
+    return RouteSliceRules(
+        rules=tuple((r.dimension, re.compile(r.pattern), r.value) for r in config.rules),
+        length_dimension=config.length_buckets.dimension if config.length_buckets else None,
+        length_bounds=tuple(config.length_buckets.bounds) if config.length_buckets else (),
+        defaults=tuple(config.defaults.items()),
+    )
+
+
+def _import_function(spec: str) -> Callable[[str, str], Any]:
+    module_name, _, attribute = spec.partition(":")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"agreement.function {spec!r} cannot be imported: {exc}") from exc
+    if not callable(found):
+        raise ConfigError(f"agreement.function {spec!r} is not callable")
+    function: Callable[[str, str], Any] = found
+    return function
+
+
+def comparator(config: AgreementConfig) -> Comparator:
+    threshold = config.effective_threshold
+    match config.comparator:
+        case "exact":
+            return agreement.exact(threshold)
+        case "normalized":
+            return agreement.normalized(threshold)
+        case "json":
+            return agreement.json_fields(tuple(config.fields), threshold)
+        case "label":
+            assert config.pattern is not None
+            return agreement.label(config.pattern, threshold, ignore_case=config.ignore_case)
+        case "numeric":
+            return agreement.numeric(config.abs_tol, config.rel_tol, threshold)
+        case "semantic":
+            from gateway.shadow.embeddings import load_embedder
+
+            return agreement.semantic(load_embedder(config.model), threshold)
+        case "custom":
+            assert config.function is not None
+            return agreement.custom(_import_function(config.function), threshold)
+    raise ConfigError(f"unknown comparator {config.comparator!r}")  # pragma: no cover
+
+
+def allowed_slices(route: RouteConfig, metrics: MetricsConfig) -> dict[str, frozenset[str]]:
+    """The allow-list for metric labels: the configured values plus every critical slice."""
+    allowed = {dimension: set(values) for dimension, values in metrics.slice_values.items()}
+    for critical in route.slices.critical:
+        allowed.setdefault(critical.dimension, set()).add(critical.value)
+    return {dimension: frozenset(values) for dimension, values in allowed.items()}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    confidence: float | None
+    agreement: Agreement | None
+
+    def columns(self) -> dict[str, Any]:
+        found = self.agreement
+        return {
+            "student_confidence": self.confidence,
+            "agreement_score": found.score if found else None,
+            "agree": found.agree if found else None,
+            "agreement_reason": found.reason if found else None,
+            "agreement_detail": found.detail if found else None,
+        }
+
+
+class RouteAnalysis:
+    def __init__(self, route: RouteConfig, metrics: MetricsConfig) -> None:
+        self.rules = slice_rules(route.slices)
+        self.allowed = allowed_slices(route, metrics)
+        self._confidence_method = route.rollout.confidence
+        self._compare = comparator(route.agreement)
+        self._blocking = route.agreement.comparator in ("semantic", "custom")
+
+    async def judge(
+        self, teacher_text: str | None, student_text: str, logprobs: list[Mapping[str, Any]] | None
+    ) -> Verdict:
+        """Confidence from the logprobs; agreement when the teacher's text is known."""
+        score = confidence(self._confidence_method, logprobs)
+        if teacher_text is None:
+            return Verdict(score, None)
+        if self._blocking:
+            found = await asyncio.to_thread(self._compare, teacher_text, student_text)
+        else:
+            found = self._compare(teacher_text, student_text)
+        return Verdict(score, found)
+
+
+def build_analyses(config: GatewayConfig) -> dict[str, RouteAnalysis]:
+    return {route.name: RouteAnalysis(route, config.metrics) for route in config.routes}
