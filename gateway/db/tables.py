@@ -7,18 +7,21 @@ against typed columns, and so the log writer knows each column's Postgres type.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
     Float,
+    Identity,
     Index,
     Integer,
     MetaData,
     Table,
     Text,
+    func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB
 
 metadata = MetaData()
 
@@ -68,4 +71,61 @@ requests = Table(
     Column("gateway_overhead_ms", Float),
     Index("ix_requests_route_created_at", "route", "created_at"),
     Index("ix_requests_created_at", "created_at"),
+)
+
+route_state = Table(
+    "route_state",
+    metadata,
+    Column("route", Text, primary_key=True),
+    Column("mode", Text, nullable=False),
+    Column("rollout_percent", Float, nullable=False),
+    Column("confidence_threshold", Float, nullable=False),
+    Column("confidence_method", Text, nullable=False),
+    Column("audit_sample", Float, nullable=False),
+    Column("salt", Text, nullable=False),
+    Column("version", Integer, nullable=False, server_default=text("1")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_by", Text, nullable=False),
+)
+
+route_events = Table(
+    "route_events",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("route", Text, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("old", JSONB),
+    Column("new", JSONB),
+    Column("reason", Text, nullable=False),
+    Column("detail", JSONB),
+    Index("ix_route_events_route_at", "route", "at"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("key_sha256", BYTEA, nullable=False, unique=True),
+    Column("scopes", ARRAY(Text), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("created_by", Text, nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("revoked_by", Text),
+)
+
+rollout_plans = Table(
+    "rollout_plans",
+    metadata,
+    Column("route", Text, primary_key=True),
+    Column("steps", ARRAY(Float), nullable=False),
+    Column("hold_s", Float, nullable=False),
+    Column("step_index", Integer, nullable=False),
+    Column("next_at", DateTime(timezone=True), nullable=False),
+    Column("status", Text, nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
