@@ -8,7 +8,8 @@ above them needs to know about aiohttp or asyncpg.
 
     GatewayError
     ├── InvalidRequest          400  malformed JSON, schema violations (``param`` names the field)
-    ├── AuthenticationFailed    401  missing or wrong API key
+    ├── AuthenticationFailed    401  missing, malformed, unknown or revoked API key
+    ├── PermissionDenied        403  a valid key without the scope the endpoint needs
     ├── RouteNotFound           404  ``model`` names no route
     ├── PayloadTooLarge         413  body over ``server.max_body_bytes``
     ├── UnsupportedMediaType    415  body is not JSON
@@ -69,6 +70,14 @@ class AuthenticationFailed(GatewayError):
     status_code = 401
     error_type = "invalid_request_error"
     default_code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    """A genuine key without the scope: 403, not 401, since another key (not a retry) fixes it."""
+
+    status_code = 403
+    error_type = "invalid_request_error"
+    default_code = "insufficient_scope"
 
 
 class RouteNotFound(GatewayError):

@@ -1,20 +1,51 @@
-"""API-key authentication: keys are held only as SHA-256 digests, compared in constant time."""
+"""API-key authentication: keys are held only as SHA-256 digests, compared in constant time.
+
+Two sources feed the ring: the config file's keys, fixed for the life of the process (they
+bootstrap a fresh install and cannot be revoked from the database), and the database's live
+keys, replaced wholesale by :meth:`KeyRing.refresh` on a ``shadow_gateway_keys`` notification
+and on every poll. Checking a request touches only memory; a revoked key stops working on a
+replica as soon as that replica has refreshed.
+
+A header naming no live key is a 401; a live key without any of the scopes the endpoint
+accepts is a 403, so a caller can tell "wrong key" from "right key, wrong job".
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Collection, Iterable
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import ApiKey
-from gateway.errors import AuthenticationFailed
+from gateway.db.keys import active_keys
+from gateway.errors import AuthenticationFailed, PermissionDenied
+
+APP: tuple[str, ...] = ("app",)
 
 
 class KeyRing:
-    def __init__(self, keys: tuple[ApiKey, ...]) -> None:
-        self._keys = keys
+    def __init__(self, config_keys: tuple[ApiKey, ...]) -> None:
+        self._config_keys = config_keys
+        self._keys = config_keys  # the config file's first: they win a (freak) digest clash
 
-    def authenticate(self, authorization: str | None, scope: str = "app") -> ApiKey:
-        """The key named by an ``Authorization: Bearer <key>`` header, if it has ``scope``."""
+    def set_database_keys(self, keys: Iterable[ApiKey]) -> None:
+        """Replace the database keys (one assignment: a request sees the old set or the new)."""
+        self._keys = self._config_keys + tuple(keys)
+
+    async def refresh(self, engine: AsyncEngine) -> None:
+        """Reload the database keys; on failure the current ones stay (the caller logs it)."""
+        self.set_database_keys(await active_keys(engine))
+
+    def authenticate(self, authorization: str | None, scopes: Collection[str] = APP) -> ApiKey:
+        """The key named by an ``Authorization: Bearer <key>`` header, if it has one of ``scopes``.
+
+        Raises :class:`AuthenticationFailed` (401) when the header is missing or malformed or
+        names no live key, and :class:`PermissionDenied` (403) when the key has none of
+        ``scopes``.
+        """
+        accepted = (scopes,) if isinstance(scopes, str) else tuple(scopes)
         if not authorization:
             raise AuthenticationFailed(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."
@@ -25,8 +56,13 @@ class KeyRing:
         digest = hashlib.sha256(presented.strip().encode()).digest()
         found = None
         for key in self._keys:  # no early exit: the time taken does not depend on which key
-            if hmac.compare_digest(digest, key.sha256):
+            if hmac.compare_digest(digest, key.sha256) and found is None:
                 found = key
-        if found is None or scope not in found.scopes:
+        if found is None:
             raise AuthenticationFailed("Incorrect API key provided.")
+        if found.scopes.isdisjoint(accepted):
+            needed = " or ".join(f"'{scope}'" for scope in accepted)
+            raise PermissionDenied(
+                f"The API key '{found.name}' lacks the scope this endpoint needs: {needed}."
+            )
         return found
