@@ -23,10 +23,12 @@ from gateway.api.state import GatewayState
 from gateway.clients.upstream import new_session
 from gateway.config import Settings, load_settings
 from gateway.db.engine import create_engine, plain_dsn
+from gateway.db.notify import KEYS_CHANNEL, ROUTES_CHANNEL, ChangeListener
 from gateway.db.writer import LogWriter
 from gateway.errors import ConfigError, GatewayError
 from gateway.metrics import Metrics, describe_routes, forget_dead_workers
 from gateway.services.auth import KeyRing
+from gateway.services.control import ControlPlane
 from gateway.services.proxy import ProxyService
 from gateway.shadow.analysis import build_analyses
 from gateway.shadow.dispatcher import ShadowDispatcher
@@ -65,13 +67,32 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         dispatcher = ShadowDispatcher(
             student_session, config.routes, upstream_keys, writer, metrics, analyses
         )
+        control = ControlPlane(engine, config, metrics)
+        try:
+            await control.seed()
+        except Exception as exc:  # Postgres down: serve the config's knobs until it is back
+            _log.warning("cannot load route state from Postgres (%s); using the config's", exc)
+        keys = KeyRing(settings.api_keys)
+        listener = ChangeListener(
+            plain_dsn(database_url),
+            {ROUTES_CHANNEL: control.refresh, KEYS_CHANNEL: lambda: keys.refresh(engine)},
+        )
+        listener.start()
         app.state.gateway = GatewayState(
             settings=settings,
             metrics=metrics,
-            keys=KeyRing(settings.api_keys),
+            keys=keys,
             proxy=ProxyService(
-                config, upstream_keys, teacher_session, dispatcher, writer, metrics, analyses
+                config,
+                upstream_keys,
+                teacher_session,
+                dispatcher,
+                writer,
+                metrics,
+                analyses,
+                control,
             ),
+            control=control,
             dispatcher=dispatcher,
             writer=writer,
             engine=engine,
@@ -86,6 +107,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             yield
         finally:
             # Requests are finished (the server drained them); now the background work.
+            await listener.stop()
             await dispatcher.drain(config.server.drain_timeout_s)
             await writer.close()
             await student_session.close()

@@ -143,14 +143,24 @@ class SlicesConfig(_Strict):
 
 
 class RolloutConfig(_Strict):
+    """The rollout knobs' starting values; live values are in ``route_state`` (admin API/CLI)."""
+
+    percent: float = Field(default=0.0, ge=0.0, le=100.0)
+    threshold: float = Field(default=0.8, ge=0.0, le=1.0)
     confidence: ConfidenceMethod = "mean_prob"  # how the student's logprobs become confidence
+    audit_sample: float = Field(default=0.05, ge=0.0, le=1.0)
+    salt: str | None = None  # default: the route's name
+    sticky_header: str | None = None  # e.g. x-user-id, used when a request has no `user`
+    # How long a chosen student may take before the teacher answers instead; default: the
+    # student's timeout_s. Worst case for the app: this plus the teacher's answer time.
+    student_budget_s: float | None = Field(default=None, gt=0)
 
 
 class RouteConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     teacher: TeacherConfig
     student: StudentConfig | None = None
-    mode: Literal["teacher", "shadow"] = "shadow"
+    mode: Literal["teacher", "shadow", "rollout"] = "shadow"
     shadow_sample: float = Field(default=1.0, ge=0.0, le=1.0)
     rollout: RolloutConfig = RolloutConfig()
     agreement: AgreementConfig = AgreementConfig()
@@ -219,9 +229,9 @@ class GatewayConfig(_Strict):
     @model_validator(mode="after")
     def _shadow_needs_student(self) -> GatewayConfig:
         for route in self.routes:
-            if route.mode == "shadow" and route.student is None and route.shadow_sample > 0:
+            if route.mode != "teacher" and route.student is None:
                 raise ValueError(
-                    f"route {route.name!r} is in shadow mode but has no student; "
+                    f"route {route.name!r} is in {route.mode} mode but has no student; "
                     "add a student or set mode: teacher"
                 )
         return self

@@ -211,11 +211,8 @@ MODES = ("teacher", "shadow", "rollout")
 
 
 def describe_routes(config: GatewayConfig, metrics: Metrics) -> None:
-    """Export each route's mode, rollout percent and critical-slice bars (from config)."""
+    """Export each route's critical-slice bars (mode and percent come from the control plane)."""
     for route in config.routes:
-        for mode in MODES:
-            metrics.route_mode.labels(route.name, mode).set(1 if mode == route.mode else 0)
-        metrics.rollout_percent.labels(route.name).set(0)
         for critical in route.slices.critical:
             labels = (route.name, critical.dimension, critical.value)
             metrics.slice_bar.labels(*labels).set(critical.min_agreement)

@@ -23,7 +23,7 @@ from gateway.api.state import GatewayState, gateway_state
 from gateway.core.completions import Endpoint
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 from gateway.protocol.openai import validate_request
-from gateway.services.proxy import Answer, RequestContext
+from gateway.services.answers import Answer, RequestContext
 
 
 async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
@@ -70,7 +70,7 @@ async def _proxy(request: Request, endpoint: Endpoint) -> Response:
         )
         answer = await state.proxy.complete(ctx, body, validated.metadata)
     except GatewayError as exc:
-        if exc.http_status in (400, 401, 404, 413, 415):
+        if exc.http_status in (400, 401, 403, 404, 413, 415):
             state.metrics.rejected.labels(str(exc.http_status)).inc()
         return error_response(exc, request_id)
     headers = {"x-request-id": request_id, "x-served-by": "teacher"}

@@ -11,6 +11,7 @@ from gateway.config import Settings
 from gateway.db.writer import LogWriter
 from gateway.metrics import Metrics
 from gateway.services.auth import KeyRing
+from gateway.services.control import ControlPlane
 from gateway.services.proxy import ProxyService
 from gateway.shadow.dispatcher import ShadowDispatcher
 
@@ -21,6 +22,7 @@ class GatewayState:
     metrics: Metrics
     keys: KeyRing
     proxy: ProxyService
+    control: ControlPlane
     dispatcher: ShadowDispatcher
     writer: LogWriter
     engine: AsyncEngine

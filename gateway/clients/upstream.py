@@ -138,12 +138,16 @@ class StudentReply:
 
 
 async def call_student(
-    session: aiohttp.ClientSession, upstream: Upstream, body: bytes
+    session: aiohttp.ClientSession, upstream: Upstream, body: bytes, timeout_s: float | None = None
 ) -> StudentReply:
+    """POST to the student; ``timeout_s`` (a rollout's latency budget) overrides the route's."""
+    timeout = upstream.timeout
+    if timeout_s is not None:
+        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=timeout.sock_connect)
     started = time.perf_counter()
     try:
         async with session.post(
-            upstream.url, data=body, headers=upstream.headers, timeout=upstream.timeout
+            upstream.url, data=body, headers=upstream.headers, timeout=timeout
         ) as response:
             payload = await response.read()
     except TimeoutError:
@@ -152,7 +156,7 @@ async def call_student(
             None,
             b"",
             time.perf_counter() - started,
-            f"no answer within {upstream.timeout.total:g} s",
+            f"no answer within {timeout.total:g} s",
         )
     except (aiohttp.ClientError, OSError) as exc:
         return StudentReply("unreachable", None, b"", time.perf_counter() - started, str(exc))

@@ -208,3 +208,59 @@ def _rebuild(endpoint: Endpoint, first: JSON | None, summary: StreamSummary) -> 
             "completion_tokens": summary.usage.completion_tokens,
         }
     return body
+
+
+def completion_to_sse(endpoint: Endpoint, body: JSON, include_usage: bool) -> bytes:
+    """A complete completion, re-emitted as the SSE stream an app asked for.
+
+    Used when the student answers a streamed request: its answer is judged whole, then sent
+    as chunk events (the text as one delta), a finishing chunk, the usage chunk if the app
+    asked for it, and ``data: [DONE]``, the same shape OpenAI streams.
+    """
+    head = {
+        "id": body.get("id"),
+        "object": "chat.completion.chunk" if endpoint == "chat" else "text_completion",
+        "created": body.get("created"),
+        "model": body.get("model"),
+    }
+    events: list[JSON] = []
+    choices = body.get("choices") if isinstance(body.get("choices"), list) else []
+    for choice in choices or []:
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index", 0)
+        if endpoint == "chat":
+            message = choice.get("message")
+            content = message.get("content") if isinstance(message, dict) else None
+            delta = {"role": "assistant", "content": content or ""}
+            events.append(
+                {**head, "choices": [{"index": index, "delta": delta, "finish_reason": None}]}
+            )
+            events.append(
+                {
+                    **head,
+                    "choices": [
+                        {"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")}
+                    ],
+                }
+            )
+        else:
+            events.append(
+                {
+                    **head,
+                    "choices": [
+                        {"index": index, "text": choice.get("text") or "", "finish_reason": None}
+                    ],
+                }
+            )
+            events.append(
+                {
+                    **head,
+                    "choices": [
+                        {"index": index, "text": "", "finish_reason": choice.get("finish_reason")}
+                    ],
+                }
+            )
+    if include_usage and isinstance(body.get("usage"), dict):
+        events.append({**head, "choices": [], "usage": body["usage"]})
+    return b"".join(b"data: " + orjson.dumps(e) + b"\n\n" for e in events) + b"data: [DONE]\n\n"

@@ -1,17 +1,17 @@
-"""The request path: route → teacher (and, in the background, the student) → answer → log.
+"""The request path: route → decide → teacher (or the student first) → answer → log.
 
-The app's answer depends only on the teacher. Everything else (parsing the teacher's body for
-the log, the student call, the database) happens after the answer is handed back or in other
-tasks. Errors reach the caller as GatewayError subclasses; every request that reached a route
-leaves a teacher half in the log, error or not.
+In shadow mode (and for users a rollout did not choose) the app's answer depends only on the
+teacher; the student call, parsing for the log and the database happen after the answer is
+handed back or in other tasks. Users a rollout chose get the student first
+(:mod:`gateway.services.rollout`), the teacher when it falls back. Errors reach the caller as
+GatewayError subclasses; every request that reached a route leaves its row, error or not.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,11 +26,15 @@ from gateway.clients.upstream import (
 )
 from gateway.config import GatewayConfig, RouteConfig
 from gateway.core.completions import Endpoint, summarise_stream
+from gateway.core.routing import Decision, bucket, decide, sticky_key
 from gateway.core.sampling import shadow_sampled
 from gateway.core.slices import last_user_text, slice_labels
 from gateway.db.writer import LogWriter
 from gateway.errors import GatewayError, RouteNotFound, TeacherHTTPError
 from gateway.metrics import Metrics
+from gateway.services.answers import Answer, RequestContext, StreamAnswer
+from gateway.services.control import ControlPlane
+from gateway.services.rollout import Fallback, StudentFirst
 from gateway.shadow.analysis import RouteAnalysis
 from gateway.shadow.dispatcher import ENDPOINT_PATHS, ShadowDispatcher
 from gateway.shadow.records import (
@@ -46,29 +50,7 @@ _log = logging.getLogger("shadow_gateway.proxy")
 STUDENT_DISABLED = "disabled"
 
 
-@dataclass(frozen=True)
-class RequestContext:
-    request_id: str
-    endpoint: Endpoint
-    started: float  # time.perf_counter() at arrival
-    created_at: datetime
-    headers: list[tuple[str, str]]
-
-
-@dataclass
-class Answer:
-    """A complete answer; ``after`` runs once it has been sent (logging)."""
-
-    status: int
-    body: bytes
-    content_type: str
-    after: Callable[[], Awaitable[None]]
-
-
-@dataclass
-class StreamAnswer:
-    chunks: AsyncIterator[bytes]
-    content_type: str
+Then = Callable[[str | None], None]  # what follows the teacher's answer, given its text
 
 
 class ProxyService:
@@ -81,9 +63,11 @@ class ProxyService:
         writer: LogWriter,
         metrics: Metrics,
         analyses: Mapping[str, RouteAnalysis],
+        control: ControlPlane,
     ) -> None:
         self._config = config
         self._analyses = analyses
+        self._control = control
         self._session = session
         self._dispatcher = dispatcher
         self._writer = writer
@@ -101,6 +85,15 @@ class ProxyService:
                     teacher.timeout_s,
                     teacher.connect_timeout_s,
                 )
+        self._student_first = StudentFirst(
+            dispatcher,
+            session,
+            self._teachers,
+            writer,
+            metrics,
+            analyses,
+            config.log_writer.store_payloads,
+        )
 
     def route(self, model: str) -> RouteConfig:
         route = self._config.route(model)
@@ -116,26 +109,81 @@ class ProxyService:
         self, ctx: RequestContext, body: dict[str, Any], metadata: Mapping[str, str] | None
     ) -> Answer | StreamAnswer:
         route = self.route(body["model"])
+        state = self._control.state(route.name)
         identity = RowIdentity(
             request_id=ctx.request_id,
             route=route.name,
             endpoint=ctx.endpoint,
             created_at=ctx.created_at,
-            mode=route.mode,
+            mode=state.mode,
             slices=self._analyses[route.name].rules.apply(
                 slice_labels(metadata, ctx.headers), last_user_text(body)
             ),
         )
+        header = ctx.header(route.rollout.sticky_header) if route.rollout.sticky_header else None
+        sticky = bucket(state.salt, sticky_key(body.get("user"), header, ctx.request_id))
+        decision = decide(state, sticky)
+        fallback: Fallback | None = None
+        if decision == "student_first":
+            served = await self._student_first.answer(ctx, route, state, identity, body)
+            if not isinstance(served, Fallback):
+                return served
+            fallback = served
+        then = self._then(route, identity, body, decision, fallback)
+        reason = fallback.reason if fallback else None
+        if body.get("stream"):
+            return await self._stream(ctx, route, identity, body, then, reason)
+        return await self._complete(ctx, route, identity, body, then, reason)
+
+    def _then(
+        self,
+        route: RouteConfig,
+        identity: RowIdentity,
+        body: dict[str, Any],
+        decision: Decision,
+        fallback: Fallback | None,
+    ) -> Then:
+        """After the teacher: shadow the student, or judge the answer it already gave."""
+        if fallback is None:
+            return lambda teacher_text: self._start_shadow(
+                route, identity, body, teacher_text, decision
+            )
+        student_text, confidence = fallback.student_text, fallback.confidence
+
+        def judge(teacher_text: str | None) -> None:
+            if teacher_text is not None and student_text is not None:
+                self._dispatcher.spawn(
+                    self._student_first.judge(
+                        route, identity, teacher_text, student_text, confidence
+                    )
+                )
+
+        return judge
+
+    async def _complete(
+        self,
+        ctx: RequestContext,
+        route: RouteConfig,
+        identity: RowIdentity,
+        body: dict[str, Any],
+        then: Then,
+        fallback_reason: str | None,
+    ) -> Answer:
         upstream = self._teachers[route.name, ctx.endpoint]
         teacher_body = orjson.dumps({**body, "model": route.teacher.model})
-        if body.get("stream"):
-            return await self._stream(ctx, route, identity, body, upstream, teacher_body)
         teacher_started = time.perf_counter()
         try:
             reply = await call_teacher(self._session, upstream, teacher_body)
         except GatewayError as exc:
             self._log_failure(
-                ctx, route, identity, body, exc, time.perf_counter() - teacher_started
+                ctx,
+                route,
+                identity,
+                body,
+                exc,
+                time.perf_counter() - teacher_started,
+                then,
+                fallback_reason,
             )
             raise
         finished = time.perf_counter()
@@ -155,12 +203,14 @@ class ProxyService:
                 teacher_latency_s=teacher_latency,
                 overhead_s=overhead,
                 completed_at=datetime.now(UTC),
+                fallback_reason=fallback_reason,
             )
             self._writer.submit(record)
-            self._start_shadow(route, identity, body, record["teacher_output"])
+            then(record["teacher_output"])
             self._observe(route, reply.status, teacher_latency, overhead)
 
-        return Answer(reply.status, reply.body, reply.content_type or "application/json", after)
+        content_type = reply.content_type or "application/json"
+        return Answer(reply.status, reply.body, content_type, after, _headers(fallback_reason))
 
     def _start_shadow(
         self,
@@ -168,6 +218,7 @@ class ProxyService:
         identity: RowIdentity,
         body: dict[str, Any],
         teacher_text: str | None,
+        decision: Decision,
     ) -> None:
         """Shadow the request, once the app has its answer (``teacher_text`` if it succeeded).
 
@@ -175,9 +226,9 @@ class ProxyService:
         student's reply would otherwise be handled while the teacher's waits (measured: about
         0.4 ms of p50 at 20 req/s; docs/benchmarks.md).
         """
-        if route.mode == "teacher":
+        if decision == "teacher_only":
             status = STUDENT_DISABLED
-        elif route.student is None:
+        elif not self._dispatcher.has_student(route.name):
             status = STUDENT_NO_STUDENT
         elif not shadow_sampled(identity.request_id, route.shadow_sample):
             status = STUDENT_NOT_SAMPLED
@@ -193,15 +244,24 @@ class ProxyService:
         route: RouteConfig,
         identity: RowIdentity,
         body: dict[str, Any],
-        upstream: Upstream,
-        teacher_body: bytes,
+        then: Then,
+        fallback_reason: str | None,
     ) -> StreamAnswer:
+        upstream = self._teachers[route.name, ctx.endpoint]
+        teacher_body = orjson.dumps({**body, "model": route.teacher.model})
         teacher_started = time.perf_counter()
         try:
             stream = await open_teacher_stream(self._session, upstream, teacher_body)
         except GatewayError as exc:
             self._log_failure(
-                ctx, route, identity, body, exc, time.perf_counter() - teacher_started
+                ctx,
+                route,
+                identity,
+                body,
+                exc,
+                time.perf_counter() - teacher_started,
+                then,
+                fallback_reason,
             )
             raise
         setup_overhead = teacher_started - ctx.started
@@ -226,7 +286,7 @@ class ProxyService:
                 teacher_latency = time.perf_counter() - teacher_started
                 summary = summarise_stream(ctx.endpoint, bytes(collected))
                 complete = not disconnected and error is None and summary.error is None
-                self._start_shadow(route, identity, body, summary.text if complete else None)
+                then(summary.text if complete else None)
                 record = teacher_half(
                     identity,
                     payload=self._payload(body),
@@ -253,11 +313,12 @@ class ProxyService:
                         if error
                         else None
                     ),
+                    fallback_reason=fallback_reason,
                 )
                 self._writer.submit(record)
                 self._observe(route, 200, teacher_latency, setup_overhead)
 
-        return StreamAnswer(relay(), stream.content_type)
+        return StreamAnswer(relay(), stream.content_type, _headers(fallback_reason))
 
     def _payload(self, body: dict[str, Any]) -> dict[str, Any] | None:
         return body if self._store_payloads else None
@@ -270,8 +331,10 @@ class ProxyService:
         body: dict[str, Any],
         exc: GatewayError,
         teacher_latency: float,
+        then: Then,
+        fallback_reason: str | None,
     ) -> None:
-        self._start_shadow(route, identity, body, None)
+        then(None)
         status = exc.http_status
         self._writer.submit(
             teacher_half(
@@ -288,6 +351,7 @@ class ProxyService:
                 completed_at=datetime.now(UTC),
                 error_type=exc.error_type,
                 error_message=exc.message,
+                fallback_reason=fallback_reason,
             )
         )
         self._metrics.requests.labels(route.name, "teacher", str(status)).inc()
@@ -298,3 +362,10 @@ class ProxyService:
         self._metrics.requests.labels(route.name, "teacher", str(status)).inc()
         self._metrics.teacher_latency.labels(route.name).observe(teacher_latency)
         self._metrics.overhead.labels(route.name).observe(overhead)
+
+
+def _headers(fallback_reason: str | None) -> dict[str, str]:
+    headers = {"x-served-by": "teacher"}
+    if fallback_reason:
+        headers["x-fallback-reason"] = fallback_reason
+    return headers

@@ -25,8 +25,9 @@ from gateway.config import (
 from gateway.core import agreement
 from gateway.core.agreement import Agreement, Comparator
 from gateway.core.confidence import confidence
-from gateway.core.slices import RouteSliceRules
+from gateway.core.slices import RouteSliceRules, exported_slices
 from gateway.errors import ConfigError
+from gateway.metrics import Metrics
 
 
 def slice_rules(config: SlicesConfig) -> RouteSliceRules:
@@ -108,18 +109,36 @@ class RouteAnalysis:
         self._compare = comparator(route.agreement)
         self._blocking = route.agreement.comparator in ("semantic", "custom")
 
+    def confidence(self, logprobs: list[Mapping[str, Any]] | None) -> float | None:
+        return confidence(self._confidence_method, logprobs)
+
+    async def compare(self, teacher_text: str, student_text: str) -> Agreement:
+        if self._blocking:
+            return await asyncio.to_thread(self._compare, teacher_text, student_text)
+        return self._compare(teacher_text, student_text)
+
     async def judge(
         self, teacher_text: str | None, student_text: str, logprobs: list[Mapping[str, Any]] | None
     ) -> Verdict:
         """Confidence from the logprobs; agreement when the teacher's text is known."""
-        score = confidence(self._confidence_method, logprobs)
+        score = self.confidence(logprobs)
         if teacher_text is None:
             return Verdict(score, None)
-        if self._blocking:
-            found = await asyncio.to_thread(self._compare, teacher_text, student_text)
-        else:
-            found = self._compare(teacher_text, student_text)
-        return Verdict(score, found)
+        return Verdict(score, await self.compare(teacher_text, student_text))
+
+    def observe(
+        self, metrics: Metrics, route: str, slices: Mapping[str, str], verdict: Verdict
+    ) -> None:
+        """Count a verdict per exported slice, and its confidence by verdict."""
+        found = verdict.agreement
+        if found is None:
+            return
+        label = "agree" if found.agree else "disagree"
+        for dimension, value in exported_slices(slices, self.allowed):
+            metrics.agreement.labels(route, dimension, value, label).inc()
+            metrics.agreement_score.labels(route, dimension, value).observe(found.score)
+        if verdict.confidence is not None:
+            metrics.confidence.labels(route, label).observe(verdict.confidence)
 
 
 def build_analyses(config: GatewayConfig) -> dict[str, RouteAnalysis]:

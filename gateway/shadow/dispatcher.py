@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,13 +21,13 @@ import orjson
 from gateway.clients.upstream import Upstream, call_student, make_upstream
 from gateway.config import RouteConfig, StudentConfig
 from gateway.core.completions import Endpoint
-from gateway.core.slices import exported_slices
 from gateway.db.writer import LogWriter
 from gateway.metrics import Metrics
-from gateway.shadow.analysis import RouteAnalysis, Verdict
+from gateway.shadow.analysis import RouteAnalysis
 from gateway.shadow.records import (
     STUDENT_OK,
     STUDENT_SHUTDOWN,
+    Record,
     RowIdentity,
     student_half,
     student_skipped,
@@ -109,10 +109,46 @@ class ShadowDispatcher:
             return False
         students.in_flight += 1
         self._metrics.shadow_in_flight.labels(identity.route).inc()
-        task = asyncio.create_task(self._shadow(students, identity, body, teacher_text))
+        self.spawn(self._shadow(students, identity, body, teacher_text))
+        return True
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run background work that shutdown waits for (and that is never garbage-collected)."""
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return True
+
+    def has_student(self, route: str) -> bool:
+        return route in self._routes
+
+    async def call_now(
+        self, identity: RowIdentity, body: Mapping[str, Any], budget_s: float
+    ) -> tuple[Record, bytes] | None:
+        """Ask the student on the response path (rollout): its row half and its raw answer.
+
+        None when the route's concurrency bound is full: a chosen student that cannot take
+        the call is unavailable, never waited for.
+        """
+        students = self._routes[identity.route]
+        if students.in_flight >= students.config.max_concurrency:
+            self._metrics.shadow_dropped.labels(identity.route).inc()
+            return None
+        students.in_flight += 1
+        self._metrics.shadow_in_flight.labels(identity.route).inc()
+        upstream = students.next_upstream(identity.endpoint)
+        try:
+            payload = student_request(identity.endpoint, body, students.config)
+            reply = await call_student(self._session, upstream, payload, timeout_s=budget_s)
+        finally:
+            students.in_flight -= 1
+            self._metrics.shadow_in_flight.labels(identity.route).dec()
+        record = student_half(
+            identity, student_model=students.config.model, student_url=upstream.url, reply=reply
+        )
+        self._metrics.shadow_calls.labels(identity.route, record["student_status"]).inc()
+        if record["student_status"] == STUDENT_OK:
+            self._metrics.student_latency.labels(identity.route).observe(reply.latency_s)
+        return record, reply.body
 
     async def _shadow(
         self,
@@ -138,7 +174,7 @@ class ShadowDispatcher:
                     teacher_text, record["student_output"], record["student_logprobs"]
                 )
                 record.update(verdict.columns())
-                self._observe_verdict(identity, analysis, verdict)
+                analysis.observe(self._metrics, identity.route, identity.slices, verdict)
                 self._metrics.student_latency.labels(identity.route).observe(reply.latency_s)
             self._writer.submit(record)
             self._metrics.shadow_calls.labels(identity.route, outcome).inc()
@@ -155,20 +191,6 @@ class ShadowDispatcher:
         finally:
             students.in_flight -= 1
             self._metrics.shadow_in_flight.labels(identity.route).dec()
-
-    def _observe_verdict(
-        self, identity: RowIdentity, analysis: RouteAnalysis, verdict: Verdict
-    ) -> None:
-        found = verdict.agreement
-        if found is None:
-            return
-        label = "agree" if found.agree else "disagree"
-        metrics, route = self._metrics, identity.route
-        for dimension, value in exported_slices(identity.slices, analysis.allowed):
-            metrics.agreement.labels(route, dimension, value, label).inc()
-            metrics.agreement_score.labels(route, dimension, value).observe(found.score)
-        if verdict.confidence is not None:
-            metrics.confidence.labels(route, label).observe(verdict.confidence)
 
     @property
     def in_flight(self) -> int:

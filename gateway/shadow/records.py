@@ -83,12 +83,14 @@ def teacher_half(
     completed_at: datetime,
     error_type: str | None = None,
     error_message: str | None = None,
+    fallback_reason: str | None = None,
 ) -> Record:
-    """The columns known once the app has its answer (or its error)."""
+    """The columns known once the app has the teacher's answer (or its error)."""
     record = identity.columns()
     record.update(
         completed_at=completed_at,
         served_by="teacher",
+        fallback_reason=fallback_reason,
         stream=stream,
         status_code=status_code,
         error_type=error_type,
@@ -113,17 +115,7 @@ def teacher_half(
                 error_type="stream_error", teacher_error=orjson.dumps(summary.error).decode()
             )
     elif body is not None:
-        parsed = _parse(body)
-        if parsed is None and body:
-            parsed = {"unparsed": body[:4096].decode("utf-8", "replace")}
-        counts = usage(parsed)
-        record.update(
-            teacher_output=response_text(identity.endpoint, parsed),
-            teacher_response=parsed,
-            teacher_finish_reason=finish_reason(parsed),
-            teacher_prompt_tokens=counts.prompt_tokens,
-            teacher_completion_tokens=counts.completion_tokens,
-        )
+        record.update(teacher_columns(identity.endpoint, body))
     return record
 
 
@@ -167,4 +159,62 @@ def student_skipped(identity: RowIdentity, status: str, error: str | None = None
     """A student half for a call that never happened or was cut short."""
     record = identity.columns()
     record.update(student_status=status, student_error=error)
+    return record
+
+
+def teacher_columns(endpoint: Endpoint, body: bytes) -> Record:
+    """The teacher_* columns parsed from a complete (non-stream) teacher body."""
+    parsed = _parse(body)
+    if parsed is None and body:
+        parsed = {"unparsed": body[:4096].decode("utf-8", "replace")}
+    counts = usage(parsed)
+    return {
+        "teacher_output": response_text(endpoint, parsed),
+        "teacher_response": parsed,
+        "teacher_finish_reason": finish_reason(parsed),
+        "teacher_prompt_tokens": counts.prompt_tokens,
+        "teacher_completion_tokens": counts.completion_tokens,
+    }
+
+
+def student_served(
+    identity: RowIdentity,
+    *,
+    payload: dict[str, Any] | None,
+    stream: bool,
+    completed_at: datetime,
+    overhead_s: float,
+) -> Record:
+    """The columns of a request the student answered (rollout)."""
+    record = identity.columns()
+    record.update(
+        served_by="student",
+        status_code=200,
+        stream=stream,
+        completed_at=completed_at,
+        request_payload=payload,
+        gateway_overhead_ms=_ms(overhead_s),
+    )
+    return record
+
+
+def teacher_audit(
+    identity: RowIdentity,
+    *,
+    teacher_model: str,
+    status: int | None,
+    body: bytes | None,
+    latency_s: float,
+    error: str | None,
+) -> Record:
+    """The teacher's answer to a student-served request, fetched afterwards to measure it."""
+    record = identity.columns()
+    record.update(
+        teacher_model=teacher_model,
+        teacher_status=status,
+        teacher_latency_ms=_ms(latency_s),
+        teacher_error=error,
+    )
+    if body is not None:
+        record.update(teacher_columns(identity.endpoint, body))
     return record

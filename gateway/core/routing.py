@@ -1,0 +1,74 @@
+"""Who gets the student: sticky buckets and the per-request decision.
+
+A request's bucket is a stable hash of the route's salt and a sticky key (the request's
+``user``, else a configured header, else the request id), scaled to [0, 100). A route in
+rollout serves the student to buckets below its ``rollout_percent``: the same user lands in
+the same bucket on every replica and after restarts, and raising the percentage only adds
+buckets, so users who had the student keep it. Changing the salt reshuffles everyone, which
+is what a fresh experiment wants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from gateway.core.sampling import unit_hash
+
+Mode = Literal["teacher", "shadow", "rollout"]
+Decision = Literal["teacher_only", "shadow", "student_first"]
+FallbackReason = Literal[
+    "low_confidence", "student_error", "student_timeout", "student_unavailable"
+]
+
+
+@dataclass(frozen=True)
+class RouteState:
+    """A route's live knobs, as stored in ``route_state``."""
+
+    mode: Mode
+    rollout_percent: float
+    confidence_threshold: float
+    confidence_method: str
+    audit_sample: float
+    salt: str
+    version: int = 1
+
+    def changed(self, **changes: object) -> RouteState:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def sticky_key(user: object, header_value: str | None, request_id: str) -> str:
+    if isinstance(user, str) and user:
+        return f"user:{user}"
+    if header_value:
+        return f"header:{header_value}"
+    return f"request:{request_id}"
+
+
+def bucket(salt: str, key: str) -> float:
+    """The key's place in [0, 100) for this salt."""
+    return unit_hash(f"{salt}\x00{key}") * 100.0
+
+
+def decide(state: RouteState, sticky_bucket: float) -> Decision:
+    if state.mode == "teacher":
+        return "teacher_only"
+    if state.mode == "rollout" and sticky_bucket < state.rollout_percent:
+        return "student_first"
+    return "shadow"
+
+
+def fallback_reason(
+    outcome: str, confidence: float | None, threshold: float
+) -> FallbackReason | None:
+    """Why the teacher must answer in place of the student; None when the student may."""
+    if outcome == "timeout":
+        return "student_timeout"
+    if outcome == "unreachable":
+        return "student_unavailable"
+    if outcome != "ok":
+        return "student_error"
+    if confidence is None or confidence < threshold:
+        return "low_confidence"
+    return None

@@ -1,0 +1,216 @@
+"""Rollout: the student answers first for the users the sticky bucket chose.
+
+For a chosen request the student is asked on the response path, within the route's latency
+budget. If it answered, and its confidence (from its logprobs, by the route's method) is at
+least the threshold, the app gets the student's answer (``x-served-by: student``); a fraction
+``audit_sample`` of those answers is also sent to the teacher in the background, so agreement
+on served traffic keeps being measured. Otherwise the teacher answers, with the reason in
+``x-fallback-reason`` and in the row, and the student's answer (if any) is compared with it.
+
+Streamed requests: the student's answer is judged whole (it is asked without streaming), then
+sent as an SSE stream of the same shape OpenAI's has; on a fallback the teacher's stream is
+relayed as usual. So a served stream starts only when the student has finished.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.clients.upstream import Upstream, call_teacher
+from gateway.config import RouteConfig
+from gateway.core.completions import Endpoint, completion_to_sse, strip_logprobs
+from gateway.core.routing import RouteState, fallback_reason
+from gateway.core.sampling import shadow_sampled
+from gateway.db.writer import LogWriter
+from gateway.errors import GatewayError, TeacherHTTPError
+from gateway.metrics import Metrics
+from gateway.services.answers import Answer, RequestContext, StreamAnswer
+from gateway.shadow.analysis import RouteAnalysis, Verdict
+from gateway.shadow.dispatcher import ShadowDispatcher
+from gateway.shadow.records import (
+    STUDENT_DROPPED,
+    STUDENT_OK,
+    RowIdentity,
+    student_served,
+    student_skipped,
+    teacher_audit,
+)
+
+JSON_TYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """The teacher must answer; the student's text (if it gave one) is judged against it."""
+
+    reason: str
+    student_text: str | None
+    confidence: float | None
+
+
+def _app_wants_logprobs(body: Mapping[str, Any]) -> bool:
+    return bool(body.get("logprobs")) or body.get("logprobs") == 0
+
+
+class StudentFirst:
+    def __init__(
+        self,
+        dispatcher: ShadowDispatcher,
+        session: aiohttp.ClientSession,
+        teachers: Mapping[tuple[str, Endpoint], Upstream],
+        writer: LogWriter,
+        metrics: Metrics,
+        analyses: Mapping[str, RouteAnalysis],
+        store_payloads: bool,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._session = session
+        self._teachers = teachers
+        self._writer = writer
+        self._metrics = metrics
+        self._analyses = analyses
+        self._store_payloads = store_payloads
+
+    async def answer(
+        self,
+        ctx: RequestContext,
+        route: RouteConfig,
+        state: RouteState,
+        identity: RowIdentity,
+        body: dict[str, Any],
+    ) -> Answer | StreamAnswer | Fallback:
+        assert route.student is not None
+        budget = route.rollout.student_budget_s or route.student.timeout_s
+        called = await self._dispatcher.call_now(identity, body, budget)
+        if called is None:
+            self._writer.submit(student_skipped(identity, STUDENT_DROPPED))
+            return self._fall_back(route, "student_unavailable", None, None)
+        record, raw = called
+        analysis = self._analyses[route.name]
+        confidence = analysis.confidence(record.get("student_logprobs"))
+        record["student_confidence"] = confidence
+        self._writer.submit(record)
+        reason = fallback_reason(record["student_status"], confidence, state.confidence_threshold)
+        if reason is not None:
+            text = record.get("student_output") if record["student_status"] == STUDENT_OK else None
+            return self._fall_back(route, reason, text, confidence)
+        return self._serve(ctx, route, state, identity, body, record, raw)
+
+    def _fall_back(
+        self, route: RouteConfig, reason: str, text: str | None, confidence: float | None
+    ) -> Fallback:
+        self._metrics.fallbacks.labels(route.name, reason).inc()
+        return Fallback(reason, text, confidence)
+
+    def _serve(
+        self,
+        ctx: RequestContext,
+        route: RouteConfig,
+        state: RouteState,
+        identity: RowIdentity,
+        body: dict[str, Any],
+        record: dict[str, Any],
+        raw: bytes,
+    ) -> Answer | StreamAnswer:
+        parsed = orjson.loads(raw)  # parsed before: student_half accepted it as a completion
+        if not _app_wants_logprobs(body):
+            parsed = strip_logprobs(parsed)
+        stream = bool(body.get("stream"))
+        student_latency = (record.get("student_latency_ms") or 0.0) / 1000.0
+        overhead = time.perf_counter() - ctx.started - student_latency
+        student_text = record["student_output"]
+        confidence = record.get("student_confidence")
+
+        def after() -> None:
+            self._writer.submit(
+                student_served(
+                    identity,
+                    payload=body if self._store_payloads else None,
+                    stream=stream,
+                    completed_at=datetime.now(UTC),
+                    overhead_s=overhead,
+                )
+            )
+            self._metrics.requests.labels(route.name, "student", "200").inc()
+            self._metrics.overhead.labels(route.name).observe(overhead)
+            if shadow_sampled(f"{identity.request_id}:audit", state.audit_sample):
+                self._dispatcher.spawn(self._audit(route, identity, body, student_text, confidence))
+
+        headers = {"x-served-by": "student"}
+        if stream:
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            events = completion_to_sse(identity.endpoint, parsed, include_usage)
+
+            async def chunks() -> AsyncIterator[bytes]:
+                yield events
+                after()
+
+            return StreamAnswer(chunks(), "text/event-stream", headers)
+
+        async def after_answer() -> None:
+            after()
+
+        return Answer(200, orjson.dumps(parsed), JSON_TYPE, after_answer, headers)
+
+    async def _audit(
+        self,
+        route: RouteConfig,
+        identity: RowIdentity,
+        body: dict[str, Any],
+        student_text: str,
+        confidence: float | None,
+    ) -> None:
+        """Ask the teacher too (in the background) and compare, so served traffic is measured."""
+        upstream = self._teachers[route.name, identity.endpoint]
+        request = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        payload = orjson.dumps({**request, "model": route.teacher.model, "stream": False})
+        started = time.perf_counter()
+        try:
+            reply = await call_teacher(self._session, upstream, payload)
+            record = teacher_audit(
+                identity,
+                teacher_model=route.teacher.model,
+                status=reply.status,
+                body=reply.body,
+                latency_s=time.perf_counter() - started,
+                error=None,
+            )
+        except GatewayError as exc:
+            record = teacher_audit(
+                identity,
+                teacher_model=route.teacher.model,
+                status=exc.http_status if isinstance(exc, TeacherHTTPError) else None,
+                body=None,
+                latency_s=time.perf_counter() - started,
+                error=exc.message,
+            )
+        teacher_text = record.get("teacher_output")
+        if teacher_text is not None:
+            await self.judge(route, identity, teacher_text, student_text, confidence, record)
+        self._writer.submit(record)
+
+    async def judge(
+        self,
+        route: RouteConfig,
+        identity: RowIdentity,
+        teacher_text: str,
+        student_text: str,
+        confidence: float | None,
+        record: dict[str, Any] | None = None,
+    ) -> None:
+        """Compare the two answers; the verdict goes into ``record`` or a row half of its own."""
+        analysis = self._analyses[route.name]
+        verdict = Verdict(confidence, await analysis.compare(teacher_text, student_text))
+        columns = {k: v for k, v in verdict.columns().items() if k != "student_confidence"}
+        if record is None:
+            self._writer.submit({**identity.columns(), **columns})
+        else:
+            record.update(columns)
+        analysis.observe(self._metrics, route.name, identity.slices, verdict)
