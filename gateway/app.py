@@ -10,14 +10,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from gateway import __version__
-from gateway.api import health, openai
+from gateway.api import admin, health, openai
 from gateway.api.errors import (
     gateway_error_handler,
     http_exception_handler,
     unexpected_error_handler,
+    validation_error_handler,
 )
 from gateway.api.state import GatewayState
 from gateway.clients.upstream import new_session
@@ -124,8 +126,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     )
     app.router.routes.extend(openai.routes)
     app.include_router(health.router)
+    app.include_router(admin.router)
     app.add_exception_handler(GatewayError, gateway_error_handler)
     app.add_exception_handler(HTTPException, http_exception_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
     return app
 

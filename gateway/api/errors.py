@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -50,5 +51,19 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> Response
             code="internal_error",
         ),
         status_code=500,
+        media_type=JSON,
+    )
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> Response:
+    """FastAPI's 422 for a bad admin body, in OpenAI's shape (400, the field named)."""
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    param = ".".join(loc) or None
+    message = f"Invalid value for '{param}': {first['msg']}" if param else str(first["msg"])
+    return Response(
+        error_body(message, "invalid_request_error", param=param, code="invalid_value"),
+        status_code=400,
         media_type=JSON,
     )

@@ -73,7 +73,7 @@ async def _proxy(request: Request, endpoint: Endpoint) -> Response:
         if exc.http_status in (400, 401, 403, 404, 413, 415):
             state.metrics.rejected.labels(str(exc.http_status)).inc()
         return error_response(exc, request_id)
-    headers = {"x-request-id": request_id, "x-served-by": "teacher"}
+    headers = {"x-request-id": request_id, **answer.headers}
     if isinstance(answer, Answer):
         return Response(
             answer.body,

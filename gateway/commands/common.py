@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import Settings
+from gateway.errors import GatewayError
+
+T = TypeVar("T")
 
 
 class CommandError(Exception):
@@ -44,3 +54,36 @@ def common_options() -> argparse.ArgumentParser:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     return parent
+
+
+def default_actor() -> str:
+    """Who a CLI change is recorded as, when ``--actor``/``--by`` is not given."""
+    return os.environ.get("USER") or "cli"
+
+
+def with_engine(settings: Settings, operation: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """Run ``operation`` on the configured database; its failures become CommandErrors."""
+    from gateway.db.engine import create_engine
+
+    url, _embedded = database_url(settings)
+    try:
+        engine = create_engine(url, settings.config.database)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+
+    async def run() -> T:
+        try:
+            return await operation(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(run())
+    except GatewayError as exc:
+        raise CommandError(exc.message) from exc
+    except (OSError, OperationalError, DBAPIError) as exc:
+        if "does not exist" in str(exc) and "relation" in str(exc):
+            raise CommandError(
+                "the database is not migrated: run `shadow-gateway migrate`"
+            ) from exc
+        raise CommandError(f"cannot use Postgres: {str(exc).splitlines()[0]}") from exc

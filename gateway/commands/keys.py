@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from typing import Any, TypeVar
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.commands.common import CommandError, database_url
+from gateway.commands.common import CommandError, database_url, default_actor
 from gateway.config import Settings, load_settings
 from gateway.db.engine import create_engine
 from gateway.db.keys import (
@@ -34,10 +33,6 @@ from gateway.db.keys import (
 )
 
 T = TypeVar("T")
-
-
-def default_actor() -> str:
-    return os.environ.get("USER") or "cli"
 
 
 def _with_store(settings: Settings, operation: Callable[[AsyncEngine], Awaitable[T]]) -> T:

@@ -1,0 +1,72 @@
+"""``/admin/routes``: read and change a route's live knobs (the control plane).
+
+Reads need the ``sre`` or ``analyst`` scope, changes ``sre``; the key's name is recorded as
+the actor of every change, and a reason is required.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+
+from gateway.api.security import ReaderKey, SreKey
+from gateway.api.state import GatewayState, gateway_state
+from gateway.protocol.admin import Rollback, RouteChange
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+def route_view(state: GatewayState, name: str) -> dict[str, Any]:
+    route = state.control.route(name)
+    live = asdict(state.control.state(name))
+    return {
+        "name": name,
+        **live,
+        "teacher_model": route.teacher.model,
+        "student_model": route.student.model if route.student else None,
+        "critical_slices": [critical.model_dump() for critical in route.slices.critical],
+    }
+
+
+@router.get("/routes")
+async def list_routes(request: Request, _key: ReaderKey) -> dict[str, Any]:
+    state = gateway_state(request)
+    return {"routes": [route_view(state, route.name) for route in state.settings.config.routes]}
+
+
+@router.get("/routes/{name}")
+async def get_route(name: str, request: Request, _key: ReaderKey) -> dict[str, Any]:
+    return route_view(gateway_state(request), name)
+
+
+@router.patch("/routes/{name}")
+async def change_route(
+    name: str, change: RouteChange, request: Request, key: SreKey
+) -> dict[str, Any]:
+    state = gateway_state(request)
+    knobs = change.model_dump(exclude={"reason"}, exclude_none=True)
+    _, changed = await state.control.change(name, knobs, actor=key.name, reason=change.reason)
+    return {"route": route_view(state, name), "changed": changed}
+
+
+@router.post("/routes/{name}/rollback")
+async def rollback_route(
+    name: str, rollback: Rollback, request: Request, key: SreKey
+) -> dict[str, Any]:
+    state = gateway_state(request)
+    _, changed = await state.control.change(
+        name, {"mode": "shadow"}, actor=key.name, reason=rollback.reason, action="rollback"
+    )
+    return {"route": route_view(state, name), "changed": changed}
+
+
+@router.get("/routes/{name}/events")
+async def route_events(
+    name: str,
+    request: Request,
+    _key: ReaderKey,
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> dict[str, Any]:
+    return {"events": await gateway_state(request).control.events(name, limit)}

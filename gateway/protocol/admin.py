@@ -1,0 +1,31 @@
+"""Admin API bodies: what an SRE may change on a route, and why."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.core.confidence import METHODS
+
+ConfidenceMethodName = Literal["mean_prob", "min_prob", "first_token", "margin"]
+assert set(METHODS) == {"mean_prob", "min_prob", "first_token", "margin"}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RouteChange(_Body):
+    """Any subset of a route's knobs, and a required reason (it goes into route_events)."""
+
+    mode: Literal["teacher", "shadow", "rollout"] | None = None
+    rollout_percent: float | None = Field(default=None, ge=0, le=100)
+    confidence_threshold: float | None = Field(default=None, ge=0, le=1)
+    confidence_method: ConfidenceMethodName | None = None
+    audit_sample: float | None = Field(default=None, ge=0, le=1)
+    reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")
+
+
+class Rollback(_Body):
+    reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")
