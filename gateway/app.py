@@ -31,6 +31,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.metrics import Metrics, describe_routes, forget_dead_workers
 from gateway.services.auth import KeyRing
 from gateway.services.control import ControlPlane
+from gateway.services.guardian import Guardian
 from gateway.services.proxy import ProxyService
 from gateway.shadow.analysis import build_analyses
 from gateway.shadow.dispatcher import ShadowDispatcher
@@ -80,6 +81,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             {ROUTES_CHANNEL: control.refresh, KEYS_CHANNEL: lambda: keys.refresh(engine)},
         )
         listener.start()
+        guardian = Guardian(engine, control, config, metrics)
+        guardian.start()
         app.state.gateway = GatewayState(
             settings=settings,
             metrics=metrics,
@@ -109,6 +112,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             yield
         finally:
             # Requests are finished (the server drained them); now the background work.
+            await guardian.stop()
             await listener.stop()
             await dispatcher.drain(config.server.drain_timeout_s)
             await writer.close()

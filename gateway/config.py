@@ -154,6 +154,9 @@ class RolloutConfig(_Strict):
     # How long a chosen student may take before the teacher answers instead; default: the
     # student's timeout_s. Worst case for the app: this plus the teacher's answer time.
     student_budget_s: float | None = Field(default=None, gt=0)
+    # The ramp gate for a route without critical slices: route-level agreement over the hold.
+    gate_min_agreement: float = Field(default=0.9, ge=0.0, le=1.0)
+    gate_min_samples: int = Field(default=30, ge=1)
 
 
 class RouteConfig(_Strict):
@@ -200,6 +203,12 @@ class LogWriterConfig(_Strict):
     store_payloads: bool = True
 
 
+class GuardConfig(_Strict):
+    """The background checks: automatic rollback and staged ramps."""
+
+    interval_s: float = Field(default=15.0, gt=0)
+
+
 class MetricsConfig(_Strict):
     # Slice values exported as metric labels, per dimension; other values are exported as
     # "other" and unlisted dimensions not at all, so label cardinality stays bounded whatever
@@ -214,6 +223,7 @@ class GatewayConfig(_Strict):
     log_writer: LogWriterConfig = LogWriterConfig()
     auth: AuthConfig = AuthConfig()
     metrics: MetricsConfig = MetricsConfig()
+    guard: GuardConfig = GuardConfig()
     routes: list[RouteConfig] = Field(min_length=1)
 
     @field_validator("routes")

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 
 from gateway.api.security import ReaderKey, SreKey
 from gateway.api.state import GatewayState, gateway_state
-from gateway.protocol.admin import Rollback, RouteChange
+from gateway.protocol.admin import RampPlan, Rollback, RouteChange
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -70,3 +70,13 @@ async def route_events(
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> dict[str, Any]:
     return {"events": await gateway_state(request).control.events(name, limit)}
+
+
+@router.post("/routes/{name}/plan")
+async def plan_ramp(name: str, plan: RampPlan, request: Request, key: SreKey) -> dict[str, Any]:
+    state = gateway_state(request)
+    await state.control.start_plan(
+        name, plan.steps, plan.hold_s, actor=key.name, reason=plan.reason
+    )
+    plans = await state.control.plans()
+    return {"route": route_view(state, name), "plan": plans.get(name)}

@@ -116,6 +116,62 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return _change(args, {"mode": "shadow"}, "rollback")
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+
+    async def plan(engine: AsyncEngine) -> Any:
+        control = ControlPlane(engine, settings.config, Metrics())
+        control.route(args.route)
+        await control.seed()
+        return await control.start_plan(
+            args.route,
+            args.steps,
+            args.hold,
+            actor=args.actor or default_actor(),
+            reason=args.reason,
+        )
+
+    state = with_engine(settings, plan)
+    steps = ", ".join(f"{step:g}%" for step in args.steps)
+    print(
+        f"{args.route}: ramp {steps}, holding {args.hold:g}s per step while every critical "
+        f"slice meets its bar; now at {state.rollout_percent:g}% (version {state.version})"
+    )
+    return 0
+
+
+def _steps(text: str) -> list[float]:
+    try:
+        steps = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"steps must be numbers like 1,5,25,100, not {text!r}"
+        ) from None
+    if not steps or any(not 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
+        raise argparse.ArgumentTypeError(
+            "steps must be ascending percentages above 0 and at most 100, like 1,5,25,100"
+        )
+    return steps
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``2h``, ``1d`` → seconds."""
+    unit = text[-1:].lower()
+    number = text[:-1] if unit in _UNITS else text
+    try:
+        seconds = float(number) * _UNITS.get(unit, 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a duration is a number with s, m, h or d, like 30m; not {text!r}"
+        ) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("the hold must be positive")
+    return seconds
+
+
 def _reason(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("the reason must not be empty")
@@ -165,3 +221,17 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
 
     rollback = changing("rollback", "Put a route back in shadow mode (the teacher answers).")
     rollback.set_defaults(handler=cmd_rollback)
+
+    plan = changing(
+        "plan",
+        "Ramp a route through rollout percentages, each held while every critical slice "
+        "meets its bar; stop (with an event) when one does not.",
+    )
+    plan.add_argument("steps", type=_steps, help="percentages, e.g. 1,5,25,50,100")
+    plan.add_argument(
+        "--hold",
+        type=_duration,
+        required=True,
+        help="how long each step is held and judged, e.g. 30m",
+    )
+    plan.set_defaults(handler=cmd_plan)

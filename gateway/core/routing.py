@@ -72,3 +72,13 @@ def fallback_reason(
     if confidence is None or confidence < threshold:
         return "low_confidence"
     return None
+
+
+SliceVerdict = Literal["pass", "fail", "not_enough_data"]
+
+
+def judge_slice(samples: int, agreed: int, min_agreement: float, min_samples: int) -> SliceVerdict:
+    """A slice against its bar: judged only once it has ``min_samples`` comparisons."""
+    if samples < min_samples:
+        return "not_enough_data"
+    return "pass" if agreed / samples >= min_agreement else "fail"

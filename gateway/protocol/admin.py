@@ -29,3 +29,11 @@ class RouteChange(_Body):
 
 class Rollback(_Body):
     reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")
+
+
+class RampPlan(_Body):
+    """A staged ramp: percentages applied in order, each held ``hold_s`` while bars hold."""
+
+    steps: list[float] = Field(min_length=1, max_length=50)
+    hold_s: float = Field(gt=0)
+    reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")

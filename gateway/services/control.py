@@ -11,9 +11,10 @@ values are served until it returns.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert, select, text, update
@@ -24,7 +25,7 @@ from gateway.config import GatewayConfig, RouteConfig
 from gateway.core.confidence import METHODS
 from gateway.core.routing import RouteState
 from gateway.db.notify import ROUTES_CHANNEL
-from gateway.db.tables import route_events, route_state
+from gateway.db.tables import rollout_plans, route_events, route_state
 from gateway.errors import InvalidRequest, RouteNotFound
 from gateway.metrics import MODES, Metrics
 
@@ -222,3 +223,79 @@ class ControlPlane:
             {**row._asdict(), "at": row.at.isoformat() if isinstance(row.at, datetime) else row.at}
             for row in rows
         ]
+
+    async def record_event(
+        self,
+        name: str,
+        *,
+        actor: str,
+        action: str,
+        reason: str,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """An audit entry that changes no knob (a ramp stopped or finished, say)."""
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                insert(route_events).values(
+                    route=name, actor=actor, action=action, reason=reason, detail=detail
+                )
+            )
+
+    async def start_plan(
+        self, name: str, steps: list[float], hold_s: float, *, actor: str, reason: str
+    ) -> RouteState:
+        """Start a staged ramp: apply the first step now; the guardian takes the rest."""
+        route = self.route(name)
+        if not steps or any(not 0 < step <= 100 for step in steps):
+            raise InvalidRequest("steps must be percentages above 0 and at most 100", param="steps")
+        if any(later <= earlier for earlier, later in itertools.pairwise(steps)):
+            raise InvalidRequest("steps must be strictly ascending", param="steps")
+        if hold_s <= 0:
+            raise InvalidRequest("the hold must be positive", param="hold_s")
+        validate_change(route, {"mode": "rollout"})
+        if not reason or not reason.strip():
+            raise InvalidRequest("a reason is required for every change", param="reason")
+        plan = {
+            "steps": steps,
+            "hold_s": hold_s,
+            "step_index": 0,
+            "status": "active",
+            "created_by": actor,
+            "reason": reason.strip(),
+            "next_at": datetime.now(UTC) + timedelta(seconds=hold_s),
+        }
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                pg_insert(rollout_plans)
+                .values(route=name, **plan)
+                .on_conflict_do_update(index_elements=["route"], set_=plan)
+            )
+        await self.record_event(
+            name,
+            actor=actor,
+            action="ramp_planned",
+            reason=reason.strip(),
+            detail={"steps": steps, "hold_s": hold_s},
+        )
+        state, _ = await self.change(
+            name,
+            {"mode": "rollout", "rollout_percent": steps[0]},
+            actor=actor,
+            action="ramp_step",
+            reason=f"ramp step 1 of {len(steps)}: {reason.strip()}",
+        )
+        return state
+
+    async def plans(self) -> dict[str, dict[str, Any]]:
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(select(rollout_plans))).all()
+        return {
+            row.route: {
+                "steps": list(row.steps),
+                "hold_s": row.hold_s,
+                "step": row.step_index + 1,
+                "status": row.status,
+                "next_at": row.next_at.isoformat(),
+            }
+            for row in rows
+        }
