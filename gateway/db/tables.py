@@ -34,6 +34,7 @@ requests = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("completed_at", DateTime(timezone=True)),
     Column("mode", Text, nullable=False),
+    Column("sticky_bucket", Float),
     Column("served_by", Text),
     Column("fallback_reason", Text),
     Column("stream", Boolean),

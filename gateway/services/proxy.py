@@ -110,6 +110,8 @@ class ProxyService:
     ) -> Answer | StreamAnswer:
         route = self.route(body["model"])
         state = self._control.state(route.name)
+        header = ctx.header(route.rollout.sticky_header) if route.rollout.sticky_header else None
+        sticky = bucket(state.salt, sticky_key(body.get("user"), header, ctx.request_id))
         identity = RowIdentity(
             request_id=ctx.request_id,
             route=route.name,
@@ -119,9 +121,8 @@ class ProxyService:
             slices=self._analyses[route.name].rules.apply(
                 slice_labels(metadata, ctx.headers), last_user_text(body)
             ),
+            sticky_bucket=sticky,
         )
-        header = ctx.header(route.rollout.sticky_header) if route.rollout.sticky_header else None
-        sticky = bucket(state.salt, sticky_key(body.get("user"), header, ctx.request_id))
         decision = decide(state, sticky)
         fallback: Fallback | None = None
         if decision == "student_first":

@@ -56,7 +56,37 @@ class Fallback:
 
 
 def _app_wants_logprobs(body: Mapping[str, Any]) -> bool:
-    return bool(body.get("logprobs")) or body.get("logprobs") == 0
+    """Chat asks with ``logprobs: true``, legacy completions with a count (0 included).
+
+    ``false`` is not a request for them, though ``False == 0`` in Python.
+    """
+    value = body.get("logprobs")
+    return value is True or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _keep_top_logprobs(parsed: dict[str, Any], top: int) -> dict[str, Any]:
+    """Chat logprobs with at most ``top`` alternatives a token, as many as the app asked for.
+
+    The student is asked for its configured ``top_logprobs`` (the margin method needs them);
+    an app that asked for fewer (none, by default) must not get the gateway's extra ones.
+    """
+    choices = parsed.get("choices")
+    if not isinstance(choices, list):
+        return parsed
+    kept: list[Any] = []
+    for choice in choices:
+        logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
+        if not isinstance(logprobs, dict) or not isinstance(logprobs.get("content"), list):
+            kept.append(choice)
+            continue
+        tokens = [
+            {**token, "top_logprobs": token["top_logprobs"][:top]}
+            if isinstance(token, dict) and isinstance(token.get("top_logprobs"), list)
+            else token
+            for token in logprobs["content"]
+        ]
+        kept.append({**choice, "logprobs": {**logprobs, "content": tokens}})
+    return {**parsed, "choices": kept}
 
 
 class StudentFirst:
@@ -122,6 +152,10 @@ class StudentFirst:
         parsed = orjson.loads(raw)  # parsed before: student_half accepted it as a completion
         if not _app_wants_logprobs(body):
             parsed = strip_logprobs(parsed)
+        elif identity.endpoint == "chat":
+            top = body.get("top_logprobs")
+            wanted = top if isinstance(top, int) and not isinstance(top, bool) else 0
+            parsed = _keep_top_logprobs(parsed, wanted)
         stream = bool(body.get("stream"))
         student_latency = (record.get("student_latency_ms") or 0.0) / 1000.0
         overhead = time.perf_counter() - ctx.started - student_latency
@@ -149,8 +183,10 @@ class StudentFirst:
             events = completion_to_sse(identity.endpoint, parsed, include_usage)
 
             async def chunks() -> AsyncIterator[bytes]:
-                yield events
-                after()
+                try:
+                    yield events
+                finally:  # logged even when the client leaves before the end
+                    after()
 
             return StreamAnswer(chunks(), "text/event-stream", headers)
 

@@ -51,16 +51,22 @@ class _RouteStudents:
 
 
 def student_request(endpoint: Endpoint, body: Mapping[str, Any], student: StudentConfig) -> bytes:
-    """The app's request, re-aimed at the student: its model, no streaming, logprobs on."""
+    """The app's request, re-aimed at the student: its model, no streaming, logprobs on.
+
+    At least the route's ``top_logprobs`` alternatives are asked for, more if the app asked
+    for more (a served answer then carries what the app wanted).
+    """
     request = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
     request["model"] = student.model
     request["stream"] = False
+    asked = body.get("top_logprobs") if endpoint == "chat" else body.get("logprobs")
+    asked = asked if isinstance(asked, int) and not isinstance(asked, bool) else 0
     if endpoint == "chat":
         request["logprobs"] = True
-        if student.top_logprobs:
-            request["top_logprobs"] = student.top_logprobs
+        if max(student.top_logprobs, asked):
+            request["top_logprobs"] = max(student.top_logprobs, asked)
     else:
-        request["logprobs"] = max(student.top_logprobs, 1)
+        request["logprobs"] = max(student.top_logprobs, asked, 1)
     return orjson.dumps(request)
 
 

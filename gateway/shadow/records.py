@@ -45,6 +45,7 @@ class RowIdentity:
     created_at: datetime
     mode: str
     slices: dict[str, str]
+    sticky_bucket: float | None = None
 
     def columns(self) -> Record:
         return {
@@ -54,6 +55,7 @@ class RowIdentity:
             "created_at": self.created_at,
             "mode": self.mode,
             "slices": self.slices,
+            "sticky_bucket": self.sticky_bucket,
         }
 
 

@@ -40,6 +40,7 @@ def test_chat_completion_through_openai_sdk(
     assert row["teacher_latency_ms"] > 0
     assert row["student_latency_ms"] > 0
     assert row["gateway_overhead_ms"] >= 0
+    assert 0 <= row["sticky_bucket"] < 100
 
     shadow_call = student.received[-1]
     assert shadow_call.body["model"] == "student-model"
