@@ -77,10 +77,14 @@ def with_engine(settings: Settings, operation: Callable[[AsyncEngine], Awaitable
         finally:
             await engine.dispose()
 
+    from gateway.db.keys import KeyStoreError
+
     try:
         return asyncio.run(run())
     except GatewayError as exc:
         raise CommandError(exc.message) from exc
+    except KeyStoreError as exc:  # the key store words its own errors for people
+        raise CommandError(str(exc)) from exc
     except (OSError, OperationalError, DBAPIError) as exc:
         if "does not exist" in str(exc) and "relation" in str(exc):
             raise CommandError(

@@ -8,23 +8,19 @@ file are listed beside the database's but are changed only by editing the file.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.commands.common import CommandError, database_url, default_actor
+from gateway.commands.common import CommandError, default_actor, with_engine
 from gateway.config import Settings, load_settings
-from gateway.db.engine import create_engine
 from gateway.db.keys import (
     SCOPES,
     InvalidKeySpec,
     KeyInfo,
-    KeyStoreError,
     UnknownKey,
     create_key,
     list_keys,
@@ -33,26 +29,6 @@ from gateway.db.keys import (
 )
 
 T = TypeVar("T")
-
-
-def _with_store(settings: Settings, operation: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    """Run one key-store operation on the configured database, its errors as CommandError."""
-    url, _embedded = database_url(settings)
-    try:
-        engine = create_engine(url, settings.config.database)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from exc
-
-    async def run() -> T:
-        try:
-            return await operation(engine)
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(run())
-    except KeyStoreError as exc:
-        raise CommandError(str(exc)) from exc
 
 
 def _config_key_names(settings: Settings) -> set[str]:
@@ -67,7 +43,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     async def create(engine: AsyncEngine) -> str:
         return await create_key(engine, args.name, args.scope, args.created_by)
 
-    key = _with_store(settings, create)
+    key = with_engine(settings, create)
     print(key)
     scopes = ", ".join(sorted(set(args.scope)))
     print(
@@ -90,7 +66,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
                 ) from exc
             raise
 
-    info = _with_store(settings, revoke)
+    info = with_engine(settings, revoke)
     print(f"revoked key {info.name!r}; gateways stop accepting it within seconds")
     return 0
 
@@ -153,7 +129,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    rows = _rows(settings, _with_store(settings, list_keys))
+    rows = _rows(settings, with_engine(settings, list_keys))
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
     else:
