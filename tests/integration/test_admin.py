@@ -190,6 +190,14 @@ def test_two_replicas_see_a_cli_change(
     try:
         for replica in replicas:
             replica.wait_ready()
+        sent = [
+            httpx.post(
+                f"{replicas[i % 2].url}/v1/chat/completions",
+                json={"model": ROUTE, "messages": [{"role": "user", "content": f"q{i}"}]},
+                headers={"Authorization": f"Bearer {app_key}"},
+            ).headers["x-request-id"]
+            for i in range(20)
+        ]
         done = cli(
             config,
             env,
@@ -233,9 +241,13 @@ def test_two_replicas_see_a_cli_change(
             timeout_s=10,
             what="both replicas rolled back",
         )
+        for replica in replicas:
+            replica.terminate()  # SIGTERM drains the log queue
     finally:
         for replica in replicas:
             replica.kill()
+    logged = fetch(clean_db, "SELECT request_id FROM requests WHERE student_status IS NOT NULL")
+    assert sorted(row["request_id"] for row in logged) == sorted(sent)  # each row exactly once
     actors = fetch(clean_db, "SELECT actor, action FROM route_events ORDER BY id")
     assert ("alice", "set") in {(a["actor"], a["action"]) for a in actors}
 
