@@ -15,8 +15,8 @@ BIN = Path(sys.executable).parent
 @pytest.mark.parametrize(
     "command",
     [
-        ["ruff", "check", "gateway", "tests", "migrations", "bench"],
-        ["ruff", "format", "--check", "gateway", "tests", "migrations", "bench"],
+        ["ruff", "check", "gateway", "student_server", "tests", "migrations", "bench"],
+        ["ruff", "format", "--check", "gateway", "student_server", "tests", "migrations", "bench"],
         ["mypy"],
         ["lint-imports"],
     ],
