@@ -48,11 +48,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     # ConfigError the CLI reports in one line.
     analyses = build_analyses(settings.config)
     describe_routes(settings.config, metrics)
+    upstream_keys = {k: v.get_secret_value() for k, v in settings.upstream_keys.items()}
+    keys = KeyRing(settings.api_keys)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         config = settings.config
-        upstream_keys = {k: v.get_secret_value() for k, v in settings.upstream_keys.items()}
         forget_dead_workers()
         engine = create_engine(database_url, config.database)
         writer = LogWriter(
@@ -75,7 +76,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             await control.seed()
         except Exception as exc:  # Postgres down: serve the config's knobs until it is back
             _log.warning("cannot load route state from Postgres (%s); using the config's", exc)
-        keys = KeyRing(settings.api_keys)
         listener = ChangeListener(
             plain_dsn(database_url),
             {ROUTES_CHANNEL: control.refresh, KEYS_CHANNEL: lambda: keys.refresh(engine)},

@@ -54,6 +54,9 @@ class StudentConfig(_Strict):
     connect_timeout_s: float = Field(default=2.0, gt=0)
     max_concurrency: int = Field(default=64, ge=1)
     top_logprobs: int = Field(default=5, ge=0, le=20)
+    # Circuit breaker: this many failures in a row stop calls for cooldown_s, then one probe.
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_cooldown_s: float = Field(default=10.0, gt=0)
 
 
 Comparator = Literal["exact", "normalized", "json", "label", "numeric", "semantic", "custom"]
@@ -198,7 +201,9 @@ class DatabaseConfig(_Strict):
 class LogWriterConfig(_Strict):
     batch_size: int = Field(default=500, ge=1)
     flush_interval_s: float = Field(default=0.2, gt=0)
-    queue_max: int = Field(default=100_000, ge=1)
+    # A queued record is about 0.1-0.5 MB in memory with the student's logprobs (measured,
+    # docs/deploy.md); past this many the backlog goes to the journal on disk instead.
+    queue_max: int = Field(default=5_000, ge=1)
     retry_interval_s: float = Field(default=1.0, gt=0)
     store_payloads: bool = True
 
@@ -272,16 +277,27 @@ class ApiKey(BaseModel):
 
 
 class Settings:
-    """A loaded, validated configuration plus the secrets its env variables named."""
+    """A loaded, validated configuration plus the secrets its env variables named.
+
+    Secrets are read when first needed, so commands that never serve (``migrate``,
+    ``rollout``, ``keys``) run without the app's or the upstreams' keys in their environment;
+    ``serve`` reads them at start-up and stops with a ConfigError naming a missing one.
+    """
 
     def __init__(self, config: GatewayConfig, config_path: Path, env: EnvSettings) -> None:
         self.config = config
         self.config_path = config_path
         self.env = env
-        self.api_keys = tuple(_load_key(key) for key in config.auth.keys)
-        self.upstream_keys = {
+
+    @cached_property
+    def api_keys(self) -> tuple[ApiKey, ...]:
+        return tuple(_load_key(key) for key in self.config.auth.keys)
+
+    @cached_property
+    def upstream_keys(self) -> dict[str, SecretStr]:
+        return {
             var: _require_env(var, "an upstream's api_key_env")
-            for route in config.routes
+            for route in self.config.routes
             for var in _upstream_key_vars(route)
         }
 

@@ -99,6 +99,19 @@ class Metrics:
             ["route"],
             registry=reg,
         )
+        self.circuit_skipped = Counter(
+            "shadow_gateway_circuit_skipped_total",
+            "Student calls not made because the route's circuit breaker is open.",
+            ["route"],
+            registry=reg,
+        )
+        self.circuit_open = Gauge(
+            "shadow_gateway_student_circuit_open",
+            "1 while the route's student circuit breaker is open or probing, else 0.",
+            ["route"],
+            multiprocess_mode="livemax",
+            registry=reg,
+        )
         self.shadow_in_flight = Gauge(
             "shadow_gateway_shadow_in_flight",
             "Student calls in flight.",

@@ -39,8 +39,9 @@ def migrate(url: str) -> None:
 
     try:
         upgrade(url)
-    except OSError as exc:
-        raise CommandError(f"cannot reach Postgres to migrate it: {exc}") from exc
+    except (OSError, OperationalError, DBAPIError) as exc:
+        first_line = str(exc).splitlines()[0]
+        raise CommandError(f"cannot migrate the database: {first_line}") from exc
 
 
 def common_options() -> argparse.ArgumentParser:

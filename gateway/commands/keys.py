@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 
 def _config_key_names(settings: Settings) -> set[str]:
-    return {key.name for key in settings.api_keys}
+    return {key.name for key in settings.config.auth.keys}
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -86,7 +86,7 @@ def _rows(settings: Settings, stored: list[KeyInfo]) -> list[dict[str, Any]]:
             "revoked_at": None,
             "revoked_by": None,
         }
-        for key in sorted(settings.api_keys, key=lambda key: key.name)
+        for key in sorted(settings.config.auth.keys, key=lambda key: key.name)
     ]
     rows.extend(
         {

@@ -38,7 +38,6 @@ from gateway.services.rollout import Fallback, StudentFirst
 from gateway.shadow.analysis import RouteAnalysis
 from gateway.shadow.dispatcher import ENDPOINT_PATHS, ShadowDispatcher
 from gateway.shadow.records import (
-    STUDENT_DROPPED,
     STUDENT_NO_STUDENT,
     STUDENT_NOT_SAMPLED,
     RowIdentity,
@@ -233,10 +232,9 @@ class ProxyService:
             status = STUDENT_NO_STUDENT
         elif not shadow_sampled(identity.request_id, route.shadow_sample):
             status = STUDENT_NOT_SAMPLED
-        elif self._dispatcher.try_shadow(identity, body, teacher_text):
-            return
         else:
-            status = STUDENT_DROPPED
+            self._dispatcher.shadow(identity, body, teacher_text)
+            return
         self._writer.submit(student_skipped(identity, status))
 
     async def _stream(

@@ -35,7 +35,6 @@ from gateway.services.answers import Answer, RequestContext, StreamAnswer
 from gateway.shadow.analysis import RouteAnalysis, Verdict
 from gateway.shadow.dispatcher import ShadowDispatcher
 from gateway.shadow.records import (
-    STUDENT_DROPPED,
     STUDENT_OK,
     RowIdentity,
     student_served,
@@ -119,8 +118,8 @@ class StudentFirst:
         assert route.student is not None
         budget = route.rollout.student_budget_s or route.student.timeout_s
         called = await self._dispatcher.call_now(identity, body, budget)
-        if called is None:
-            self._writer.submit(student_skipped(identity, STUDENT_DROPPED))
+        if isinstance(called, str):  # no call could be made: bound full or breaker open
+            self._writer.submit(student_skipped(identity, called))
             return self._fall_back(route, "student_unavailable", None, None)
         record, raw = called
         analysis = self._analyses[route.name]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +21,14 @@ import orjson
 
 from gateway.clients.upstream import Upstream, call_student, make_upstream
 from gateway.config import RouteConfig, StudentConfig
+from gateway.core.breaker import CircuitBreaker, counts_as_failure
 from gateway.core.completions import Endpoint
 from gateway.db.writer import LogWriter
 from gateway.metrics import Metrics
 from gateway.shadow.analysis import RouteAnalysis
 from gateway.shadow.records import (
+    STUDENT_CIRCUIT_OPEN,
+    STUDENT_DROPPED,
     STUDENT_OK,
     STUDENT_SHUTDOWN,
     Record,
@@ -43,6 +47,7 @@ class _RouteStudents:
     config: StudentConfig
     upstreams: dict[Endpoint, list[Upstream]]
     cursor: Iterator[int]
+    breaker: CircuitBreaker
     in_flight: int = 0
 
     def next_upstream(self, endpoint: Endpoint) -> Upstream:
@@ -103,20 +108,18 @@ class ShadowDispatcher:
                     for endpoint, path in ENDPOINT_PATHS.items()
                 },
                 cursor=itertools.count(),
+                breaker=CircuitBreaker(student.breaker_failures, student.breaker_cooldown_s),
             )
 
-    def try_shadow(
+    def shadow(
         self, identity: RowIdentity, body: Mapping[str, Any], teacher_text: str | None
-    ) -> bool:
-        """Start a student call for this request; False (and counted) if the route is full."""
-        students = self._routes[identity.route]
-        if students.in_flight >= students.config.max_concurrency:
-            self._metrics.shadow_dropped.labels(identity.route).inc()
-            return False
-        students.in_flight += 1
-        self._metrics.shadow_in_flight.labels(identity.route).inc()
-        self.spawn(self._shadow(students, identity, body, teacher_text))
-        return True
+    ) -> None:
+        """Start a student call for this request, or record why it is skipped."""
+        skipped = self._admit(identity)
+        if skipped is not None:
+            self._writer.submit(student_skipped(identity, skipped))
+            return
+        self.spawn(self._shadow(identity, body, teacher_text))
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run background work that shutdown waits for (and that is never garbage-collected)."""
@@ -127,63 +130,72 @@ class ShadowDispatcher:
     def has_student(self, route: str) -> bool:
         return route in self._routes
 
-    async def call_now(
-        self, identity: RowIdentity, body: Mapping[str, Any], budget_s: float
-    ) -> tuple[Record, bytes] | None:
-        """Ask the student on the response path (rollout): its row half and its raw answer.
-
-        None when the route's concurrency bound is full: a chosen student that cannot take
-        the call is unavailable, never waited for.
-        """
+    def _admit(self, identity: RowIdentity) -> str | None:
+        """Take a call slot; or the reason there is none (bound full, breaker open)."""
         students = self._routes[identity.route]
         if students.in_flight >= students.config.max_concurrency:
             self._metrics.shadow_dropped.labels(identity.route).inc()
-            return None
+            return STUDENT_DROPPED
+        if not students.breaker.allow(time.monotonic()):
+            self._metrics.circuit_skipped.labels(identity.route).inc()
+            return STUDENT_CIRCUIT_OPEN
         students.in_flight += 1
         self._metrics.shadow_in_flight.labels(identity.route).inc()
+        return None
+
+    async def _ask(
+        self, identity: RowIdentity, body: Mapping[str, Any], timeout_s: float | None = None
+    ) -> tuple[Record, bytes]:
+        """One admitted student call: its row half and raw answer; frees the slot after."""
+        students = self._routes[identity.route]
         upstream = students.next_upstream(identity.endpoint)
+        breaker = students.breaker
         try:
             payload = student_request(identity.endpoint, body, students.config)
-            reply = await call_student(self._session, upstream, payload, timeout_s=budget_s)
+            reply = await call_student(self._session, upstream, payload, timeout_s=timeout_s)
+        except asyncio.CancelledError:
+            breaker.probe_in_flight = False  # a cancelled probe proved nothing
+            raise
         finally:
             students.in_flight -= 1
             self._metrics.shadow_in_flight.labels(identity.route).dec()
         record = student_half(
             identity, student_model=students.config.model, student_url=upstream.url, reply=reply
         )
-        self._metrics.shadow_calls.labels(identity.route, record["student_status"]).inc()
-        if record["student_status"] == STUDENT_OK:
+        outcome = record["student_status"]
+        breaker.record(not counts_as_failure(outcome, reply.status), time.monotonic())
+        self._metrics.circuit_open.labels(identity.route).set(1 if breaker.is_open else 0)
+        self._metrics.shadow_calls.labels(identity.route, outcome).inc()
+        if outcome == STUDENT_OK:
             self._metrics.student_latency.labels(identity.route).observe(reply.latency_s)
         return record, reply.body
 
+    async def call_now(
+        self, identity: RowIdentity, body: Mapping[str, Any], budget_s: float
+    ) -> tuple[Record, bytes] | str:
+        """Ask the student on the response path (rollout): its row half and its raw answer.
+
+        A status instead when no call can be made (bound full, breaker open): a chosen
+        student that cannot take the call is unavailable, never waited for.
+        """
+        skipped = self._admit(identity)
+        if skipped is not None:
+            return skipped
+        return await self._ask(identity, body, budget_s)
+
     async def _shadow(
-        self,
-        students: _RouteStudents,
-        identity: RowIdentity,
-        body: Mapping[str, Any],
-        teacher_text: str | None,
+        self, identity: RowIdentity, body: Mapping[str, Any], teacher_text: str | None
     ) -> None:
-        upstream = students.next_upstream(identity.endpoint)
         try:
-            payload = student_request(identity.endpoint, body, students.config)
-            reply = await call_student(self._session, upstream, payload)
-            record = student_half(
-                identity,
-                student_model=students.config.model,
-                student_url=upstream.url,
-                reply=reply,
-            )
-            outcome = record["student_status"]
-            if outcome == STUDENT_OK:
+            record, _ = await self._ask(identity, body)
+            if record["student_status"] == STUDENT_OK:
                 analysis = self._analyses[identity.route]
                 verdict = await analysis.judge(
                     teacher_text, record["student_output"], record["student_logprobs"]
                 )
                 record.update(verdict.columns())
                 analysis.observe(self._metrics, identity.route, identity.slices, verdict)
-                self._metrics.student_latency.labels(identity.route).observe(reply.latency_s)
             self._writer.submit(record)
-            self._metrics.shadow_calls.labels(identity.route, outcome).inc()
         except asyncio.CancelledError:
             self._writer.submit(
                 student_skipped(identity, STUDENT_SHUTDOWN, "the gateway shut down mid-call")
@@ -194,9 +206,6 @@ class ShadowDispatcher:
             _log.exception("shadow call failed unexpectedly")
             self._writer.submit(student_skipped(identity, "internal_error", repr(exc)))
             self._metrics.shadow_calls.labels(identity.route, "internal_error").inc()
-        finally:
-            students.in_flight -= 1
-            self._metrics.shadow_in_flight.labels(identity.route).dec()
 
     @property
     def in_flight(self) -> int:

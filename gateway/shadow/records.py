@@ -32,6 +32,7 @@ Record = dict[str, Any]
 STUDENT_OK = "ok"
 STUDENT_NOT_SAMPLED = "not_sampled"
 STUDENT_DROPPED = "dropped"
+STUDENT_CIRCUIT_OPEN = "circuit_open"
 STUDENT_NO_STUDENT = "no_student"
 STUDENT_INVALID = "invalid_response"
 STUDENT_SHUTDOWN = "shutdown"

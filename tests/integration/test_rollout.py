@@ -470,7 +470,9 @@ def test_student_timeout_falls_back_within_the_budget(
                 teacher,
                 [student.base_url],
                 student_budget_s=budget_s,
-                student={"timeout_s": 5},  # the budget, not the student's timeout, applies
+                # the budget, not the student's timeout, applies; and five timeouts in a row
+                # must not open the circuit breaker before the comparison below
+                student={"timeout_s": 5, "breaker_failures": 100},
             )
         ]
     )

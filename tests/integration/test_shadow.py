@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import openai
@@ -132,3 +133,48 @@ def test_round_robin_over_student_urls(
     finally:
         first.stop()
         second.stop()
+
+
+def test_circuit_breaker_stops_calling_a_failing_student_and_probes_it_back(
+    make_gateway: Callable[..., GatewayServer],
+    app_key: str,
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    clean_db: str,
+) -> None:
+    spec = route(ROUTE, teacher.base_url, [student.base_url])
+    spec["student"].update(breaker_failures=2, breaker_cooldown_s=0.5)
+    gateway = make_gateway([spec])
+    client = sdk(gateway, app_key)
+    student.reset_behavior(status=503)
+
+    def ask() -> None:
+        assert client.chat.completions.create(model=ROUTE, messages=MESSAGES).choices
+
+    for _ in range(2):
+        ask()
+        wait_for(
+            lambda: len(rows(clean_db, "student_status IS NOT NULL")) == len(student.received),
+            what="the failed call's row",
+        )
+    calls = len(student.received)
+    for _ in range(3):
+        ask()
+    wait_for(
+        lambda: len(rows(clean_db, "student_status = 'circuit_open'")) == 3,
+        what="three skipped calls",
+    )
+    assert len(student.received) == calls  # the failing student was left alone
+    assert gateway.metric("shadow_gateway_student_circuit_open", route=ROUTE) == 1
+    assert gateway.metric("shadow_gateway_circuit_skipped_total", route=ROUTE) == 3
+
+    student.reset_behavior()  # it recovers; after the cooldown one probe closes the breaker
+    time.sleep(0.6)
+    ask()
+    wait_for(lambda: len(student.received) == calls + 1, what="the probe")
+    wait_for(
+        lambda: gateway.metric("shadow_gateway_student_circuit_open", route=ROUTE) == 0,
+        what="the breaker to close",
+    )
+    ask()
+    wait_for(lambda: len(student.received) == calls + 2, what="calls flowing again")

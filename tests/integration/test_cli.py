@@ -1,0 +1,55 @@
+"""CLI behaviour that is not one command group's own: migrate without secrets, bad databases."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from tests.support.process import BIN
+
+CONFIG = """
+routes:
+  - name: r
+    teacher: {base_url: "http://127.0.0.1:9/v1", model: t, api_key_env: SGW_UNSET_TEACHER_KEY}
+    mode: teacher
+auth: {keys: [{name: app, key_env: SGW_UNSET_APP_KEY}]}
+"""
+
+
+def run(tmp_path: Path, database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "gw.yaml"
+    config.write_text(CONFIG)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SGW_UNSET")}
+    return subprocess.run(
+        [str(BIN / "shadow-gateway"), *args, "--config", str(config)],
+        env={**env, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_migrate_needs_no_secrets(tmp_path: Path, database_url: str) -> None:
+    result = run(tmp_path, database_url, "migrate")
+    assert result.returncode == 0, result.stderr
+    assert "is at revision" in result.stdout
+
+
+def test_serve_names_the_missing_secret(tmp_path: Path, database_url: str) -> None:
+    result = run(tmp_path, database_url, "serve", "--port", "0")
+    assert result.returncode == 2
+    assert "SGW_UNSET" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_migrate_against_a_missing_or_unreachable_database(tmp_path: Path) -> None:
+    for url, words in (
+        ("postgresql://postgres@127.0.0.1:5432/sgw_no_such_db", "does not exist"),
+        ("postgresql://postgres@127.0.0.1:1/x", "cannot migrate the database"),
+    ):
+        result = run(tmp_path, url, "migrate")
+        assert result.returncode == 1
+        assert words in result.stderr
+        assert "Traceback" not in result.stderr
