@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from gateway import __version__
-from gateway.api import admin, health, openai
+from gateway.api import admin, health, openai, reports
 from gateway.api.errors import (
     gateway_error_handler,
     http_exception_handler,
@@ -33,6 +33,7 @@ from gateway.services.auth import KeyRing
 from gateway.services.control import ControlPlane
 from gateway.services.guardian import Guardian
 from gateway.services.proxy import ProxyService
+from gateway.services.reports import DriftMonitor
 from gateway.shadow.analysis import build_analyses
 from gateway.shadow.dispatcher import ShadowDispatcher
 
@@ -83,6 +84,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         listener.start()
         guardian = Guardian(engine, control, config, metrics)
         guardian.start()
+        drift = DriftMonitor(engine, config, metrics.drift_psi)
+        drift.start()
         app.state.gateway = GatewayState(
             settings=settings,
             metrics=metrics,
@@ -113,6 +116,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         finally:
             # Requests are finished (the server drained them); now the background work.
             await guardian.stop()
+            await drift.stop()
             await listener.stop()
             await dispatcher.drain(config.server.drain_timeout_s)
             await writer.close()
@@ -131,6 +135,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.router.routes.extend(openai.routes)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(reports.router)
     app.add_exception_handler(GatewayError, gateway_error_handler)
     app.add_exception_handler(HTTPException, http_exception_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)

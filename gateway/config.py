@@ -13,7 +13,7 @@ import os
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.core import verify
 from gateway.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "shadow-gateway.yaml"
@@ -162,6 +163,46 @@ class RolloutConfig(_Strict):
     gate_min_samples: int = Field(default=30, ge=1)
 
 
+class JsonSchemaVerifier(_Strict):
+    """The teacher's answer is JSON valid against ``schema`` (see gateway.core.verify)."""
+
+    kind: Literal["json_schema"]
+    json_schema: dict[str, Any] = Field(alias="schema")
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        verify.check_schema(schema)
+        return schema
+
+
+class RegexVerifier(_Strict):
+    """The teacher's answer contains a match of ``pattern`` (anchor it for the whole answer)."""
+
+    kind: Literal["regex"]
+    pattern: str
+
+    _regex = field_validator("pattern")(_check_regex)
+
+
+class FunctionVerifier(_Strict):
+    """``function(answer, request)`` returns a bool or ``(bool, reason)``."""
+
+    kind: Literal["function"]
+    function: str = Field(pattern=r"^[\w.]+:[\w.]+$")
+
+
+VerifierConfig = Annotated[
+    JsonSchemaVerifier | RegexVerifier | FunctionVerifier, Field(discriminator="kind")
+]
+
+
+class ExportConfig(_Strict):
+    """The training-set export (``shadow-gateway export``): which teacher answers qualify."""
+
+    verifier: VerifierConfig | None = None
+
+
 class RouteConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     teacher: TeacherConfig
@@ -171,6 +212,7 @@ class RouteConfig(_Strict):
     rollout: RolloutConfig = RolloutConfig()
     agreement: AgreementConfig = AgreementConfig()
     slices: SlicesConfig = SlicesConfig()
+    export: ExportConfig = ExportConfig()
 
 
 class KeyConfig(_Strict):

@@ -212,6 +212,14 @@ class Metrics:
             multiprocess_mode="mostrecent",
             registry=reg,
         )
+        self.drift_psi = Gauge(
+            "shadow_gateway_drift_psi",
+            "Population stability index of the route's last day of traffic against the week "
+            "before, per slice dimension (_prompt_length: prompt length in characters).",
+            ["route", "dimension"],
+            multiprocess_mode="mostrecent",
+            registry=reg,
+        )
         self.auto_rollbacks = Counter(
             "shadow_gateway_auto_rollbacks_total",
             "Automatic rollbacks to shadow because a critical slice fell below its bar.",

@@ -73,8 +73,9 @@ def test_missing_file_and_missing_secrets(tmp_path: Path, monkeypatch: pytest.Mo
         load_settings(tmp_path / "absent.yaml")
     text = ROUTE + "auth: {keys: [{name: app, key_env: SGW_UNSET_KEY}]}\n"
     monkeypatch.delenv("SGW_UNSET_KEY", raising=False)
+    unset = load_settings(write(tmp_path, text))  # loads: secrets are read when first used
     with pytest.raises(ConfigError, match="SGW_UNSET_KEY"):
-        load_settings(write(tmp_path, text))
+        _ = unset.api_keys
     monkeypatch.setenv("SGW_UNSET_KEY", "secret")
     settings = load_settings(write(tmp_path, text))
     assert settings.api_keys[0].scopes == frozenset({"app"})
