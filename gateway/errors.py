@@ -43,6 +43,8 @@ class GatewayError(Exception):
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
+        # response headers the request path adds (e.g. x-fallback-reason), never secrets
+        self.headers: dict[str, str] = {}
 
     @property
     def http_status(self) -> int:

@@ -16,7 +16,7 @@ JSON = "application/json"
 
 
 def error_response(exc: GatewayError, request_id: str | None = None) -> Response:
-    headers = {"x-request-id": request_id} if request_id else None
+    headers = {**exc.headers, **({"x-request-id": request_id} if request_id else {})}
     return Response(exc.to_body(), status_code=exc.http_status, media_type=JSON, headers=headers)
 
 

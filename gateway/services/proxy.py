@@ -334,6 +334,8 @@ class ProxyService:
         fallback_reason: str | None,
     ) -> None:
         then(None)
+        if fallback_reason:
+            exc.headers["x-fallback-reason"] = fallback_reason
         status = exc.http_status
         self._writer.submit(
             teacher_half(

@@ -876,3 +876,24 @@ def test_openai_sdk_gets_the_students_answer_and_stream(
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 4
     assert teacher.received == []
+
+
+def test_a_teacher_error_after_a_fallback_still_says_why_the_student_did_not_answer(
+    make_gateway: Callable[..., GatewayServer],
+    app_key: str,
+    teacher: FakeOpenAI,
+    clean_db: str,
+    http: httpx.Client,
+) -> None:
+    gateway = make_gateway([rollout_route(teacher, [closed_port_url()])])
+    teacher.reset_behavior(status=503)
+    response = http.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": ROUTE, "messages": [{"role": "user", "content": "hello"}]},
+        headers={"Authorization": f"Bearer {app_key}"},
+    )
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "boom"
+    assert response.headers["x-fallback-reason"] == "student_unavailable"
+    row = settled(clean_db, response.headers["x-request-id"], "teacher_status")
+    assert row["fallback_reason"] == "student_unavailable"
