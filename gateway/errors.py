@@ -13,6 +13,9 @@ above them needs to know about aiohttp or asyncpg.
     ├── RouteNotFound           404  ``model`` names no route
     ├── PayloadTooLarge         413  body over ``server.max_body_bytes``
     ├── UnsupportedMediaType    415  body is not JSON
+    ├── UnknownDimension        404  a report names a slice dimension the route never had
+    ├── NoData                  404  a report's window holds no rows of the route
+    ├── NotEnoughData           400  rows, but too few for the report to say anything
     └── UpstreamError           the teacher failed
         ├── TeacherUnreachable  502  connection refused / reset / DNS
         ├── TeacherTimeout      504  no answer within the route's ``timeout_s``
@@ -98,6 +101,28 @@ class UnsupportedMediaType(GatewayError):
     status_code = 415
     error_type = "invalid_request_error"
     default_code = "unsupported_media_type"
+
+
+class UnknownDimension(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "dimension_not_found"
+
+
+class NoData(GatewayError):
+    """Nothing to report on: no rows of the route in the window."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "no_data"
+
+
+class NotEnoughData(GatewayError):
+    """Rows, but too few (or none of the kind the report needs) to say anything."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    default_code = "not_enough_data"
 
 
 class UpstreamError(GatewayError):

@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.config import GatewayConfig, RouteConfig
 from gateway.core import statistics as stats
 from gateway.db.tables import requests, route_state
-from gateway.errors import GatewayError, RouteNotFound
+from gateway.errors import NoData, NotEnoughData, RouteNotFound, UnknownDimension
 from gateway.protocol.reports import (
     LENGTH_DIMENSION,
     ReferenceDataset,
@@ -51,28 +51,6 @@ from gateway.shadow.analysis import slice_rules
 _log = logging.getLogger("shadow_gateway.reports")
 DEFAULT_PSI_THRESHOLD = 0.2
 DEFAULT_MIN_ROWS = 50
-
-
-class UnknownDimension(GatewayError):
-    status_code = 404
-    error_type = "invalid_request_error"
-    default_code = "dimension_not_found"
-
-
-class NoData(GatewayError):
-    """Nothing to report on: no rows of the route in the window."""
-
-    status_code = 404
-    error_type = "invalid_request_error"
-    default_code = "no_data"
-
-
-class NotEnoughData(GatewayError):
-    """Rows, but too few (or none of the kind the report needs) to say anything."""
-
-    status_code = 400
-    error_type = "invalid_request_error"
-    default_code = "not_enough_data"
 
 
 TEXT_PARTS_COUNTED = 32

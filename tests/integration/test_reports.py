@@ -25,10 +25,10 @@ from gateway.config import GatewayConfig
 from gateway.core import statistics as stats
 from gateway.core.slices import last_user_text
 from gateway.db.engine import create_engine
+from gateway.errors import NoData
 from gateway.protocol.reports import Window, decode_cursor
 from gateway.services.reports import (
     DriftMonitor,
-    NoData,
     Reports,
     last_user_text_sql,
     reference_dataset,
