@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -41,7 +42,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         control = ControlPlane(engine, settings.config, Metrics())
         await control.seed()
         return [
-            {"route": route.name, **control.state(route.name).__dict__}
+            {"route": route.name, **asdict(control.state(route.name))}
             for route in settings.config.routes
         ]
 

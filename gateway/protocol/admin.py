@@ -6,10 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.core.confidence import METHODS
-
-ConfidenceMethodName = Literal["mean_prob", "min_prob", "first_token", "margin"]
-assert set(METHODS) == {"mean_prob", "min_prob", "first_token", "margin"}
+from gateway.config import ConfidenceMethod
 
 
 class _Body(BaseModel):
@@ -22,7 +19,7 @@ class RouteChange(_Body):
     mode: Literal["teacher", "shadow", "rollout"] | None = None
     rollout_percent: float | None = Field(default=None, ge=0, le=100)
     confidence_threshold: float | None = Field(default=None, ge=0, le=1)
-    confidence_method: ConfidenceMethodName | None = None
+    confidence_method: ConfidenceMethod | None = None
     audit_sample: float | None = Field(default=None, ge=0, le=1)
     reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")
 

@@ -169,22 +169,13 @@ class ProxyService:
         then: Then,
         fallback_reason: str | None,
     ) -> Answer:
-        upstream = self._teachers[route.name, ctx.endpoint]
-        teacher_body = orjson.dumps({**body, "model": route.teacher.model})
+        upstream, teacher_body = self._teacher_request(route, ctx, body)
         teacher_started = time.perf_counter()
         try:
             reply = await call_teacher(self._session, upstream, teacher_body)
         except GatewayError as exc:
-            self._log_failure(
-                ctx,
-                route,
-                identity,
-                body,
-                exc,
-                time.perf_counter() - teacher_started,
-                then,
-                fallback_reason,
-            )
+            failed = time.perf_counter() - teacher_started
+            self._log_failure(ctx, route, identity, body, exc, failed, then, fallback_reason)
             raise
         finished = time.perf_counter()
         teacher_latency = finished - teacher_started
@@ -246,22 +237,13 @@ class ProxyService:
         then: Then,
         fallback_reason: str | None,
     ) -> StreamAnswer:
-        upstream = self._teachers[route.name, ctx.endpoint]
-        teacher_body = orjson.dumps({**body, "model": route.teacher.model})
+        upstream, teacher_body = self._teacher_request(route, ctx, body)
         teacher_started = time.perf_counter()
         try:
             stream = await open_teacher_stream(self._session, upstream, teacher_body)
         except GatewayError as exc:
-            self._log_failure(
-                ctx,
-                route,
-                identity,
-                body,
-                exc,
-                time.perf_counter() - teacher_started,
-                then,
-                fallback_reason,
-            )
+            failed = time.perf_counter() - teacher_started
+            self._log_failure(ctx, route, identity, body, exc, failed, then, fallback_reason)
             raise
         setup_overhead = teacher_started - ctx.started
 
@@ -318,6 +300,15 @@ class ProxyService:
                 self._observe(route, 200, teacher_latency, setup_overhead)
 
         return StreamAnswer(relay(), stream.content_type, _headers(fallback_reason))
+
+    def _teacher_request(
+        self, route: RouteConfig, ctx: RequestContext, body: dict[str, Any]
+    ) -> tuple[Upstream, bytes]:
+        """The teacher's endpoint and the app's body with the teacher's model name."""
+        return (
+            self._teachers[route.name, ctx.endpoint],
+            orjson.dumps({**body, "model": route.teacher.model}),
+        )
 
     def _payload(self, body: dict[str, Any]) -> dict[str, Any] | None:
         return body if self._store_payloads else None
