@@ -188,10 +188,13 @@ def measure(
             finally:
                 gateway.stop()
         sizes = """
+            WITH parts AS (  -- requests is partitioned: its size is its partitions'
+                SELECT relid FROM pg_partition_tree('requests') WHERE isleaf
+            )
             SELECT count(*) AS rows,
-                   pg_total_relation_size('requests') AS total,
-                   pg_relation_size('requests') AS heap,
-                   pg_indexes_size('requests') AS indexes,
+                   (SELECT sum(pg_total_relation_size(relid)) FROM parts)::bigint AS total,
+                   (SELECT sum(pg_relation_size(relid)) FROM parts)::bigint AS heap,
+                   (SELECT sum(pg_indexes_size(relid)) FROM parts)::bigint AS indexes,
                    avg(student_completion_tokens) AS tokens,
                    avg(length(teacher_output)) AS chars,
                    avg(pg_column_size(student_logprobs)) AS logprobs_stored,

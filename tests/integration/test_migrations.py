@@ -1,17 +1,27 @@
-"""The migrations and the table definitions in gateway.db.tables describe the same schema."""
+"""The migrations and the table definitions in gateway.db.tables describe the same schema; and
+0006 (partitioning ``requests``) keeps every row on the way up and on the way down."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+from collections.abc import Iterator
 
+import asyncpg
+import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from gateway.db.engine import sqlalchemy_url
-from gateway.db.migrate import current_revision, head_revision
-from gateway.db.tables import metadata
+from gateway.db.engine import plain_dsn, sqlalchemy_url
+from gateway.db.migrate import alembic_config, current_revision, head_revision
+from gateway.db.tables import declared, metadata
+from tests.support.db import execute, fetch
+
+ADMIN_URL = os.environ.get("SGW_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def test_database_is_at_head(database_url: str) -> None:
@@ -20,7 +30,9 @@ def test_database_is_at_head(database_url: str) -> None:
 
 def test_tables_module_matches_migrations(database_url: str) -> None:
     def diff(connection: Connection) -> list[object]:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "include_name": declared}
+        )
         changes = []
         for change in compare_metadata(context, metadata):
             # column changes come grouped in lists; comments live in the migration only
@@ -38,3 +50,150 @@ def test_tables_module_matches_migrations(database_url: str) -> None:
             await engine.dispose()
 
     assert asyncio.run(run()) == []
+
+
+def test_requests_is_partitioned_by_created_at(database_url: str) -> None:
+    [table] = fetch(
+        database_url,
+        "SELECT p.partstrat::text, a.attname FROM pg_partitioned_table AS p "
+        "JOIN pg_attribute AS a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0] "
+        "WHERE p.partrelid = 'requests'::regclass",
+    )
+    assert table == {"partstrat": "r", "attname": "created_at"}
+    key = fetch(
+        database_url,
+        "SELECT a.attname FROM pg_index AS i JOIN pg_attribute AS a "
+        "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+        "WHERE i.indrelid = 'requests'::regclass AND i.indisprimary ORDER BY a.attnum",
+    )
+    assert [row["attname"] for row in key] == ["request_id", "created_at"]
+    default = fetch(
+        database_url,
+        "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'requests'::regclass "
+        "AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'",
+    )
+    assert default == [{"relname": "requests_default"}]
+
+
+# --- 0006 up and down with rows in the table ---------------------------------------------------
+
+
+async def _admin(sql: str) -> None:
+    connection = await asyncpg.connect(plain_dsn(ADMIN_URL), timeout=10)
+    try:
+        await connection.execute(sql)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def scratch_url() -> Iterator[str]:
+    """A database of its own: these tests migrate down, which the shared one must never be."""
+    name = f"sgw_mig_{secrets.token_hex(4)}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# Rows over three months, one far in the past, every column kind; agree drives the views.
+ROWS = """
+INSERT INTO requests (request_id, route, endpoint, created_at, mode, served_by, slices,
+    request_payload, teacher_output, student_output, student_confidence, agree,
+    agreement_reason, fallback_reason, sticky_bucket, student_logprobs)
+SELECT 'req-' || g, 'r' || g % 2, 'chat', timestamptz '2026-09-20 12:00Z' + g * interval '13 hours',
+    'shadow', CASE WHEN g % 5 = 0 THEN 'student' ELSE 'teacher' END,
+    jsonb_build_object('tier', (ARRAY['free', 'paid'])[1 + g % 2]),
+    jsonb_build_object('messages', jsonb_build_array(
+        jsonb_build_object('role', 'user', 'content', 'question ' || g))),
+    'teacher ' || g, 'student ' || g, (g % 10) / 10.0, g % 3 <> 0,
+    CASE WHEN g % 3 = 0 THEN 'label_mismatch' END,
+    CASE WHEN g % 7 = 0 THEN 'low_confidence' END, g % 100,
+    jsonb_build_array(jsonb_build_object('token', 'x', 'logprob', -0.5))
+FROM generate_series(1, 150) AS g
+UNION ALL
+SELECT 'ancient', 'r0', 'text', timestamptz '1999-12-31 23:59:59.999999Z', 'teacher', 'teacher',
+    '{}', '{"prompt": "old"}', 'old answer', NULL, NULL, NULL, NULL, NULL, NULL, NULL
+"""
+# Everything a row holds, as one text per row: equal before and after means nothing was lost.
+SNAPSHOT = "SELECT request_id, md5(r::text) AS digest FROM requests AS r ORDER BY request_id"
+VIEWS = (
+    "SELECT (SELECT count(*) FROM disagreements) AS disagreements, "
+    "(SELECT sum(requests) FROM agreement_daily) AS daily, "
+    "(SELECT sum(fallbacks) FROM fallbacks_daily) AS fallbacks"
+)
+
+
+def _partitions(url: str) -> dict[str, int]:
+    rows = fetch(
+        url, "SELECT tableoid::regclass::text AS part, count(*) AS n FROM requests GROUP BY 1"
+    )
+    return {row["part"]: row["n"] for row in rows}
+
+
+def test_0006_moves_every_row_into_partitions_and_back(scratch_url: str) -> None:
+    config = alembic_config(scratch_url)
+    command.upgrade(config, "0005")
+    execute(scratch_url, ROWS)
+    before, views = fetch(scratch_url, SNAPSHOT), fetch(scratch_url, VIEWS)
+    assert len(before) == 151
+
+    command.upgrade(config, "0006")
+    assert fetch(scratch_url, SNAPSHOT) == before
+    assert fetch(scratch_url, VIEWS) == views
+    parts = _partitions(scratch_url)
+    # a partition per month with rows (and the current month's, empty here); none in default
+    assert set(parts) == {
+        f"requests_p{m}" for m in ("199912", "202609", "202610", "202611", "202612")
+    }
+    assert sum(parts.values()) == 151
+    indexes = fetch(
+        scratch_url,
+        "SELECT indexrelid::regclass::text AS name FROM pg_index "
+        "WHERE indrelid = 'requests'::regclass ORDER BY 1",
+    )
+    assert [i["name"] for i in indexes] == [
+        "ix_requests_created_at",
+        "ix_requests_day_route",
+        "ix_requests_disagreements",
+        "ix_requests_route_created_at",
+        "requests_pkey",
+    ]
+
+    command.downgrade(config, "0005")
+    assert fetch(scratch_url, SNAPSHOT) == before
+    assert fetch(scratch_url, VIEWS) == views
+    [kind] = fetch(
+        scratch_url, "SELECT relkind::text FROM pg_class WHERE oid = 'requests'::regclass"
+    )
+    assert kind == {"relkind": "r"}
+    assert fetch(scratch_url, "SELECT to_regclass('requests_default') AS t") == [{"t": None}]
+
+    command.upgrade(config, "head")  # and up again, as a deploy after a rollback would
+    assert fetch(scratch_url, SNAPSHOT) == before
+
+
+def test_0006_on_an_empty_table_makes_the_current_month_and_the_default(scratch_url: str) -> None:
+    command.upgrade(alembic_config(scratch_url), "0006")
+    names = fetch(
+        scratch_url,
+        "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'requests'::regclass ORDER BY 1",
+    )
+    [month] = fetch(scratch_url, "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYYMM') AS m")
+    assert [n["relname"] for n in names] == ["requests_default", f"requests_p{month['m']}"]
+
+
+def test_downgrade_refuses_to_merge_rows_that_share_a_request_id(scratch_url: str) -> None:
+    config = alembic_config(scratch_url)
+    command.upgrade(config, "0006")
+    execute(
+        scratch_url,
+        "INSERT INTO requests (request_id, route, endpoint, created_at, mode) VALUES "
+        "('twice', 'r', 'chat', '2026-11-01Z', 'shadow'), "
+        "('twice', 'r', 'chat', '2026-11-02Z', 'shadow')",
+    )
+    with pytest.raises(RuntimeError, match="twice"):
+        command.downgrade(config, "0005")
+    assert asyncio.run(current_revision(scratch_url)) == "0006"
+    assert len(fetch(scratch_url, "SELECT 1 FROM requests WHERE request_id = 'twice'")) == 2

@@ -1,0 +1,43 @@
+"""The training-set export: logged production traffic → JSONL for the next distillation.
+
+One example per request, in the OpenAI fine-tuning chat format: the app's messages (a
+``/v1/completions`` prompt becomes one user message) and the teacher's answer as the assistant
+turn. Each row matched by the filters (route, window, slices, ``agree = false`` for hard
+examples only) ends in exactly one place, so ``rows_matched = examples + sum(dropped)``:
+
+- ``teacher_failed``: no complete teacher answer (not HTTP 200, no text, an error mid-stream);
+- ``teacher_truncated``: the teacher stopped at ``max_tokens``;
+- ``no_prompt``: the app's request body was not stored (``log_writer.store_payloads``);
+- ``verifier``: the route's verifier rejected the answer (counted per failed check);
+- ``duplicate_prompt``: the same normalised conversation was already exported;
+- ``sampling``: left out by a ``limit``. Strata (the joint slice labels, or the values of the
+  ``mix`` dimension) get quotas in proportion to live traffic or to the mix, by largest
+  remainders; rows are read in a seeded random order (``md5(seed:request_id)``, so a run can be
+  repeated) until every quota is full.
+
+Memory stays flat: rows come through a server-side cursor and go straight to the file; what is
+held is a counter per stratum and one 64-bit hash per exported prompt for the dedupe (about 70
+bytes each, i.e. ~70 MB per million distinct prompts). Counts and rows are read in one
+REPEATABLE READ snapshot, so they agree while the gateway keeps logging. The file and its
+manifest are written beside their final names and renamed at the end: a failed export never
+leaves a half-written file.
+
+Modules: :mod:`.model` (request, result, manifest, quotas), :mod:`.verifier`, :mod:`.queries`,
+:mod:`.output` (the atomic file), :mod:`.exporter` (the run).
+"""
+
+from __future__ import annotations
+
+from gateway.services.export.exporter import Exporter
+from gateway.services.export.model import ExportError, ExportRequest, ExportResult, Mix, Stratum
+from gateway.services.export.verifier import build_verifier
+
+__all__ = [
+    "ExportError",
+    "ExportRequest",
+    "ExportResult",
+    "Exporter",
+    "Mix",
+    "Stratum",
+    "build_verifier",
+]

@@ -1,0 +1,50 @@
+"""The analyst reports: slices, disagreements, threshold calibration, drift.
+
+Every figure is aggregated in Postgres (``GROUP BY`` over the route's rows in the window:
+labels, ``width_bucket`` of the confidence, prompt length, day); Python only sees per-group
+counts, plus one page of rows for the disagreement listing. The statistics on those counts
+(Wilson intervals, calibration curves, PSI) are :mod:`gateway.core.statistics`.
+
+Reports answer with plain JSON-ready dicts, the same for the API and the CLI. Bad input is a
+gateway error: :class:`~gateway.errors.RouteNotFound`, :class:`UnknownDimension` and
+:class:`NoData` (404), :class:`NotEnoughData` and :class:`~gateway.errors.InvalidRequest`
+(400).
+
+One module per report (:mod:`.slices`, :mod:`.disagreements`, :mod:`.thresholds`,
+:mod:`.drift`), each a mixin over :class:`.common.ReportsBase`; :class:`Reports` is all of them.
+:class:`DriftMonitor` (:mod:`.monitor`) keeps ``shadow_gateway_drift_psi{route,dimension}``
+current in the background: each route's last day against the week before it.
+"""
+
+from __future__ import annotations
+
+from gateway.services.reports.common import (
+    DEFAULT_MIN_ROWS,
+    DEFAULT_PSI_THRESHOLD,
+    TEXT_PARTS_COUNTED,
+    configured_dimensions,
+    last_user_text_sql,
+    route_config,
+)
+from gateway.services.reports.disagreements import DisagreementReport
+from gateway.services.reports.drift import DriftReport, reference_dataset
+from gateway.services.reports.monitor import DriftMonitor
+from gateway.services.reports.slices import SliceReport
+from gateway.services.reports.thresholds import ThresholdReport
+
+__all__ = [
+    "DEFAULT_MIN_ROWS",
+    "DEFAULT_PSI_THRESHOLD",
+    "TEXT_PARTS_COUNTED",
+    "DriftMonitor",
+    "Reports",
+    "configured_dimensions",
+    "last_user_text_sql",
+    "reference_dataset",
+    "route_config",
+]
+
+
+class Reports(SliceReport, DisagreementReport, ThresholdReport, DriftReport):
+    """Every report over one engine and config: ``slices``, ``disagreements``, ``thresholds``
+    and ``drift``."""

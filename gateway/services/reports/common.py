@@ -1,0 +1,142 @@
+"""What every report shares: the route's window in SQL, a reading connection, bad-input checks."""
+
+# ruff: noqa: S608  (the SQL below is assembled from constants; every value is a bound parameter)
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.config import GatewayConfig, RouteConfig
+from gateway.errors import NoData, NotEnoughData, RouteNotFound, UnknownDimension
+from gateway.protocol.reports import Window
+
+DEFAULT_PSI_THRESHOLD = 0.2
+DEFAULT_MIN_ROWS = 50
+
+
+TEXT_PARTS_COUNTED = 32
+
+
+def last_user_text_sql(payload: str) -> str:
+    """SQL for :func:`gateway.core.slices.last_user_text` of a jsonb column (NULL if NULL).
+
+    No subqueries, so Postgres can scan in parallel: jsonpath finds the last user message,
+    and a content-parts message joins its first :data:`TEXT_PARTS_COUNTED` text parts.
+    """
+    last = (
+        f"(jsonb_path_query_array({payload}, "
+        """'strict $.messages[*] ? (@.role == "user")', '{}', true) -> -1)"""
+    )
+    parts = (
+        f"jsonb_path_query_array({last} -> 'content', "
+        """'strict $[*] ? (@.text.type() == "string").text', '{}', true)"""
+    )
+    joined = ", ".join(f"{parts} ->> {i}" for i in range(TEXT_PARTS_COUNTED))
+    return (
+        f"CASE WHEN {payload} IS NULL THEN NULL"
+        # the usual case, a chat whose last message is the user's text: no search
+        f" WHEN {payload} -> 'messages' -> -1 ->> 'role' = 'user'"
+        f" AND jsonb_typeof({payload} -> 'messages' -> -1 -> 'content') = 'string'"
+        f" THEN {payload} -> 'messages' -> -1 ->> 'content'"
+        f" WHEN jsonb_typeof({payload} -> 'messages') = 'array' THEN"
+        f" CASE jsonb_typeof({last} -> 'content')"
+        f" WHEN 'string' THEN {last} ->> 'content'"
+        f" WHEN 'array' THEN concat_ws(' ', {joined})"
+        " ELSE '' END"
+        f" WHEN jsonb_typeof({payload} -> 'prompt') = 'string' THEN {payload} ->> 'prompt'"
+        f" WHEN jsonb_typeof({payload} -> 'prompt' -> 0) = 'string'"
+        f" THEN {payload} -> 'prompt' ->> 0"
+        " ELSE '' END"
+    )
+
+
+IN_WINDOW = "r.route = :route AND r.created_at >= :since AND r.created_at < :until"
+# A row's labels (the writer stores an object of strings; anything else counts as no labels).
+EACH_LABEL = (
+    "SELECT key, value FROM jsonb_each_text(CASE WHEN jsonb_typeof(r.slices) = 'object' "
+    "THEN r.slices ELSE '{}' END) WHERE value IS NOT NULL"
+)
+# One row per (dimension, value) and one with NULLs for the route as a whole, in one scan.
+LABELS = (
+    f"CROSS JOIN LATERAL (SELECT NULL::text, NULL::text UNION ALL {EACH_LABEL} "
+    "AND (CAST(:dimension AS text) IS NULL OR key = CAST(:dimension AS text))) AS s(dim, val)"
+)
+_ROWS = text(f"SELECT count(*) AS n FROM requests AS r WHERE {IN_WINDOW}")
+_NO_JIT = text("SET LOCAL jit = off")
+_HAS_DIMENSION = text(
+    "SELECT EXISTS (SELECT 1 FROM requests WHERE route = :route AND slices ? :dimension)"
+)
+
+
+def route_config(config: GatewayConfig, name: str) -> RouteConfig:
+    found = config.route(name)
+    if found is None:
+        known = ", ".join(sorted(route.name for route in config.routes))
+        raise RouteNotFound(f"Unknown route '{name}'. Routes: {known}.", param="route")
+    return found
+
+
+def configured_dimensions(route: RouteConfig) -> set[str]:
+    """Dimensions the route's config knows of (critical slices, rules, length, defaults)."""
+    found = {c.dimension for c in route.slices.critical}
+    found.update(rule.dimension for rule in route.slices.rules)
+    found.update(route.slices.defaults)
+    if route.slices.length_buckets:
+        found.add(route.slices.length_buckets.dimension)
+    return found
+
+
+def window_params(route: RouteConfig, window: Window, **extra: Any) -> dict[str, Any]:
+    return {"route": route.name, "since": window.since, "until": window.until, **extra}
+
+
+def enough(rows: int, min_rows: int, subject: str) -> None:
+    """``subject``: what has the rows, e.g. "Route 'x' from <window>"."""
+    if rows == 0:
+        raise NoData(f"{subject}: no requests.")
+    if rows < min_rows:
+        raise NotEnoughData(
+            f"{subject}: only {rows} requests; drift needs at least {min_rows} on each side "
+            "(widen the window, or lower min_rows)."
+        )
+
+
+class ReportsBase:
+    """The engine, the config and the checks each report's mixin builds on."""
+
+    def __init__(self, engine: AsyncEngine, config: GatewayConfig) -> None:
+        self._engine = engine
+        self._config = config
+
+    def route(self, name: str) -> RouteConfig:
+        return route_config(self._config, name)
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        async with self._engine.connect() as connection:
+            # The planner takes jsonb_each_text for 100 rows a call, expects ~50 times the
+            # real row count and JIT-compiles; compiling then costs more than the query.
+            await connection.execute(_NO_JIT)
+            yield connection
+
+    async def _check_dimension(
+        self, connection: AsyncConnection, route: RouteConfig, dimension: str
+    ) -> None:
+        """404 unless the dimension is configured or some row of the route ever had it."""
+        if dimension in configured_dimensions(route):
+            return
+        found = {"route": route.name, "dimension": dimension}
+        if not (await connection.execute(_HAS_DIMENSION, found)).scalar():
+            raise UnknownDimension(
+                f"Route '{route.name}' has no slice dimension '{dimension}': no request was "
+                "ever labelled with it and the route's config does not name it.",
+                param="dimension",
+            )
+
+    async def _count(self, connection: AsyncConnection, route: RouteConfig, window: Window) -> int:
+        return int((await connection.execute(_ROWS, window_params(route, window))).scalar_one())

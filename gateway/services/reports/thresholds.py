@@ -1,0 +1,118 @@
+"""Threshold calibration: for each candidate confidence threshold, the share of traffic the
+student would serve and the agreement on that share, per slice; and the lowest threshold that
+keeps every critical slice at its bar."""
+
+# ruff: noqa: S608  (the SQL below is assembled from constants; every value is a bound parameter)
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select, text
+
+from gateway.core import statistics as stats
+from gateway.db.tables import route_state
+from gateway.errors import NoData, NotEnoughData
+from gateway.protocol.reports import Window, curve_json, point_json
+from gateway.services.reports.common import EACH_LABEL, IN_WINDOW, ReportsBase, window_params
+
+# Shadow comparisons only: the teacher answered and the student was not chosen. Fallbacks and
+# student-served rows are selected by the live threshold, so they would bias the curve.
+_CALIBRATION = text(
+    "SELECT s.dim, s.val, "
+    "width_bucket(r.student_confidence, CAST(:thresholds AS float8[])) AS bucket, "
+    "count(*) AS samples, count(*) FILTER (WHERE r.agree) AS agreed "
+    f"FROM requests AS r CROSS JOIN LATERAL (SELECT NULL::text, NULL::text UNION ALL "
+    f"{EACH_LABEL} AND key = ANY(CAST(:dimensions AS text[]))) AS s(dim, val) "
+    f"WHERE {IN_WINDOW} AND r.student_confidence IS NOT NULL AND r.agree IS NOT NULL "
+    "AND r.served_by IS DISTINCT FROM 'student' AND r.fallback_reason IS NULL "
+    "GROUP BY 1, 2, 3"
+)
+
+
+class ThresholdReport(ReportsBase):
+    async def thresholds(
+        self,
+        name: str,
+        window: Window,
+        candidates: Sequence[float] | None = None,
+        dimension: str | None = None,
+        conservative: bool = False,
+    ) -> dict[str, Any]:
+        """Served share and agreement per candidate threshold; the lowest that keeps every bar."""
+        route = self.route(name)
+        bars = [
+            stats.Bar(c.dimension, c.value, c.min_agreement, c.min_samples)
+            for c in route.slices.critical
+        ]
+        gate = not bars
+        if gate:  # no critical slice: the route as a whole, against its ramp gate
+            rollout = route.rollout
+            bars = [stats.Bar("all", "all", rollout.gate_min_agreement, rollout.gate_min_samples)]
+        async with self._reading() as connection:
+            live = (
+                await connection.execute(
+                    select(route_state.c.confidence_threshold).where(route_state.c.route == name)
+                )
+            ).scalar()
+            current = route.rollout.threshold if live is None else float(live)
+            candidates = candidates or stats.candidate_thresholds()
+            thresholds = stats.check_thresholds([*candidates, current])
+            dimensions = {b.dimension for b in bars if not gate}
+            if dimension is not None:
+                await self._check_dimension(connection, route, dimension)
+                dimensions.add(dimension)
+            params = window_params(
+                route, window, thresholds=list(thresholds), dimensions=sorted(dimensions)
+            )
+            rows = (await connection.execute(_CALIBRATION, params)).all()
+            if not rows:
+                count = await self._count(connection, route, window)
+                if count == 0:
+                    raise NoData(f"Route '{name}' has no requests from {window.describe()}.")
+                raise NotEnoughData(
+                    f"Route '{name}' has {count} requests from {window.describe()} but no "
+                    "shadow comparison with a student confidence (the teacher answered, the "
+                    "student was not chosen, both answers compared); calibration needs those."
+                )
+        buckets: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
+        for row in rows:
+            key = ("all", "all") if row.dim is None else (row.dim, row.val)
+            buckets.setdefault(key, {})[row.bucket] = (row.samples, row.agreed)
+        wanted = {(b.dimension, b.value) for b in bars} | {("all", "all")}
+        wanted |= {key for key in buckets if key[0] == dimension}
+        curves = {key: stats.calibration_curve(thresholds, buckets.get(key, {})) for key in wanted}
+        recommendation = stats.recommend_threshold(curves, bars, conservative)
+        bar_of = {(b.dimension, b.value): b for b in bars}
+        ordered = sorted(wanted, key=lambda k: (k != ("all", "all"), k not in bar_of, k))
+        return {
+            "route": name,
+            **window.as_json(),
+            "comparisons": curves[("all", "all")][0].total,
+            "current_threshold": current,
+            "conservative": conservative,
+            "bars": [
+                {
+                    "dimension": b.dimension,
+                    "value": b.value,
+                    "min_agreement": b.min_agreement,
+                    "min_samples": b.min_samples,
+                    "source": "route_gate" if gate else "critical_slice",
+                }
+                for b in bars
+            ],
+            "curves": [
+                curve_json(key, curves[key], bar_of.get(key), conservative) for key in ordered
+            ],
+            "recommendation": {
+                "threshold": recommendation.threshold,
+                "reason": recommendation.reason,
+                "served": [
+                    {"dimension": key[0], "value": key[1], **point_json(point)}
+                    for key in ordered
+                    for point in curves[key]
+                    if point.threshold == recommendation.threshold
+                ],
+            },
+        }
