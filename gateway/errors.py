@@ -13,6 +13,8 @@ above them needs to know about aiohttp or asyncpg.
     ├── RouteNotFound           404  ``model`` names no route
     ├── PayloadTooLarge         413  body over ``server.max_body_bytes``
     ├── UnsupportedMediaType    415  body is not JSON
+    ├── RequestTimeout          408  headers or body too slow (``server.*_timeout_s``)
+    ├── RateLimited             429  the key's token bucket is empty (``retry-after`` set)
     ├── UnknownDimension        404  a report names a slice dimension the route never had
     ├── NoData                  404  a report's window holds no rows of the route
     ├── NotEnoughData           400  rows, but too few for the report to say anything
@@ -27,6 +29,7 @@ message and never reach an app.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import orjson
@@ -101,6 +104,32 @@ class UnsupportedMediaType(GatewayError):
     status_code = 415
     error_type = "invalid_request_error"
     default_code = "unsupported_media_type"
+
+
+class RequestTimeout(GatewayError):
+    """The body came too slowly (a slow-loris): 408, and the connection is closed."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers["connection"] = "close"
+
+
+class RateLimited(GatewayError):
+    """The key is over its rate limit: 429 in OpenAI's shape, with ``retry-after`` seconds."""
+
+    status_code = 429
+    error_type = "requests"  # what OpenAI sends for request-rate limits
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after_s: float, *, key: str) -> None:
+        super().__init__(message)
+        self.key = key  # the key's name, never the secret
+        self.headers["retry-after"] = str(max(1, math.ceil(retry_after_s)))
+        self.headers["retry-after-ms"] = str(max(1, math.ceil(retry_after_s * 1000)))
 
 
 class UnknownDimension(GatewayError):

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from fastapi import FastAPI
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -21,8 +22,14 @@ from starlette.routing import Route
 from gateway.api.errors import JSON, error_response
 from gateway.api.state import GatewayState, gateway_state
 from gateway.core.completions import Endpoint
-from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
-from gateway.protocol.openai import validate_request
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    PayloadTooLarge,
+    RateLimited,
+    UnsupportedMediaType,
+)
+from gateway.protocol.openai import ChatCompletionRequest, CompletionRequest, validate_request
 from gateway.services.answers import Answer, RequestContext
 
 
@@ -40,6 +47,12 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
         received += chunk
         if len(received) > limit:
             raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.")
+    return parse_json_object(received)
+
+
+def parse_json_object(received: bytes | bytearray) -> dict[str, Any]:
+    """The body as a JSON object, or :class:`InvalidRequest` (invalid UTF-8 or JSON, not an
+    object, nested deeper than orjson's 1024 levels)."""
     try:
         body = orjson.loads(received)
     except orjson.JSONDecodeError as exc:
@@ -58,7 +71,7 @@ async def _proxy(request: Request, endpoint: Endpoint) -> Response:
     state = gateway_state(request)
     request_id = f"req_{uuid.uuid4().hex}"
     try:
-        state.keys.authenticate(request.headers.get("authorization"))
+        state.keys.throttle(state.keys.authenticate(request.headers.get("authorization")))
         body = await read_json_body(request, state.settings.config.server.max_body_bytes)
         validated = validate_request(endpoint, body)
         ctx = RequestContext(
@@ -69,8 +82,12 @@ async def _proxy(request: Request, endpoint: Endpoint) -> Response:
             headers=request.headers.items(),
         )
         answer = await state.proxy.complete(ctx, body, validated.metadata)
+    except RateLimited as exc:
+        state.metrics.rejected.labels("429").inc()
+        state.metrics.rate_limited.labels(exc.key).inc()
+        return error_response(exc, request_id)
     except GatewayError as exc:
-        if exc.http_status in (400, 401, 403, 404, 413, 415):
+        if exc.http_status in (400, 401, 403, 404, 408, 413, 415):
             state.metrics.rejected.labels(str(exc.http_status)).inc()
         return error_response(exc, request_id)
     headers = {"x-request-id": request_id, **answer.headers}
@@ -123,6 +140,120 @@ async def retrieve_model(request: Request) -> Response:
         return error_response(exc)
     return Response(orjson.dumps(_model_card(state, route.name)), media_type=JSON)
 
+
+def _error_responses(*statuses: int) -> dict[str, Any]:
+    error = {"$ref": "#/components/schemas/OpenAIError"}
+    return {
+        str(status): {"description": "An error", "content": {JSON: {"schema": error}}}
+        for status in statuses
+    }
+
+
+def _completion_operation(summary: str, model: str) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "operationId": model,
+        "tags": ["openai"],
+        "security": [{"bearer": []}],
+        "requestBody": {
+            "required": True,
+            "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{model}"}}},
+        },
+        "responses": {
+            "200": {
+                "description": "The teacher's (or, in a rollout, the student's) answer",
+                "content": {JSON: {"schema": {"type": "object"}}, "text/event-stream": {}},
+            },
+            **_error_responses(400, 401, 403, 404, 408, 413, 415, 429, 502, 504),
+        },
+    }
+
+
+def add_to_openapi(app: FastAPI) -> None:
+    """Describe the raw Starlette routes above in the app's OpenAPI document.
+
+    FastAPI documents only its own routes; these are plain Starlette ones (the hot path), so
+    their paths, request models (from :mod:`gateway.protocol.openai`) and error shape are
+    added here, to the document FastAPI builds once.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        components = schema.setdefault("components", {})
+        schemas = components.setdefault("schemas", {})
+        for request_model in (ChatCompletionRequest, CompletionRequest):
+            found = request_model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(found.pop("$defs", {}))
+            schemas[request_model.__name__] = found
+        schemas["OpenAIError"] = OPENAI_ERROR_SCHEMA
+        components.setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+        }
+        models = {
+            "summary": "The models (routes) served",
+            "operationId": "list_models",
+            "tags": ["openai"],
+            "security": [{"bearer": []}],
+            "responses": {
+                "200": {
+                    "description": "The routes",
+                    "content": {JSON: {"schema": {"type": "object"}}},
+                },
+                **_error_responses(401, 403),
+            },
+        }
+        model = {
+            **models,
+            "summary": "One model (route)",
+            "operationId": "retrieve_model",
+            "parameters": [
+                {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": {
+                    "description": "The route",
+                    "content": {JSON: {"schema": {"type": "object"}}},
+                },
+                **_error_responses(401, 403, 404),
+            },
+        }
+        schema["paths"].update(
+            {
+                "/v1/chat/completions": {
+                    "post": _completion_operation("Chat completion", "ChatCompletionRequest")
+                },
+                "/v1/completions": {
+                    "post": _completion_operation("Text completion", "CompletionRequest")
+                },
+                "/v1/models": {"get": models},
+                "/v1/models/{model}": {"get": model},
+            }
+        )
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+OPENAI_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
 
 routes = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from gateway.api.limits import HEADER_TIMEOUT_ENV, HeaderTimeoutProtocol
 from gateway.commands.common import CommandError, database_url, migrate
 from gateway.config import load_settings
 from gateway.metrics import MULTIPROC_ENV
@@ -55,12 +56,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Workers are separate processes: they read the same config and database from the env.
     os.environ["DATABASE_URL"] = url
     os.environ["SHADOW_GATEWAY_CONFIG"] = str(settings.config_path)
+    os.environ[HEADER_TIMEOUT_ENV] = str(server.header_timeout_s)  # read by every worker
     workers = args.workers or server.workers
     common = {
         "host": args.host or server.host,
         "port": args.port if args.port is not None else server.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": HeaderTimeoutProtocol,  # httptools, plus a deadline for request headers
         "access_log": args.access_log,
         "timeout_graceful_shutdown": int(server.drain_timeout_s),
         "log_level": args.log_level.lower(),

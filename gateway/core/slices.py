@@ -5,6 +5,12 @@ names are lower-case ``[a-z0-9_.-]``, values are printable text of bounded lengt
 wins over a ``metadata`` key of the same name (the header is usually set by infrastructure the
 app does not control). Anything that does not fit is dropped, never an error: a bad label must
 not fail an app's request.
+
+Header values arrive as bytes the server decoded as Latin-1; those that are valid UTF-8 are
+read as UTF-8 (``X-Slice-City: Zürich`` is stored as ``Zürich``). Control characters (C0, C1,
+DEL) and the invisible bidi and zero-width formatting characters are removed from every value,
+and values are cut to 128 characters: no label is ever stored raw. Labels are written to the
+log as JSON values through bound parameters, so a value that looks like SQL is just text.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ HEADER_PREFIX = "x-slice-"
 MAX_LABELS = 16
 MAX_VALUE_LENGTH = 128
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]")
 
 
 def _clean_value(value: object) -> str | None:
@@ -34,13 +40,23 @@ def _clean_value(value: object) -> str | None:
     return text[:MAX_VALUE_LENGTH]
 
 
+def _from_latin1(value: str) -> str:
+    """A header value the server decoded as Latin-1, read as UTF-8 when its bytes are that."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
 def slice_labels(
     metadata: Mapping[str, object] | None, headers: Iterable[tuple[str, str]]
 ) -> dict[str, str]:
     labels: dict[str, str] = {}
     candidates: list[tuple[str, object]] = list((metadata or {}).items())
     candidates.extend(
-        (name[len(HEADER_PREFIX) :], value)
+        (name[len(HEADER_PREFIX) :], _from_latin1(value))
         for name, value in headers
         if name.lower().startswith(HEADER_PREFIX)
     )

@@ -29,6 +29,8 @@ class StreamOptions(_OpenAIModel):
     include_usage: bool | None = None
 
 
+# Token counts past int32 are nobody's real request, and some upstreams overflow on them.
+MAX_TOKENS = 2**31 - 1
 Metadata = dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]]
 
 
@@ -37,7 +39,7 @@ class _CommonRequest(_OpenAIModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1, le=128)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     user: str | None = Field(default=None, max_length=512)
@@ -46,7 +48,7 @@ class _CommonRequest(_OpenAIModel):
 
 class ChatCompletionRequest(_CommonRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
 

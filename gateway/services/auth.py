@@ -8,27 +8,52 @@ replica as soon as that replica has refreshed.
 
 A header naming no live key is a 401; a live key without any of the scopes the endpoint
 accepts is a 403, so a caller can tell "wrong key" from "right key, wrong job".
+
+The ring also holds each key's rate limit (``rate_limits`` in the config; a token bucket per
+key name, per process): :meth:`KeyRing.throttle` raises a 429 when a key is over it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Collection, Iterable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.config import ApiKey
+from gateway.config import ApiKey, RateLimit, RateLimitsConfig
+from gateway.core.ratelimit import Limit, RateLimiter
 from gateway.db.keys import active_keys
-from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.errors import AuthenticationFailed, PermissionDenied, RateLimited
 
 APP: tuple[str, ...] = ("app",)
 
 
 class KeyRing:
-    def __init__(self, config_keys: tuple[ApiKey, ...]) -> None:
+    def __init__(
+        self, config_keys: tuple[ApiKey, ...], rate_limits: RateLimitsConfig | None = None
+    ) -> None:
         self._config_keys = config_keys
         self._keys = config_keys  # the config file's first: they win a (freak) digest clash
+        limits = rate_limits or RateLimitsConfig()
+        limiter = RateLimiter(
+            _limit(limits.default),
+            {name: Limit(v.requests_per_s, v.burst) for name, v in limits.keys.items()},
+        )
+        self._limiter = limiter if limiter.active else None
+
+    def throttle(self, key: ApiKey) -> None:
+        """Raise :class:`RateLimited` (429, ``retry-after``) when ``key`` is over its limit."""
+        if self._limiter is None:
+            return
+        wait = self._limiter.check(key.name, time.monotonic())
+        if wait > 0.0:
+            raise RateLimited(
+                f"Rate limit reached for API key '{key.name}'. Please try again in {wait:.2f}s.",
+                wait,
+                key=key.name,
+            )
 
     def set_database_keys(self, keys: Iterable[ApiKey]) -> None:
         """Replace the database keys (one assignment: a request sees the old set or the new)."""
@@ -66,3 +91,7 @@ class KeyRing:
                 f"The API key '{found.name}' lacks the scope this endpoint needs: {needed}."
             )
         return found
+
+
+def _limit(config: RateLimit | None) -> Limit | None:
+    return Limit(config.requests_per_s, config.burst) if config is not None else None

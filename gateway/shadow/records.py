@@ -5,17 +5,26 @@ writes the *teacher half* (what the app was sent) and the shadow pipeline writes
 half*. Each half carries the row's identity columns plus only its own columns, and the writer
 merges halves (``COALESCE`` on conflict), so the row ends up complete whichever half lands
 first, and replaying either half from the journal changes nothing.
+
+Every half reaches storage through :meth:`LogWriter.submit`; :class:`RedactingWriter` redacts
+the route's PII there (:func:`redact_record`), after the request path and the shadow pipeline
+have used the real text (agreement is judged on what the models said) and before anything is
+queued, journaled on disk or written to Postgres.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from gateway.clients.upstream import StudentReply
+from gateway.config import GatewayConfig, LogWriterConfig, RedactionConfig
 from gateway.core.completions import (
     Endpoint,
     StreamSummary,
@@ -25,6 +34,9 @@ from gateway.core.completions import (
     token_logprobs,
     usage,
 )
+from gateway.core.redact import CustomPattern, Redactor
+from gateway.db.writer import LogWriter
+from gateway.metrics import Metrics
 
 Record = dict[str, Any]
 
@@ -221,3 +233,115 @@ def teacher_audit(
     if body is not None:
         record.update(teacher_columns(identity.endpoint, body))
     return record
+
+
+# Columns that can hold what a user or a model wrote; the rest are ids, numbers and our enums.
+_TEXT_COLUMNS = (
+    "error_message",
+    "teacher_output",
+    "teacher_error",
+    "student_output",
+    "student_error",
+    "agreement_reason",
+)
+_JSON_COLUMNS = ("request_payload", "teacher_response", "student_response", "agreement_detail")
+
+
+def redactor(config: RedactionConfig) -> Redactor:
+    return Redactor(
+        emails=config.emails,
+        phones=config.phones,
+        cards=config.cards,
+        patterns=[CustomPattern(re.compile(p.pattern), p.replacement) for p in config.patterns],
+    )
+
+
+def route_redactors(config: GatewayConfig) -> dict[str, Redactor]:
+    """Each route's active redactor (its own section, else the top-level one); none if off."""
+    found = {}
+    for route in config.routes:
+        chosen = redactor(route.redaction or config.redaction)
+        if chosen.active:
+            found[route.name] = chosen
+    return found
+
+
+def redact_record(record: Record, redactor: Redactor) -> Record:
+    """A copy of ``record`` with its text redacted.
+
+    Token logprobs spell the answer out a token at a time, so a PII string split across tokens
+    would survive redacting each token; when an answer's text was redacted, its token strings
+    are dropped (the numbers stay: confidence only needs those).
+    """
+    out = dict(record)
+    cache: dict[str, str] = {}  # the answer's text is in *_output and again in *_response
+    for column in _TEXT_COLUMNS:
+        value = out.get(column)
+        if isinstance(value, str):
+            out[column] = redactor.text(value, cache)
+    for column in _JSON_COLUMNS:
+        if out.get(column) is not None:
+            out[column] = redactor.value(out[column], cache)
+    if out.get("slices"):
+        out["slices"] = redactor.value(out["slices"], cache)
+    if out.get("student_logprobs") is not None:
+        if out.get("student_output") != record.get("student_output"):
+            out["student_logprobs"] = _tokenless(out["student_logprobs"])
+        else:
+            out["student_logprobs"] = redactor.value(out["student_logprobs"], cache)
+    if out.get("teacher_output") != record.get("teacher_output"):
+        out["teacher_response"] = _without_logprobs(out.get("teacher_response"))
+    return out
+
+
+def _tokenless(logprobs: Any) -> Any:
+    if not isinstance(logprobs, list):
+        return None
+    return [
+        {
+            "token": None,
+            "logprob": item.get("logprob"),
+            "top_logprobs": [
+                {"token": None, "logprob": top.get("logprob")}
+                for top in item.get("top_logprobs") or []
+                if isinstance(top, dict)
+            ],
+        }
+        for item in logprobs
+        if isinstance(item, dict)
+    ]
+
+
+def _without_logprobs(response: Any) -> Any:
+    if isinstance(response, dict) and isinstance(response.get("choices"), list):
+        choices = [
+            {**choice, "logprobs": None} if isinstance(choice, dict) else choice
+            for choice in response["choices"]
+        ]
+        return {**response, "choices": choices}
+    return response
+
+
+class RedactingWriter(LogWriter):
+    """The log writer, redacting each record of a route that has redactors before queueing it.
+
+    ``submit`` is the one door to storage (queue, journal, Postgres, rejected rows), so
+    nothing unredacted is ever written anywhere.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        journal_dir: Path,
+        config: LogWriterConfig,
+        metrics: Metrics,
+        *,
+        redactors: Mapping[str, Redactor],
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        super().__init__(dsn, journal_dir, config, metrics, connect_timeout_s=connect_timeout_s)
+        self._redactors = dict(redactors)
+
+    def submit(self, record: Record) -> None:
+        redactor = self._redactors.get(record["route"]) if self._redactors else None
+        super().submit(record if redactor is None else redact_record(record, redactor))
