@@ -3,6 +3,10 @@
 The handlers receive the authenticated :class:`ApiKey`; its name is the actor the audit log
 records. Failures are raised as gateway errors (401/403), which the app's handler turns into
 OpenAI-shaped JSON like every other error.
+
+A request without an ``Authorization`` header may instead carry the console's session cookie
+(:mod:`gateway.services.sessions`): the page at ``/console`` calls these same endpoints with
+it. Such a request that changes something must also send the session's CSRF token.
 """
 
 from __future__ import annotations
@@ -14,6 +18,13 @@ from fastapi import Depends, Request
 
 from gateway.api.state import gateway_state
 from gateway.config import ApiKey
+from gateway.services.sessions import (
+    CSRF_HEADER,
+    SAFE_METHODS,
+    SESSION_COOKIE,
+    Sessions,
+    check_scopes,
+)
 
 
 def require_scopes(*scopes: str) -> Callable[[Request], Awaitable[ApiKey]]:
@@ -22,13 +33,30 @@ def require_scopes(*scopes: str) -> Callable[[Request], Awaitable[ApiKey]]:
         raise ValueError("require_scopes needs at least one scope")
 
     async def authenticated_key(request: Request) -> ApiKey:
-        # async though it awaits nothing: FastAPI runs a sync dependency in a thread pool, a
-        # needless hop for a check made in memory.
-        return gateway_state(request).keys.authenticate(
-            request.headers.get("authorization"), scopes
-        )
+        # async: FastAPI runs a sync dependency in a thread pool, a needless hop for a key
+        # checked in memory (a console session awaits a look-up of its key in Postgres).
+        authorization = request.headers.get("authorization")
+        session = request.cookies.get(SESSION_COOKIE)
+        if authorization is None and session:
+            return await session_key(request, session, scopes)
+        return gateway_state(request).keys.authenticate(authorization, scopes)
 
     return authenticated_key
+
+
+def console_sessions(request: Request) -> Sessions:
+    sessions: Sessions = request.app.state.console_sessions
+    return sessions
+
+
+async def session_key(request: Request, token: str, scopes: tuple[str, ...]) -> ApiKey:
+    """The key behind a console session cookie: 401 if the session is bad, 403 without the
+    CSRF token on a change or without the scopes."""
+    sessions = console_sessions(request)
+    session = await sessions.resolve(token, gateway_state(request).engine)
+    if request.method not in SAFE_METHODS:
+        sessions.check_csrf(token, request.headers.get(CSRF_HEADER))
+    return check_scopes(session.key, scopes)
 
 
 SreKey = Annotated[ApiKey, Depends(require_scopes("sre"))]

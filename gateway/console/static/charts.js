@@ -1,0 +1,157 @@
+// SVG charts drawn with the DOM (no library): agreement over time, calibration, drift bars.
+// Every number is set as text or an attribute, never parsed as HTML.
+
+const SVG = "http://www.w3.org/2000/svg";
+
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  setAttrs(node, attrs);
+  for (const child of children) {
+    if (child !== null && child !== undefined) {
+      node.append(child instanceof Node ? child : String(child));
+    }
+  }
+  return node;
+}
+
+function svgEl(tag, attrs = {}, text = null) {
+  const node = document.createElementNS(SVG, tag);
+  setAttrs(node, attrs);
+  if (text !== null) node.textContent = String(text);
+  return node;
+}
+
+function setAttrs(node, attrs) {
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "class") node.setAttribute("class", value);
+    else if (name === "text") node.textContent = String(value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+}
+
+export function pct(value, digits = 1) {
+  return value === null || value === undefined ? "–" : `${(value * 100).toFixed(digits)}%`;
+}
+
+export function utc(iso, withTime = true) {
+  const text = iso.replace("T", " ").replace(/(\.\d+)?Z$/, "");
+  return withTime ? `${text.slice(0, 16)} UTC` : text.slice(0, 10);
+}
+
+const W = 300, H = 150, M = { left: 34, right: 8, top: 10, bottom: 22 };
+const PLOT_W = W - M.left - M.right, PLOT_H = H - M.top - M.bottom;
+const yOf = (share) => M.top + PLOT_H * (1 - share);
+
+function frame(svg, yTicks = [0, 0.5, 1]) {
+  for (const tick of yTicks) {
+    svg.append(svgEl("line", { class: "grid-line", x1: M.left, x2: W - M.right, y1: yOf(tick), y2: yOf(tick) }));
+    svg.append(svgEl("text", { x: M.left - 4, y: yOf(tick) + 3, "text-anchor": "end" }, pct(tick, 0)));
+  }
+  svg.append(svgEl("line", { class: "axis", x1: M.left, x2: M.left, y1: M.top, y2: M.top + PLOT_H }));
+  svg.append(svgEl("line", { class: "axis", x1: M.left, x2: W - M.right, y1: M.top + PLOT_H, y2: M.top + PLOT_H }));
+}
+
+function barLine(svg, bar) {
+  if (bar === null || bar === undefined) return;
+  svg.append(svgEl("line", { class: "bar-line", "data-bar": bar, x1: M.left, x2: W - M.right, y1: yOf(bar), y2: yOf(bar) }));
+  svg.append(svgEl("text", { x: M.left + 3, y: yOf(bar) - 3, class: "bar-label" }, `bar ${pct(bar, 0)}`));
+}
+
+function polyline(svg, points, cls) {
+  if (points.length > 1) {
+    svg.append(svgEl("polyline", { class: cls, points: points.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" ") }));
+  }
+}
+
+// One slice (or the aggregate) over time: a line through the buckets that had comparisons,
+// a whisker for each one's 95% interval, the bar as a dashed line.
+export function trendChart(series, buckets, step) {
+  const stepMs = step === "hour" ? 3600e3 : 86400e3;
+  const start = Date.parse(buckets[0]);
+  const end = Date.parse(buckets[buckets.length - 1]) + stepMs;
+  const xOf = (iso) => M.left + PLOT_W * ((Date.parse(iso) + stepMs / 2 - start) / (end - start));
+  const name = series.dimension === "all" ? "all" : `${series.dimension}=${series.value}`;
+  const svg = svgEl("svg", {
+    viewBox: `0 0 ${W} ${H}`, role: "img", "data-slice": name, "data-verdict": series.verdict ?? "",
+    "aria-label": `agreement of ${name} over time`,
+  });
+  frame(svg);
+  barLine(svg, series.bar);
+  const line = [];
+  for (const point of series.points) {
+    if (!point.samples) continue;
+    const x = xOf(point.at), y = yOf(point.agreement);
+    line.push([x, y]);
+    svg.append(svgEl("line", { class: "whisker", x1: x, x2: x, y1: yOf(point.ci_low), y2: yOf(point.ci_high) }));
+  }
+  polyline(svg, line, "series");
+  for (const point of series.points) {
+    if (!point.samples) continue;
+    const dot = svgEl("circle", {
+      class: point.below_bar ? "point below" : "point", cx: xOf(point.at).toFixed(1),
+      cy: yOf(point.agreement).toFixed(1), r: 2.6, "data-at": point.at,
+      "data-agreement": point.agreement, "data-samples": point.samples,
+    });
+    dot.append(svgEl("title", {}, `${utc(point.at, step === "hour")}: ${point.agreed}/${point.samples} agree, ` +
+      `${pct(point.agreement)} (95% CI ${pct(point.ci_low)}–${pct(point.ci_high)})`));
+    svg.append(dot);
+  }
+  const last = buckets[buckets.length - 1];
+  svg.append(svgEl("text", { x: M.left, y: H - 6 }, utc(buckets[0], step === "hour")));
+  svg.append(svgEl("text", { x: W - M.right, y: H - 6, "text-anchor": "end" }, utc(last, step === "hour")));
+  return svg;
+}
+
+// One calibration curve: agreement and served share against the threshold.
+export function calibrationChart(curve, current, recommended) {
+  const xOf = (t) => M.left + PLOT_W * t;
+  const name = curve.dimension === "all" ? "all" : `${curve.dimension}=${curve.value}`;
+  const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "data-curve": name, "aria-label": `calibration of ${name}` });
+  frame(svg);
+  barLine(svg, curve.bar);
+  for (const [value, cls, label] of [[current, "marker", "live"], [recommended, "marker recommended", "rec."]]) {
+    if (value === null || value === undefined) continue;
+    svg.append(svgEl("line", { class: cls, "data-threshold": value, x1: xOf(value), x2: xOf(value), y1: M.top, y2: M.top + PLOT_H }));
+    svg.append(svgEl("text", { x: xOf(value) + 2, y: M.top + PLOT_H - 4 }, `${label} ${value}`));
+  }
+  polyline(svg, curve.points.filter((p) => p.served > 0).map((p) => [xOf(p.threshold), yOf(p.agreement)]), "series");
+  polyline(svg, curve.points.map((p) => [xOf(p.threshold), yOf(p.share ?? 0)]), "series share");
+  for (const p of curve.points) {
+    if (!p.served) continue;
+    const dot = svgEl("circle", {
+      class: p.meets_bar === false ? "point below" : "point", cx: xOf(p.threshold).toFixed(1),
+      cy: yOf(p.agreement).toFixed(1), r: 2.2, "data-threshold": p.threshold,
+      "data-agreement": p.agreement, "data-share": p.share,
+    });
+    dot.append(svgEl("title", {}, `threshold ${p.threshold}: serves ${p.served}/${p.total} (${pct(p.share)}), ` +
+      `${p.agreed} agree (${pct(p.agreement)})`));
+    svg.append(dot);
+  }
+  for (const tick of [0, 0.5, 1]) {
+    svg.append(svgEl("text", { x: xOf(tick), y: H - 6, "text-anchor": tick === 0 ? "start" : tick === 1 ? "end" : "middle" }, tick));
+  }
+  return svg;
+}
+
+// One drift dimension: reference share and current share of each value, as paired bars.
+export function driftChart(dimension, maxBins = 12) {
+  const bins = dimension.bins.slice(0, maxBins);
+  const rowH = 22, labelW = 110, width = 400, right = 46;
+  const height = bins.length * rowH + 8;
+  const top = Math.max(...bins.map((b) => Math.max(b.reference_share, b.current_share)), 0.01);
+  const xOf = (share) => labelW + (width - labelW - right) * (share / top);
+  const svg = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "data-dimension": dimension.dimension, "data-psi": dimension.psi });
+  bins.forEach((bin, i) => {
+    const y = 4 + i * rowH;
+    const label = String(bin.value);
+    svg.append(svgEl("text", { x: labelW - 6, y: y + 13, "text-anchor": "end" }, label.length > 18 ? `${label.slice(0, 17)}…` : label));
+    const ref = svgEl("rect", { class: "ref-bar", x: labelW, y, height: 8, width: Math.max(0.5, xOf(bin.reference_share) - labelW), "data-value": label, "data-share": bin.reference_share });
+    ref.append(svgEl("title", {}, `${label}: reference ${pct(bin.reference_share)} (${bin.reference})`));
+    const cur = svgEl("rect", { class: "cur-bar", x: labelW, y: y + 9, height: 8, width: Math.max(0.5, xOf(bin.current_share) - labelW), "data-value": label, "data-share": bin.current_share });
+    cur.append(svgEl("title", {}, `${label}: current ${pct(bin.current_share)} (${bin.current})`));
+    svg.append(ref, cur);
+    svg.append(svgEl("text", { x: xOf(Math.max(bin.reference_share, bin.current_share)) + 4, y: y + 13 }, pct(bin.current_share)));
+  });
+  return svg;
+}
