@@ -280,8 +280,9 @@ def test_gateway_deployment_probes_drain_and_resources() -> None:
     pod = deployment["spec"]["template"]["spec"]
     gateway = _container(deployment, "gateway")
     served = {route.path for route in health_router.routes}  # type: ignore[attr-defined]
-    # Readiness must not follow Postgres (docs/deploy.md, "Probes"): /healthz, not /readyz.
-    assert gateway["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    # /readyz stays 200 through a shared Postgres outage (docs/deploy.md, "Probes").
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert gateway["livenessProbe"]["httpGet"]["path"] in served
     assert gateway["readinessProbe"]["httpGet"]["path"] in served
     assert deployment["spec"]["replicas"] >= 2
@@ -359,6 +360,11 @@ def test_secrets_reach_the_gateway_and_the_migrations() -> None:
                 refs.setdefault(name, []).append(env[name]["valueFrom"]["secretKeyRef"])
         for name, found in refs.items():
             assert all(ref == found[0] for ref in found), f"{name}: pods read different secrets"
+        # Console sessions must verify on every replica: one secret, from the Secret.
+        session = config.console.session_secret_env
+        assert session, f"replicas need a shared console session secret ({where})"
+        env = {item["name"]: item for item in pods["gateway"]["env"]}
+        assert "secretKeyRef" in env[session]["valueFrom"], where
 
 
 def test_gateway_pods_fit_the_postgres_connection_budget() -> None:

@@ -1,4 +1,4 @@
-"""``/healthz`` (the process answers), ``/readyz`` (it can do its job), ``/metrics``."""
+"""``/healthz`` (the process answers), ``/readyz`` (it should get traffic), ``/metrics``."""
 
 from __future__ import annotations
 
@@ -22,9 +22,16 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["health"], responses={503: {"description": "not ready"}})
+@router.get("/readyz", tags=["health"], responses={503: {"description": "unavailable"}})
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when the config is loaded and Postgres answers (checked at most once a second)."""
+    """Whether this replica should get traffic: it answers and keeps every log record.
+
+    ``ready`` (200): Postgres answers and the journal is writable. ``degraded`` (200): one of
+    the two is down, but records still land somewhere durable, so the replica keeps serving —
+    a Postgres outage shared by every replica must not take them all out of rotation.
+    ``unavailable`` (503): Postgres is unreachable *and* the disk refuses the journal, so new
+    records could only be held in memory. Postgres is checked at most once a second.
+    """
     state = gateway_state(request)
     cached = state.readiness
     now = time.monotonic()
@@ -39,15 +46,24 @@ async def readyz(request: Request) -> JSONResponse:
         cached = (now, database)
         state.readiness = cached
     database = cached[1]
+    journal = state.writer.journal
+    journal_state = "ok" if journal.writable else f"unwritable: {journal.error}"
+    if database == "ok" and journal.writable:
+        status, code = "ready", 200
+    elif database == "ok" or journal.writable:
+        status, code = "degraded", 200
+    else:
+        status, code = "unavailable", 503
     body = {
-        "status": "ready" if database == "ok" else "degraded",
+        "status": status,
         "database": database,
+        "journal": journal_state,
         "routes": len(state.settings.config.routes),
         "log_queue_depth": state.writer.queue_depth,
-        "journal_records": state.writer.journal.records,
+        "journal_records": journal.records,
         "shadow_in_flight": state.dispatcher.in_flight,
     }
-    return JSONResponse(body, status_code=200 if database == "ok" else 503)
+    return JSONResponse(body, status_code=code)
 
 
 @router.get("/metrics", tags=["health"])

@@ -18,7 +18,7 @@ from gateway.core.sampling import unit_hash
 Mode = Literal["teacher", "shadow", "rollout"]
 Decision = Literal["teacher_only", "shadow", "student_first"]
 FallbackReason = Literal[
-    "low_confidence", "student_error", "student_timeout", "student_unavailable"
+    "low_confidence", "student_error", "student_timeout", "student_unavailable", "teacher_error"
 ]
 
 
@@ -72,6 +72,15 @@ def fallback_reason(
     if confidence is None or confidence < threshold:
         return "low_confidence"
     return None
+
+
+def teacher_failure_rescuable(teacher_status: int | None) -> bool:
+    """Whether the student may stand in for a failed teacher (``on_teacher_error: student``).
+
+    ``teacher_status`` is None when no answer came (unreachable, timed out). A 4xx other than
+    429 is the request's own fault, which the student's answer would only hide.
+    """
+    return teacher_status is None or teacher_status >= 500 or teacher_status == 429
 
 
 SliceVerdict = Literal["pass", "fail", "not_enough_data"]

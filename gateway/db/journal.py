@@ -5,10 +5,15 @@ Each process appends to its own file (``journal-<pid>-<random>.jsonl``) and hold
 worker left behind are picked up by whichever worker runs next. Lines are written whole and
 fsync'd per batch; a torn last line (power loss, SIGKILL mid-write) is skipped on replay and
 counted, never fatal.
+
+A journal the disk refuses (directory unwritable, disk full) is not fatal either: the journal
+records the failure in ``error`` (None while writable), the caller keeps serving, and one line
+is logged when it breaks and one when it recovers, not one per batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -46,12 +51,40 @@ class Journal:
         self._path: Path | None = None
         self._file: IO[bytes] | None = None
         self.records = 0  # records in this process's own file, not yet replayed
+        self.error: str | None = None  # why the disk refused the last write; None = writable
+
+    @property
+    def writable(self) -> bool:
+        return self.error is None
 
     def open(self) -> None:
+        """Open this process's file; on failure, record it (``error``) and retry on append."""
+        try:
+            self._open()
+        except OSError as exc:
+            self._failed(exc)
+
+    def _open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._path = self.directory / f"journal-{os.getpid()}-{secrets.token_hex(4)}.jsonl"
-        self._file = self._path.open("ab")
+        self._file = self._path.open("ab", buffering=0)  # written with os.write
         fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _failed(self, exc: OSError) -> None:
+        error = f"{type(exc).__name__}: {exc.strerror or exc}"
+        if self.writable:
+            _log.error(
+                "cannot write the journal in %s (%s): log records are kept in memory only "
+                "until the disk or Postgres takes them",
+                self.directory,
+                error,
+            )
+        self.error = error
+
+    def _recovered(self) -> None:
+        if not self.writable:
+            _log.warning("the journal in %s is writable again", self.directory)
+        self.error = None
 
     def close(self) -> None:
         if self._file is None:
@@ -62,14 +95,31 @@ class Journal:
             self._path.unlink(missing_ok=True)
 
     def append(self, records: list[Record]) -> None:
-        """Write ``records`` durably; raise OSError if the disk refuses."""
-        if self._file is None:
-            raise OSError("the journal is not open")
-        data = b"".join(orjson.dumps(record) + b"\n" for record in records)
-        self._file.write(data)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        """Write ``records`` durably; raise OSError (after noting it) if the disk refuses.
+
+        A write the disk refuses part-way is cut back, so the file never holds a torn line
+        in the middle, and the flock is kept throughout (no other process may claim the file).
+        """
+        data = memoryview(b"".join(orjson.dumps(record) + b"\n" for record in records))
+        try:
+            if self._file is None:
+                self._open()
+            assert self._file is not None
+            fd = self._file.fileno()
+            size = os.fstat(fd).st_size
+            try:
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
+        except OSError as exc:
+            self._failed(exc)
+            raise
         self.records += len(records)
+        self._recovered()
 
     def orphans(self) -> list[Path]:
         """Journal files of processes that are gone (their lock is free)."""

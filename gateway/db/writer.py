@@ -39,12 +39,15 @@ _COLUMNS = [column.name for column in requests.columns]
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 _TYPES = {column.name: column.type.compile(dialect=_DIALECT) for column in requests.columns}
 _JSON_COLUMNS = {name for name, pg_type in _TYPES.items() if pg_type == "JSONB"}
+# The primary key (request_id, created_at): created_at is the partition key (migration 0006).
+# Every half of a row carries the request's one created_at (RowIdentity), so halves meet here.
+_KEY = [column.name for column in requests.primary_key.columns]
 # Built from our own table definition, never from input: no injection surface.
 _UPSERT = (
     f"INSERT INTO requests ({', '.join(_COLUMNS)}) "  # noqa: S608
     f"SELECT * FROM unnest({', '.join(f'${i}::{_TYPES[c]}[]' for i, c in enumerate(_COLUMNS, 1))}) "
-    "ON CONFLICT (request_id) DO UPDATE SET "
-    + ", ".join(f"{c} = COALESCE(EXCLUDED.{c}, requests.{c})" for c in _COLUMNS[1:])
+    f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
+    + ", ".join(f"{c} = COALESCE(EXCLUDED.{c}, requests.{c})" for c in _COLUMNS if c not in _KEY)
 )
 # Postgres text and jsonb cannot hold NUL; an escaped \u0000 (not an escaped backslash) is cut.
 _JSON_NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
@@ -112,6 +115,7 @@ class LogWriter:
         self._next_orphan_scan = 0.0  # journals of dead processes: at start, then every minute
         self.database_up = False
         self._reported_down = False
+        self._shedding = False
 
     # -- request path -----------------------------------------------------------------------
 
@@ -124,8 +128,9 @@ class LogWriter:
         size = len(self._pending)
         if size >= self._config.batch_size:
             self._wake.set()
-        if size >= self._config.queue_max:
+        if size >= self._config.queue_max and self.journal.writable:
             # Postgres is not keeping up: move the backlog to disk rather than grow memory.
+            # (A journal the disk refuses is retried by the writer's cycle, not per request.)
             self._spill(self._take(size))
 
     @property
@@ -135,7 +140,8 @@ class LogWriter:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.journal.open()
+        self.journal.open()  # a journal the disk refuses is reported, not fatal
+        self._metrics.journal_writable.set(1 if self.journal.writable else 0)
         await self._connect()
         self._task = asyncio.create_task(self._run(), name="log-writer")
 
@@ -175,10 +181,33 @@ class LogWriter:
         ):
             await self._replay()
         while self._pending:
+            before = len(self._pending)
             await self._flush(self._take(self._config.batch_size))
-            if len(self._pending) < self._config.batch_size:
-                break
+            if len(self._pending) < self._config.batch_size or len(self._pending) >= before:
+                break  # caught up, or neither Postgres nor the disk takes records now
+        self._shed_overflow()
         self._metrics.log_queue_depth.set(len(self._pending))
+
+    def _shed_overflow(self) -> None:
+        """Bound memory when neither Postgres nor the disk takes records: drop the oldest.
+
+        Only reachable with Postgres down *and* the journal unwritable; counted in
+        ``shadow_gateway_log_records_dropped_total`` and logged once per episode.
+        """
+        excess = len(self._pending) - self._config.memory_max
+        if excess <= 0:
+            self._shedding = False
+            return
+        for key in list(itertools.islice(self._pending, excess)):
+            del self._pending[key]
+        self._metrics.log_records_dropped.inc(excess)
+        if not self._shedding:
+            _log.critical(
+                "neither Postgres nor the journal takes log records; dropping the oldest to "
+                "stay within log_writer.memory_max (%d)",
+                self._config.memory_max,
+            )
+        self._shedding = True
 
     # -- internals --------------------------------------------------------------------------
 
@@ -223,15 +252,18 @@ class LogWriter:
     def _spill(self, batch: list[Record]) -> None:
         try:
             self.journal.append(batch)
-        except OSError as exc:
-            # Disk refused too: keep the records in memory; the next cycle tries again.
-            _log.error(
-                "cannot write the journal (%s); keeping %d records in memory", exc, len(batch)
-            )
+        except OSError:
+            # Disk refused too (the journal logs that once): keep the records in memory, merged
+            # with any half that arrived meanwhile; the next cycle tries again.
             for record in batch:
-                self._pending.setdefault(record["request_id"], record)
-            return
-        self._metrics.journal_records.set(self.journal.records)
+                pending = self._pending.get(record["request_id"])
+                if pending is None:
+                    self._pending[record["request_id"]] = record
+                else:
+                    merge(pending, record)
+        finally:
+            self._metrics.journal_writable.set(1 if self.journal.writable else 0)
+            self._metrics.journal_records.set(self.journal.records)
 
     async def _write(self, batch: list[Record]) -> bool:
         """Upsert ``batch``; False (and Postgres marked down) if it could not be written."""

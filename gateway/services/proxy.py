@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +26,13 @@ from gateway.clients.upstream import (
 )
 from gateway.config import GatewayConfig, RouteConfig
 from gateway.core.completions import Endpoint, summarise_stream
-from gateway.core.routing import Decision, bucket, decide, sticky_key
+from gateway.core.routing import (
+    Decision,
+    bucket,
+    decide,
+    sticky_key,
+    teacher_failure_rescuable,
+)
 from gateway.core.sampling import shadow_sampled
 from gateway.core.slices import last_user_text, slice_labels
 from gateway.db.writer import LogWriter
@@ -50,6 +56,7 @@ STUDENT_DISABLED = "disabled"
 
 
 Then = Callable[[str | None], None]  # what follows the teacher's answer, given its text
+Rescue = Callable[[], Awaitable[Answer | StreamAnswer | None]]  # the student, for the teacher
 
 
 class ProxyService:
@@ -131,9 +138,22 @@ class ProxyService:
             fallback = served
         then = self._then(route, identity, body, decision, fallback)
         reason = fallback.reason if fallback else None
+        # The student may stand in for a failed teacher if the route says so and it was not
+        # asked already (a rollout fallback) nor switched off (teacher mode).
+        rescue: Rescue | None = None
+        if (
+            route.on_teacher_error == "student"
+            and fallback is None
+            and decision != "teacher_only"
+            and self._dispatcher.has_student(route.name)
+        ):
+
+            def rescue() -> Awaitable[Answer | StreamAnswer | None]:
+                return self._student_first.rescue(ctx, route, state, identity, body)
+
         if body.get("stream"):
-            return await self._stream(ctx, route, identity, body, then, reason)
-        return await self._complete(ctx, route, identity, body, then, reason)
+            return await self._stream(ctx, route, identity, body, then, reason, rescue)
+        return await self._complete(ctx, route, identity, body, then, reason, rescue)
 
     def _then(
         self,
@@ -168,15 +188,21 @@ class ProxyService:
         body: dict[str, Any],
         then: Then,
         fallback_reason: str | None,
-    ) -> Answer:
+        rescue: Rescue | None,
+    ) -> Answer | StreamAnswer:
         upstream, teacher_body = self._teacher_request(route, ctx, body)
         teacher_started = time.perf_counter()
         try:
             reply = await call_teacher(self._session, upstream, teacher_body)
         except GatewayError as exc:
             failed = time.perf_counter() - teacher_started
-            self._log_failure(ctx, route, identity, body, exc, failed, then, fallback_reason)
-            raise
+            rescued = await self._rescue(rescue, exc)
+            self._log_failure(
+                ctx, route, identity, body, exc, failed, then, fallback_reason, rescued is not None
+            )
+            if rescued is None:
+                raise
+            return rescued
         finished = time.perf_counter()
         teacher_latency = finished - teacher_started
         overhead = (finished - ctx.started) - teacher_latency
@@ -236,15 +262,21 @@ class ProxyService:
         body: dict[str, Any],
         then: Then,
         fallback_reason: str | None,
-    ) -> StreamAnswer:
+        rescue: Rescue | None,
+    ) -> Answer | StreamAnswer:
         upstream, teacher_body = self._teacher_request(route, ctx, body)
         teacher_started = time.perf_counter()
         try:
             stream = await open_teacher_stream(self._session, upstream, teacher_body)
         except GatewayError as exc:
             failed = time.perf_counter() - teacher_started
-            self._log_failure(ctx, route, identity, body, exc, failed, then, fallback_reason)
-            raise
+            rescued = await self._rescue(rescue, exc)
+            self._log_failure(
+                ctx, route, identity, body, exc, failed, then, fallback_reason, rescued is not None
+            )
+            if rescued is None:
+                raise
+            return rescued
         setup_overhead = teacher_started - ctx.started
 
         async def relay() -> AsyncIterator[bytes]:
@@ -313,6 +345,16 @@ class ProxyService:
     def _payload(self, body: dict[str, Any]) -> dict[str, Any] | None:
         return body if self._store_payloads else None
 
+    @staticmethod
+    async def _rescue(rescue: Rescue | None, exc: GatewayError) -> Answer | StreamAnswer | None:
+        """The student's stand-in answer for a teacher failure it may cover, else None."""
+        if rescue is None:
+            return None
+        status = exc.upstream_status if isinstance(exc, TeacherHTTPError) else None
+        if not teacher_failure_rescuable(status):
+            return None
+        return await rescue()
+
     def _log_failure(
         self,
         ctx: RequestContext,
@@ -323,29 +365,43 @@ class ProxyService:
         teacher_latency: float,
         then: Then,
         fallback_reason: str | None,
+        rescued: bool,
     ) -> None:
-        then(None)
-        if fallback_reason:
-            exc.headers["x-fallback-reason"] = fallback_reason
+        """The teacher's failure in the row; when the student answered instead (``rescued``)
+        the request itself succeeded, so the failure goes only into the teacher's columns."""
         status = exc.http_status
-        self._writer.submit(
-            teacher_half(
-                identity,
-                payload=self._payload(body),
-                teacher_model=route.teacher.model,
-                stream=bool(body.get("stream")),
-                status_code=status,
-                teacher_status=exc.upstream_status if isinstance(exc, TeacherHTTPError) else None,
-                body=exc.upstream_body if isinstance(exc, TeacherHTTPError) else None,
-                summary=None,
-                teacher_latency_s=teacher_latency,
-                overhead_s=time.perf_counter() - ctx.started - teacher_latency,
-                completed_at=datetime.now(UTC),
-                error_type=exc.error_type,
-                error_message=exc.message,
-                fallback_reason=fallback_reason,
-            )
+        teacher_status = exc.upstream_status if isinstance(exc, TeacherHTTPError) else None
+        record = teacher_half(
+            identity,
+            payload=self._payload(body),
+            teacher_model=route.teacher.model,
+            stream=bool(body.get("stream")),
+            status_code=status,
+            teacher_status=teacher_status,
+            body=exc.upstream_body if isinstance(exc, TeacherHTTPError) else None,
+            summary=None,
+            teacher_latency_s=teacher_latency,
+            overhead_s=time.perf_counter() - ctx.started - teacher_latency,
+            completed_at=datetime.now(UTC),
+            error_type=exc.error_type,
+            error_message=exc.message,
+            fallback_reason=fallback_reason,
         )
+        if rescued:
+            # served_by, status_code and fallback_reason come with the student's served half.
+            for column in ("served_by", "status_code", "error_type", "error_message"):
+                record.pop(column)
+            record["teacher_error"] = exc.message
+            _log.warning(
+                "route %s: the teacher failed (%s); the student answered instead",
+                route.name,
+                exc.message,
+            )
+        else:
+            then(None)
+            if fallback_reason:
+                exc.headers["x-fallback-reason"] = fallback_reason
+        self._writer.submit(record)
         self._metrics.requests.labels(route.name, "teacher", str(status)).inc()
 
     def _observe(

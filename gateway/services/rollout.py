@@ -132,6 +132,31 @@ class StudentFirst:
             return self._fall_back(route, reason, text, confidence)
         return self._serve(ctx, route, state, identity, body, record, raw)
 
+    async def rescue(
+        self,
+        ctx: RequestContext,
+        route: RouteConfig,
+        state: RouteState,
+        identity: RowIdentity,
+        body: dict[str, Any],
+    ) -> Answer | StreamAnswer | None:
+        """The student's answer in place of a failed teacher's; None if it has none either."""
+        assert route.student is not None
+        budget = route.rollout.student_budget_s or route.student.timeout_s
+        called = await self._dispatcher.call_now(identity, body, budget)
+        if isinstance(called, str):
+            self._writer.submit(student_skipped(identity, called))
+            return None
+        record, raw = called
+        record["student_confidence"] = self._analyses[route.name].confidence(
+            record.get("student_logprobs")
+        )
+        self._writer.submit(record)
+        if record["student_status"] != STUDENT_OK:
+            return None
+        self._metrics.fallbacks.labels(route.name, "teacher_error").inc()
+        return self._serve(ctx, route, state, identity, body, record, raw, "teacher_error")
+
     def _fall_back(
         self, route: RouteConfig, reason: str, text: str | None, confidence: float | None
     ) -> Fallback:
@@ -147,7 +172,10 @@ class StudentFirst:
         body: dict[str, Any],
         record: dict[str, Any],
         raw: bytes,
+        fallback_reason: str | None = None,
     ) -> Answer | StreamAnswer:
+        """The student's answer to the app; ``fallback_reason`` when it stands in for the teacher
+        (then no audit: the teacher has just failed)."""
         parsed = orjson.loads(raw)  # parsed before: student_half accepted it as a completion
         if not _app_wants_logprobs(body):
             parsed = strip_logprobs(parsed)
@@ -162,21 +190,24 @@ class StudentFirst:
         confidence = record.get("student_confidence")
 
         def after() -> None:
-            self._writer.submit(
-                student_served(
-                    identity,
-                    payload=body if self._store_payloads else None,
-                    stream=stream,
-                    completed_at=datetime.now(UTC),
-                    overhead_s=overhead,
-                )
+            record = student_served(
+                identity,
+                payload=body if self._store_payloads else None,
+                stream=stream,
+                completed_at=datetime.now(UTC),
+                overhead_s=overhead,
             )
+            record["fallback_reason"] = fallback_reason
+            self._writer.submit(record)
             self._metrics.requests.labels(route.name, "student", "200").inc()
             self._metrics.overhead.labels(route.name).observe(overhead)
-            if shadow_sampled(f"{identity.request_id}:audit", state.audit_sample):
+            audit = fallback_reason is None
+            if audit and shadow_sampled(f"{identity.request_id}:audit", state.audit_sample):
                 self._dispatcher.spawn(self._audit(route, identity, body, student_text, confidence))
 
         headers = {"x-served-by": "student"}
+        if fallback_reason:
+            headers["x-fallback-reason"] = fallback_reason
         if stream:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             events = completion_to_sse(identity.endpoint, parsed, include_usage)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,8 @@ from typing import Any
 import openai
 import pytest
 
+from gateway.db.embedded import EmbeddedPostgres
+from gateway.db.migrate import upgrade
 from tests.support.db import fetch, wait_for
 from tests.support.gateway import GatewayServer, route, write_config
 from tests.support.upstream import FakeOpenAI
@@ -77,3 +81,25 @@ def complete_row(url: str, request_id: str) -> dict[str, Any]:
 
     wait_for(ready, what=f"the row of {request_id}")
     return found[0]
+
+
+@pytest.fixture
+def server_dir() -> Iterator[Path]:
+    """A folder for an embedded Postgres's data, outside pytest's tmp_path.
+
+    pytest makes ``/tmp/pytest-of-<user>`` private (0700) at every session start; a second
+    pytest run on the machine would then shut the server's own user out of its data.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="sgw-test-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres(server_dir: Path) -> Iterator[tuple[EmbeddedPostgres, str]]:
+    """A Postgres of the test's own (embedded, migrated), to stop and start at will."""
+    server = EmbeddedPostgres(server_dir)
+    url = server.start()
+    upgrade(url)
+    yield server, url
+    server.stop()

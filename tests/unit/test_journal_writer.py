@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -72,3 +75,64 @@ def test_student_request_asks_for_logprobs_without_streaming(endpoint: str) -> N
     assert sent["x"] == 1
     assert sent["logprobs"] == (True if endpoint == "chat" else 3)
     assert app_body["model"] == "route"  # the app's body is not modified
+
+
+DISK_FULL = r"""
+import json, resource, sys
+from pathlib import Path
+from gateway.db.journal import Journal
+
+# The file-size limit makes the kernel refuse writes past it (EFBIG), as a full disk does
+# (ENOSPC); Python ignores SIGXFSZ, so the write fails instead of killing the process.
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+journal = Journal(Path(sys.argv[1]))
+journal.open()
+written = failures = 0
+for n in range(100):
+    try:
+        journal.append([{"request_id": f"r{n}", "text": "x" * 300}])
+        written += 1
+    except OSError:
+        failures += 1
+print(json.dumps({"written": written, "failures": failures, "error": journal.error,
+                  "records": journal.records}))
+"""
+
+
+def test_a_full_disk_leaves_whole_lines_and_says_so_once(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", DISK_FULL, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    outcome = json.loads(result.stdout)
+    assert outcome["written"] > 0
+    assert outcome["failures"] > 0
+    assert "File too large" in outcome["error"]
+    # The write that did not fit was cut back: every line on disk is whole and counted.
+    (path,) = tmp_path.glob("journal-*.jsonl")
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    assert [orjson.loads(line)["request_id"] for line in lines[:-1]] == [
+        f"r{n}" for n in range(outcome["written"])
+    ]
+    assert outcome["records"] == outcome["written"]
+    assert result.stderr.count("cannot write the journal") == 1, result.stderr
+
+
+def test_an_unwritable_journal_directory_is_reported_and_retried(tmp_path: Path) -> None:
+    blocked = tmp_path / "journal"
+    blocked.write_text("a file where the journal's directory should be")
+    journal = Journal(blocked)
+    journal.open()  # not fatal
+    assert not journal.writable
+    with pytest.raises(FileExistsError):
+        journal.append([{"request_id": "a"}])
+    assert journal.records == 0
+    blocked.unlink()  # the operator frees the path
+    journal.append([{"request_id": "a"}])
+    assert journal.writable
+    assert [r["request_id"] for r in journal.read_own()] == ["a"]
+    journal.close()

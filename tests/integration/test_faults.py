@@ -1,0 +1,348 @@
+"""Faults around the gateway: a disk that refuses the journal, SIGKILL, a failing teacher.
+
+Real processes and servers throughout: the gateway (in a thread or as the CLI), loopback
+teacher and student servers, and a private Postgres that can be stopped without disturbing
+other tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.db.embedded import EmbeddedPostgres
+from tests.integration.conftest import ROUTE, closed_port_url, complete_row
+from tests.support.db import fetch, wait_for
+from tests.support.gateway import GatewayServer, route, write_config
+from tests.support.process import GatewayProcess
+from tests.support.upstream import FakeOpenAI, ResettingServer
+
+CHAT = {"model": ROUTE, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def ask(gateway: GatewayServer, app_key: str, count: int) -> None:
+    headers = {"Authorization": f"Bearer {app_key}"}
+    for _ in range(count):
+        response = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, headers=headers)
+        assert response.status_code == 200, response.text
+
+
+def test_journal_disk_refusing_while_postgres_is_down(
+    tmp_path: Path,
+    private_postgres: tuple[EmbeddedPostgres, str],
+    app_key: str,
+    teacher: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Serving goes on; /readyz and the metrics say so; one error line; memory is bounded."""
+    server, url = private_postgres
+    server.stop()
+    monkeypatch.setenv("DATABASE_URL", url)
+    config = write_config(
+        tmp_path / "gateway.yaml",
+        [route(ROUTE, teacher.base_url, None, mode="teacher")],
+        log_writer={
+            "flush_interval_s": 0.05,
+            "retry_interval_s": 0.2,
+            "queue_max": 2,
+            "memory_max": 4,
+        },
+    )
+    blocked = tmp_path / "data" / "journal"
+    blocked.parent.mkdir()
+    blocked.write_text("a file where the journal's directory should be: the disk refuses")
+    caplog.set_level(logging.INFO, logger="shadow_gateway")
+    gateway = GatewayServer(config).start()
+    try:
+        ask(gateway, app_key, 6)
+        ready = httpx.get(f"{gateway.url}/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "unavailable"
+        assert ready.json()["journal"].startswith("unwritable: ")
+        assert gateway.metric("shadow_gateway_journal_writable") == 0
+        wait_for(
+            lambda: gateway.metric("shadow_gateway_log_records_dropped_total") == 2,
+            what="the two oldest records dropped to stay within memory_max",
+        )
+        assert gateway.state.writer.queue_depth == 4
+
+        blocked.unlink()  # the operator frees the disk
+        wait_for(lambda: gateway.state.writer.journal.records == 4, what="records journaled")
+        ready = httpx.get(f"{gateway.url}/readyz")
+        assert (ready.status_code, ready.json()["status"]) == (200, "degraded")
+        assert ready.json()["journal"] == "ok"
+        assert gateway.metric("shadow_gateway_journal_writable") == 1
+
+        server.start()
+        wait_for(
+            lambda: fetch(url, "SELECT count(*) AS n FROM requests")[0]["n"] == 4,
+            timeout_s=30,
+            what="the 4 kept records replayed into Postgres",
+        )
+        wait_for(lambda: httpx.get(f"{gateway.url}/readyz").json()["status"] == "ready")
+    finally:
+        gateway.stop()
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("cannot write the journal" in m for m in messages) == 1, messages
+    assert sum("dropping the oldest" in m for m in messages) == 1, messages
+    assert sum("writable again" in m for m in messages) == 1, messages
+
+
+def test_sigkill_loses_at_most_the_unjournaled_window(
+    tmp_path: Path,
+    private_postgres: tuple[EmbeddedPostgres, str],
+    app_key: str,
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+) -> None:
+    """SIGKILL mid-traffic, half of it during a Postgres outage; a restart replays the journal.
+
+    The bound: a record is durable once it is in Postgres or fsync'd in the journal. Before
+    that it is either pending in memory (fewer than ``queue_max``: at that size the backlog is
+    journaled synchronously) or in the one batch being written (at most ``batch_size``). So a
+    SIGKILL loses at most ``queue_max + batch_size`` of the answered requests' records.
+    """
+    server, url = private_postgres
+    queue_max, batch_size = 10, 10
+    config = write_config(
+        tmp_path / "gateway.yaml",
+        [route(ROUTE, teacher.base_url, [student.base_url])],
+        log_writer={
+            "flush_interval_s": 0.05,
+            "retry_interval_s": 0.2,
+            "queue_max": queue_max,
+            "batch_size": batch_size,
+        },
+    )
+    env = {"DATABASE_URL": url, "SGW_TEST_APP_KEY": app_key}
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def traffic(base_url: str) -> None:
+        headers = {"Authorization": f"Bearer {app_key}"}
+        with httpx.Client(headers=headers, timeout=5) as client:
+            while not stop.is_set():
+                try:
+                    response = client.post(f"{base_url}/v1/chat/completions", json=CHAT)
+                except httpx.TransportError:
+                    return  # the gateway is gone
+                assert response.status_code == 200
+                answered.append(response.headers["x-request-id"])
+
+    gateway = GatewayProcess(config, env, tmp_path / "first.log")
+    sender = threading.Thread(target=traffic, args=(gateway.url,))
+    try:
+        gateway.wait_ready()
+        sender.start()
+        wait_for(lambda: len(answered) >= 40, what="traffic into Postgres")
+        server.stop()
+        written_before = len(answered)
+        wait_for(lambda: len(answered) >= written_before + 60, what="traffic into the journal")
+        gateway.proc.send_signal(signal.SIGKILL)
+        gateway.proc.wait(timeout=10)
+    finally:
+        stop.set()
+        sender.join(timeout=30)
+        gateway.kill()
+    journals = list((tmp_path / "data" / "journal").glob("journal-*.jsonl"))
+    assert journals, "the outage's records should be in the killed process's journal"
+
+    server.start()
+    restarted = GatewayProcess(config, env, tmp_path / "second.log")
+    try:
+        restarted.wait_ready()
+        wait_for(
+            lambda: not any(path.exists() for path in journals),
+            timeout_s=30,
+            what="the dead process's journal replayed",
+        )
+    finally:
+        restarted.kill()
+    rows = fetch(url, "SELECT request_id, teacher_output FROM requests")
+    ids = [row["request_id"] for row in rows]
+    assert len(ids) == len(set(ids)), "a replayed record must not duplicate a row"
+    with_teacher = {row["request_id"] for row in rows if row["teacher_output"] is not None}
+    lost = set(answered) - with_teacher
+    assert len(lost) <= queue_max + batch_size, (len(lost), len(answered))
+
+
+def test_student_stands_in_for_a_failed_teacher_when_the_route_allows(
+    make_gateway: Callable[..., GatewayServer],
+    clean_db: str,
+    app_key: str,
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+) -> None:
+    gateway = make_gateway(
+        [
+            route(ROUTE, teacher.base_url, [student.base_url], on_teacher_error="student"),
+            route("strict", teacher.base_url, [student.base_url]),  # the default: "error"
+            route(
+                "teacher-down", closed_port_url(), [student.base_url], on_teacher_error="student"
+            ),
+        ]
+    )
+    headers = {"Authorization": f"Bearer {app_key}"}
+
+    def post(model: str, **extra: object) -> httpx.Response:
+        body = {**CHAT, "model": model, **extra}
+        return httpx.post(f"{gateway.url}/v1/chat/completions", json=body, headers=headers)
+
+    # Teacher unreachable: the student answers, whatever its confidence, and the row says so.
+    down = post("teacher-down")
+    assert down.status_code == 200, down.text
+    assert down.headers["x-served-by"] == "student"
+    assert down.headers["x-fallback-reason"] == "teacher_error"
+    assert down.json()["choices"][0]["message"]["content"] == "student: hi"
+    row = complete_row(clean_db, down.headers["x-request-id"])
+    assert (row["served_by"], row["status_code"], row["fallback_reason"]) == (
+        "student",
+        200,
+        "teacher_error",
+    )
+    assert row["error_type"] is None
+    assert "teacher" in row["teacher_error"]
+    assert row["student_status"] == "ok"
+
+    # A teacher 5xx, streamed: the student's answer arrives as an SSE stream.
+    teacher.reset_behavior(status=503)
+    streamed = post(ROUTE, stream=True)
+    assert streamed.status_code == 200
+    assert streamed.headers["x-fallback-reason"] == "teacher_error"
+    assert streamed.text.rstrip().endswith("data: [DONE]")
+    # The same failure on a route that keeps the default is the teacher's error, unchanged.
+    strict = post("strict")
+    assert strict.status_code == 503
+    assert "x-served-by" not in strict.headers
+    # A 4xx is the request's own fault: never covered by the student.
+    teacher.reset_behavior(status=400)
+    assert post(ROUTE).status_code == 400
+    # Both down: the app gets the teacher's error, and the row both failures.
+    teacher.reset_behavior(status=500)
+    student.reset_behavior(status=500)
+    both = post(ROUTE)
+    assert both.status_code == 500
+    row = complete_row(clean_db, both.headers["x-request-id"])
+    assert (row["served_by"], row["status_code"], row["student_status"]) == (
+        "teacher",
+        500,
+        "http_error",
+    )
+    assert (
+        gateway.metric("shadow_gateway_fallbacks_total", route=ROUTE, reason="teacher_error") == 1
+    )
+
+
+def p99(latencies: list[float]) -> float:
+    ordered = sorted(latencies)
+    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+def test_student_faults_leave_the_apps_latency_at_the_teachers(
+    make_gateway: Callable[..., GatewayServer],
+    app_key: str,
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+) -> None:
+    """Shadow mode: whatever the student does, p99 stays the teacher's (a ratio, same run).
+
+    The teacher takes 150 ms; each phase sends 32 requests, 8 at a time, and compares its p99
+    with a phase against a healthy student measured in the same run.
+    """
+    resetting = ResettingServer().start()
+    teacher.reset_behavior(latency_s=0.15)
+    gateway = make_gateway(
+        [
+            route(ROUTE, teacher.base_url, [student.base_url]),
+            route("resetting", teacher.base_url, [resetting.base_url]),
+        ]
+    )
+    headers = {"Authorization": f"Bearer {app_key}"}
+
+    def phase(model: str) -> float:
+        def one(_: int) -> float:
+            started = time.perf_counter()
+            response = httpx.post(
+                f"{gateway.url}/v1/chat/completions",
+                json={**CHAT, "model": model},
+                headers=headers,
+                timeout=10,
+            )
+            assert response.status_code == 200, response.text
+            return time.perf_counter() - started
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return p99(list(pool.map(one, range(32))))
+
+    try:
+        phase(ROUTE)  # warm-up: connections, code paths
+        baseline = phase(ROUTE)
+        ratios: dict[str, float] = {}
+        for fault, behavior in {
+            "hangs": {"hang": True},
+            "slow": {"latency_s": 0.9},
+            "500s": {"status": 500},
+            "garbage": {"garbage": True},
+        }.items():
+            student.reset_behavior(**behavior)
+            ratios[fault] = phase(ROUTE) / baseline
+            student.release_hangs()
+        ratios["resets"] = phase("resetting") / baseline
+        assert resetting.resets > 0
+    finally:
+        resetting.stop()
+    # 1.5: well above this VM's scheduling noise, far below one more student timeout (1 s).
+    assert all(ratio < 1.5 for ratio in ratios.values()), (baseline, ratios)
+
+
+def test_sigterm_under_load_finishes_in_flight_requests_and_exits_by_the_deadline(
+    tmp_path: Path, clean_db: str, app_key: str, teacher: FakeOpenAI, student: FakeOpenAI
+) -> None:
+    """8 requests in flight at SIGTERM all get their answer; a student that never answers
+    is cut off, so the process exits within the documented deadline: ``drain_timeout_s`` for
+    requests, another for shadow calls, then the log queue (docs/deploy.md, "Draining")."""
+    drain_s = 3
+    teacher.reset_behavior(latency_s=1.0)
+    student.reset_behavior(hang=True)
+    spec = route(ROUTE, teacher.base_url, [student.base_url])
+    spec["student"].update(timeout_s=60, max_concurrency=16)
+    config = write_config(tmp_path / "gateway.yaml", [spec], server={"drain_timeout_s": drain_s})
+    gateway = GatewayProcess(
+        config, {"DATABASE_URL": clean_db, "SGW_TEST_APP_KEY": app_key}, tmp_path / "gateway.log"
+    )
+    headers = {"Authorization": f"Bearer {app_key}"}
+
+    def one(_: int) -> httpx.Response:
+        return httpx.post(
+            f"{gateway.url}/v1/chat/completions", json=CHAT, headers=headers, timeout=30
+        )
+
+    try:
+        gateway.wait_ready()
+        one(0)  # one shadow call left hanging before the burst
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = pool.map(one, range(8))
+            wait_for(lambda: teacher.in_progress == 8, what="8 requests in flight")
+            gateway.proc.send_signal(signal.SIGTERM)
+            statuses = [answer.status_code for answer in answers]
+        # Past this the process would be SIGKILLed by an orchestrator sized by the docs.
+        code = gateway.proc.wait(timeout=2 * drain_s + 10)
+    finally:
+        student.release_hangs()
+        gateway.kill()
+    assert statuses == [200] * 8
+    assert code in (0, -signal.SIGTERM), gateway.output()
+    rows = fetch(clean_db, "SELECT student_status FROM requests")
+    assert len(rows) == 9
+    # Cut off at the deadline, and recorded as such rather than lost.
+    assert {row["student_status"] for row in rows} == {"shutdown"}, gateway.output()
