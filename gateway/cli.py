@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import __version__
-from gateway.commands import export, keys, report, rollout, serve
+from gateway.commands import demo, export, keys, partitions, report, rollout, serve
 from gateway.commands.common import CommandError, common_options
 from gateway.errors import ConfigError
 
@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_parsers(commands, parent)
     report.add_parsers(commands, parent)
     export.add_parsers(commands, parent)
+    partitions.add_parsers(commands, parent)
+    demo.add_parsers(commands, parent)
     return parser
 
 

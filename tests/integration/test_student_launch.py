@@ -17,18 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from gateway.core.completions import token_logprobs
-from gateway.core.confidence import confidence
 from student_server.args import StudentOptions, readiness_url, served_name, vllm_args
 from student_server.launch import (
     StudentDied,
     StudentNotReady,
     StudentProcess,
     running_student,
-    vllm_command,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -234,80 +230,5 @@ def test_signals_are_forwarded_and_end_in_a_clean_stop(
     assert "stand-in stopped cleanly" in log
 
 
-STUDENT_PYTHON = ROOT / ".venv-student" / "bin" / "python"
-
-TINY_LLAMA = r'''
-"""A random tiny Llama (head_dim 64, CPU attention needs it) with an offline BPE tokenizer."""
-import sys
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-tokenizer.decoder = decoders.ByteLevel()
-trainer = trainers.BpeTrainer(
-    vocab_size=384,
-    special_tokens=["<unk>", "<s>", "</s>"],
-    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-)
-tokenizer.train_from_iterator(["What is 12 + 35? The answer is 47."] * 20, trainer)
-fast = PreTrainedTokenizerFast(
-    tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-    chat_template="{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}",
-)
-torch.manual_seed(0)
-config = LlamaConfig(
-    vocab_size=len(fast), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-    bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, tie_word_embeddings=True,
-)
-LlamaForCausalLM(config).save_pretrained(sys.argv[1])
-fast.save_pretrained(sys.argv[1])
-'''
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(
-    not STUDENT_PYTHON.exists(), reason="no .venv-student (student_server/install-cpu.sh)"
-)
-def test_real_vllm_cpu_serves_logprobs_in_the_gateways_shape(tmp_path: Path) -> None:
-    """vLLM's CPU build, started by the launcher, answers with chat logprobs the gateway reads."""
-    model = tmp_path / "tiny-llama"
-    subprocess.run(
-        [str(STUDENT_PYTHON), "-c", TINY_LLAMA, str(model)],
-        check=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    # Eager mode: the compile warm-up would add about 20 s to the start for a model this size.
-    options = StudentOptions(model=str(model), port=free_port(), extra_args=("--enforce-eager",))
-    process = StudentProcess(
-        [*vllm_command(str(STUDENT_PYTHON)), *vllm_args(options, "cpu")],
-        log_path=tmp_path / "vllm.log",
-        ready_url=readiness_url(options),
-        served_name="tiny-llama",
-        env={"HF_HUB_OFFLINE": "1"},
-    )
-    with running_student(process, ready_timeout_s=300):
-        response = httpx.post(
-            readiness_url(options).removesuffix("/models") + "/chat/completions",
-            json={
-                "model": "tiny-llama",
-                "messages": [{"role": "user", "content": "What is 12 + 35?"}],
-                "max_tokens": 4,
-                "temperature": 0,
-                "logprobs": True,
-                "top_logprobs": 20,
-            },
-            timeout=120,
-        )
-    assert response.status_code == 200, response.text
-    tokens = token_logprobs("chat", response.json())
-    assert tokens is not None
-    assert len(tokens) == 4
-    assert all(len(token["top_logprobs"]) == 20 for token in tokens)
-    score = confidence("mean_prob", tokens)
-    assert score is not None
-    assert 0 < score <= 1
+# The launcher against the real vLLM CPU build, with the demo student and the gateway in front
+# of it, is tests/integration/test_demo_vllm.py (one vLLM server for that whole module).

@@ -1,0 +1,148 @@
+"""``demo``: the whole loop on one machine, no GPU, no API key.
+
+Starts the embedded PostgreSQL (or uses ``DATABASE_URL``), the demo teacher, the demo
+student on vLLM's CPU build (through :mod:`student_server`) and the gateway; replays traffic
+in shadow mode, recommends a threshold, switches the route to rollout, and prints the slice
+report (see :mod:`gateway.demo.walkthrough`). Then it keeps everything running, with the URLs
+to try, until Ctrl-C, and stops it all. ``--exit-after`` stops right after the report.
+
+vLLM's CPU build lives in its own virtual environment (its torch is not the gateway's):
+``--student-python``, else ``$SHADOW_GATEWAY_STUDENT_PYTHON``, else ``.venv-student`` in the
+current directory or the checkout. Without one the command says how to make it
+(``bash student_server/install-cpu.sh``), or makes it itself with ``--install-student``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from gateway.commands.common import CommandError
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _wait_for_ctrl_c() -> None:
+    stop = threading.Event()
+    previous = {
+        signum: signal.signal(signum, lambda *_: stop.set())
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        stop.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo.stack import (
+        INSTALL_SCRIPT,
+        DemoError,
+        DemoStack,
+        demo_model_dir,
+        find_student_python,
+        install_student,
+    )
+    from gateway.demo.walkthrough import try_it, walkthrough
+
+    model_dir = Path(args.model) if args.model else demo_model_dir()
+    if not (model_dir / "config.json").exists():
+        raise CommandError(f"no student model in {model_dir} (config.json is missing)")
+    python = find_student_python(args.student_python)
+    if python is None or not python.exists():
+        if not args.install_student:
+            where = f" ({python} does not exist)" if python else ""
+            raise CommandError(
+                f"the demo's student runs on vLLM's CPU build, in its own virtual environment, "
+                f"and there is none{where}. Make it with `bash {INSTALL_SCRIPT}` (a few "
+                "minutes, about 2 GB, needs Python 3.11), or rerun with --install-student to "
+                "do that now, or point --student-python at one"
+            )
+        print(f"installing the student's environment with {INSTALL_SCRIPT} ...", flush=True)
+        try:
+            python = install_student()
+        except DemoError as exc:
+            raise CommandError(str(exc)) from exc
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    # One line per request from the replay's HTTP client would drown the progress lines.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    stack = DemoStack(
+        data_dir=Path(args.data_dir).resolve(),
+        student_python=python,
+        model_dir=model_dir.resolve(),
+        gateway_port=args.port,
+        student_port=args.student_port,
+        say=say,
+    )
+    try:
+        stack.start()
+        walkthrough(
+            stack,
+            shadow_requests=args.requests,
+            rollout_requests=args.rollout_requests,
+            seed=args.seed,
+            say=say,
+        )
+        try_it(stack, say)
+        if not args.exit_after:
+            _wait_for_ctrl_c()
+            say("")
+    except DemoError as exc:
+        raise CommandError(str(exc)) from exc
+    except KeyboardInterrupt:
+        say("\ninterrupted")
+    finally:
+        stack.stop()
+    say("demo stopped")
+    return 0
+
+
+def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
+    demo = commands.add_parser(
+        "demo",
+        parents=[parent],
+        help="Run the whole loop on this machine: a demo teacher, a vLLM student on CPU, "
+        "shadow traffic, a threshold, a rollout.",
+        description="Start the embedded PostgreSQL, the demo teacher, the demo student "
+        "(vLLM on CPU) and the gateway; replay traffic in shadow mode, switch the route to "
+        "rollout at the recommended threshold, print the slice report, and keep it all "
+        "running until Ctrl-C.",
+    )
+    demo.add_argument("--requests", type=_positive, default=300, help="shadow requests (300)")
+    demo.add_argument(
+        "--rollout-requests", type=_positive, default=100, help="requests after the switch (100)"
+    )
+    demo.add_argument("--seed", type=int, default=7, help="the replayed prompts' seed")
+    demo.add_argument("--port", type=int, default=8080, help="the gateway's port (8080)")
+    demo.add_argument("--student-port", type=int, default=8001, help="vLLM's port (8001)")
+    demo.add_argument(
+        "--data-dir", default=".shadow-gateway-demo", help="Postgres data, logs, the config"
+    )
+    demo.add_argument("--model", help="the student model directory (default: the demo's)")
+    demo.add_argument("--student-python", help="the Python of vLLM's CPU environment")
+    demo.add_argument(
+        "--install-student",
+        action="store_true",
+        help="make .venv-student with student_server/install-cpu.sh if it is missing",
+    )
+    demo.add_argument(
+        "--exit-after", action="store_true", help="stop after the report instead of waiting"
+    )
+    demo.set_defaults(handler=cmd_demo)
