@@ -14,19 +14,20 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from gateway import __version__
-from gateway.api import admin, health, openai, reports
+from gateway.api import admin, console, health, openai, reports
 from gateway.api.errors import (
     gateway_error_handler,
     http_exception_handler,
     unexpected_error_handler,
     validation_error_handler,
 )
+from gateway.api.limits import BodyDeadline
 from gateway.api.state import GatewayState
 from gateway.clients.upstream import new_session
 from gateway.config import Settings, load_settings
 from gateway.db.engine import create_engine, plain_dsn
 from gateway.db.notify import KEYS_CHANNEL, ROUTES_CHANNEL, ChangeListener
-from gateway.db.writer import LogWriter
+from gateway.db.partitions import PartitionMaintainer
 from gateway.errors import ConfigError, GatewayError
 from gateway.metrics import Metrics, describe_routes, forget_dead_workers
 from gateway.services.auth import KeyRing
@@ -36,6 +37,7 @@ from gateway.services.proxy import ProxyService
 from gateway.services.reports import DriftMonitor
 from gateway.shadow.analysis import build_analyses
 from gateway.shadow.dispatcher import ShadowDispatcher
+from gateway.shadow.records import RedactingWriter, route_redactors
 
 _log = logging.getLogger("shadow_gateway")
 
@@ -50,18 +52,20 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     analyses = build_analyses(settings.config)
     describe_routes(settings.config, metrics)
     upstream_keys = {k: v.get_secret_value() for k, v in settings.upstream_keys.items()}
-    keys = KeyRing(settings.api_keys)
+    keys = KeyRing(settings.api_keys, settings.config.rate_limits)
+    redactors = route_redactors(settings.config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         config = settings.config
         forget_dead_workers()
         engine = create_engine(database_url, config.database)
-        writer = LogWriter(
+        writer = RedactingWriter(
             plain_dsn(database_url),
             settings.data_dir / "journal",
             config.log_writer,
             metrics,
+            redactors=redactors,
             connect_timeout_s=config.database.connect_timeout_s,
         )
         await writer.start()
@@ -86,6 +90,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         guardian.start()
         drift = DriftMonitor(engine, config, metrics.drift_psi)
         drift.start()
+        partitions = PartitionMaintainer(engine, config.database.partitions)
+        partitions.start()  # at once, then every check_interval_s
         app.state.gateway = GatewayState(
             settings=settings,
             metrics=metrics,
@@ -117,6 +123,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             # Requests are finished (the server drained them); now the background work.
             await guardian.stop()
             await drift.stop()
+            await partitions.stop()
             await listener.stop()
             await dispatcher.drain(config.server.drain_timeout_s)
             await writer.close()
@@ -133,9 +140,15 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.router.routes.extend(openai.routes)
+    openai.add_to_openapi(app)
+    server = settings.config.server
+    app.add_middleware(
+        BodyDeadline, timeout_s=server.body_timeout_s, min_rate=server.body_min_rate_bytes_s
+    )
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(reports.router)
+    console.install(app, settings)
     app.add_exception_handler(GatewayError, gateway_error_handler)
     app.add_exception_handler(HTTPException, http_exception_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)

@@ -203,6 +203,44 @@ class ExportConfig(_Strict):
     verifier: VerifierConfig | None = None
 
 
+class RedactionPattern(_Strict):
+    """A custom redactor: every match of ``pattern`` is stored as ``replacement`` (literal text)."""
+
+    pattern: str
+    replacement: str = Field(default="[REDACTED]", max_length=200)
+
+    @field_validator("pattern")
+    @classmethod
+    def _usable(cls, pattern: str) -> str:
+        _check_regex(pattern)
+        if re.compile(pattern).fullmatch(""):
+            raise ValueError("the pattern matches the empty string; it would redact everywhere")
+        return pattern
+
+
+class RedactionConfig(_Strict):
+    """What is redacted in stored text (the log, the journal, exports), never what is sent."""
+
+    emails: bool = False
+    phones: bool = False
+    cards: bool = False  # 13-19 digits passing the Luhn check
+    patterns: list[RedactionPattern] = Field(default_factory=list)
+
+
+class RateLimit(_Strict):
+    """A token bucket: ``requests_per_s`` sustained, up to ``burst`` at once."""
+
+    requests_per_s: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+class RateLimitsConfig(_Strict):
+    """Per API key, per gateway process (N workers or replicas admit N times as much)."""
+
+    default: RateLimit | None = None  # keys without their own entry; None: unlimited
+    keys: dict[str, RateLimit] = Field(default_factory=dict)  # by key name
+
+
 class RouteConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     teacher: TeacherConfig
@@ -213,6 +251,17 @@ class RouteConfig(_Strict):
     agreement: AgreementConfig = AgreementConfig()
     slices: SlicesConfig = SlicesConfig()
     export: ExportConfig = ExportConfig()
+    redaction: RedactionConfig | None = None  # None: the top-level redaction section
+    # When the teacher fails (unreachable, timed out, 5xx or 429): "error" passes the error on
+    # (OpenAI's shape); "student" answers with the student instead (x-fallback-reason:
+    # teacher_error), whatever its confidence. Off by default.
+    on_teacher_error: Literal["error", "student"] = "error"
+
+    @model_validator(mode="after")
+    def _teacher_fallback_needs_a_student(self) -> RouteConfig:
+        if self.on_teacher_error == "student" and self.student is None:
+            raise ValueError("on_teacher_error: student needs a student for the route")
+        return self
 
 
 class KeyConfig(_Strict):
@@ -231,6 +280,24 @@ class ServerConfig(_Strict):
     workers: int = Field(default=1, ge=1)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     drain_timeout_s: float = Field(default=20.0, gt=0)
+    # Slow bodies: a request body must arrive within body_timeout_s, plus one second for each
+    # body_min_rate_bytes_s bytes received (a slow-loris never earns more time); else 408.
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    body_min_rate_bytes_s: int = Field(default=65_536, ge=1)
+    # Slow headers: a connection must finish each request's headers within this (408, closed).
+    header_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class PartitionsConfig(_Strict):
+    """Time partitions of ``requests`` (gateway.db.partitions; docs/deploy.md)."""
+
+    # day: retention is kept to the day and a day's reports read only its partitions; month:
+    # 12 partitions a year, for keeping data for years (thousands of partitions slow planning)
+    interval: Literal["day", "month"] = "day"
+    ahead: int = Field(default=7, ge=1, le=400)  # periods created beyond the current one
+    # Partitions wholly older than this many days are dropped; None keeps every row.
+    retention_days: int | None = Field(default=None, ge=1)
+    check_interval_s: float = Field(default=3600.0, gt=0)
 
 
 class DatabaseConfig(_Strict):
@@ -238,6 +305,7 @@ class DatabaseConfig(_Strict):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     # None: migrate the embedded database automatically, never an external one.
     auto_migrate: bool | None = None
+    partitions: PartitionsConfig = PartitionsConfig()
 
 
 class LogWriterConfig(_Strict):
@@ -246,8 +314,19 @@ class LogWriterConfig(_Strict):
     # A queued record is about 0.1-0.5 MB in memory with the student's logprobs (measured,
     # docs/deploy.md); past this many the backlog goes to the journal on disk instead.
     queue_max: int = Field(default=5_000, ge=1)
+    # Only when Postgres is down *and* the disk refuses the journal do records pile up in
+    # memory; past this many the oldest are dropped (counted), rather than the worker dying.
+    memory_max: int = Field(default=10_000, ge=1)
     retry_interval_s: float = Field(default=1.0, gt=0)
     store_payloads: bool = True
+
+    @model_validator(mode="after")
+    def _memory_holds_a_queue(self) -> LogWriterConfig:
+        if self.memory_max < self.queue_max:
+            raise ValueError(
+                f"memory_max ({self.memory_max}) must be at least queue_max ({self.queue_max})"
+            )
+        return self
 
 
 class GuardConfig(_Strict):
@@ -263,6 +342,15 @@ class MetricsConfig(_Strict):
     slice_values: dict[str, list[str]] = Field(default_factory=dict)
 
 
+class ConsoleConfig(_Strict):
+    """The built-in console page (``/console``, docs/console.md): its login sessions."""
+
+    session_ttl_s: float = Field(default=8 * 3600.0, gt=0)
+    # The env variable holding the key that signs session cookies; several replicas need the
+    # same one. None: a random one kept in data_dir (enough for one host, any worker count).
+    session_secret_env: str | None = None
+
+
 class GatewayConfig(_Strict):
     data_dir: Path = Path(".shadow-gateway")
     server: ServerConfig = ServerConfig()
@@ -271,6 +359,9 @@ class GatewayConfig(_Strict):
     auth: AuthConfig = AuthConfig()
     metrics: MetricsConfig = MetricsConfig()
     guard: GuardConfig = GuardConfig()
+    redaction: RedactionConfig = RedactionConfig()
+    rate_limits: RateLimitsConfig = RateLimitsConfig()
+    console: ConsoleConfig = ConsoleConfig()
     routes: list[RouteConfig] = Field(min_length=1)
 
     @field_validator("routes")
@@ -342,6 +433,12 @@ class Settings:
             for route in self.config.routes
             for var in _upstream_key_vars(route)
         }
+
+    @cached_property
+    def console_secret(self) -> SecretStr | None:
+        """The console's session-signing secret, when the config names its env variable."""
+        var = self.config.console.session_secret_env
+        return _require_env(var, "the console's session secret") if var else None
 
     @property
     def data_dir(self) -> Path:

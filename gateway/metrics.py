@@ -65,6 +65,12 @@ class Metrics:
             ["reason"],
             registry=reg,
         )
+        self.rate_limited = Counter(
+            "shadow_gateway_rate_limited_total",
+            "Requests refused with 429 by the per-key rate limit, by key name.",
+            ["key"],
+            registry=reg,
+        )
         self.teacher_latency = Histogram(
             "shadow_gateway_teacher_latency_seconds",
             "Teacher call latency (whole answer; for streams, until the last chunk).",
@@ -145,6 +151,17 @@ class Metrics:
         self.journal_replayed = Counter(
             "shadow_gateway_journal_replayed_total",
             "Records replayed from the journal into Postgres.",
+            registry=reg,
+        )
+        self.journal_writable = Gauge(
+            "shadow_gateway_journal_writable",
+            "1 while the disk takes journal writes, else 0 (disk full, directory unwritable).",
+            multiprocess_mode="livemin",
+            registry=reg,
+        )
+        self.log_records_dropped = Counter(
+            "shadow_gateway_log_records_dropped_total",
+            "Log records dropped because neither Postgres nor the journal took them.",
             registry=reg,
         )
         self.database_up = Gauge(
