@@ -25,7 +25,6 @@ advisory lock, and the plan is made after taking it, from what is there then.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.background import BackgroundLoop
 from gateway.config import PartitionsConfig
 from gateway.core.partitions import DEFAULT_PARTITION, PARENT, Partition, Plan, Span, plan
 from gateway.db.tables import requests
@@ -287,23 +287,16 @@ async def _apply(connection: AsyncConnection, result: Maintenance, lock_timeout_
             result.failed.append(("expire default rows", _why(exc)))
 
 
-class PartitionMaintainer:
+class PartitionMaintainer(BackgroundLoop):
     """Runs :func:`maintain` at start-up and then every ``config.check_interval_s`` (within a
     minute after a run that failed: Postgres down at start-up, a lock not granted)."""
 
+    task_name = "partition-maintainer"
+
     def __init__(self, engine: AsyncEngine, config: PartitionsConfig) -> None:
+        super().__init__()
         self._engine = engine
         self._config = config
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="partition-maintainer")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def _run(self) -> None:
         while True:

@@ -20,7 +20,6 @@ and a rollback of a route already in shadow changes nothing and records nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ from typing import Any
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from gateway.background import BackgroundLoop
 from gateway.config import GatewayConfig, RouteConfig
 from gateway.core.routing import SliceVerdict, judge_slice
 from gateway.db.tables import rollout_plans
@@ -113,25 +113,18 @@ async def check_slices(
     return checks
 
 
-class Guardian:
+class Guardian(BackgroundLoop):
+    task_name = "guardian"
+
     def __init__(
         self, engine: AsyncEngine, control: ControlPlane, config: GatewayConfig, metrics: Metrics
     ) -> None:
+        super().__init__()
         self._engine = engine
         self._control = control
         self._routes = {route.name: route for route in config.routes}
         self._interval_s = config.guard.interval_s
         self._metrics = metrics
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="guardian")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def _run(self) -> None:
         while True:

@@ -196,13 +196,9 @@ class ProxyService:
             reply = await call_teacher(self._session, upstream, teacher_body)
         except GatewayError as exc:
             failed = time.perf_counter() - teacher_started
-            rescued = await self._rescue(rescue, exc)
-            self._log_failure(
-                ctx, route, identity, body, exc, failed, then, fallback_reason, rescued is not None
+            return await self._teacher_failed(
+                ctx, route, identity, body, exc, failed, then, fallback_reason, rescue
             )
-            if rescued is None:
-                raise
-            return rescued
         finished = time.perf_counter()
         teacher_latency = finished - teacher_started
         overhead = (finished - ctx.started) - teacher_latency
@@ -270,13 +266,9 @@ class ProxyService:
             stream = await open_teacher_stream(self._session, upstream, teacher_body)
         except GatewayError as exc:
             failed = time.perf_counter() - teacher_started
-            rescued = await self._rescue(rescue, exc)
-            self._log_failure(
-                ctx, route, identity, body, exc, failed, then, fallback_reason, rescued is not None
+            return await self._teacher_failed(
+                ctx, route, identity, body, exc, failed, then, fallback_reason, rescue
             )
-            if rescued is None:
-                raise
-            return rescued
         setup_overhead = teacher_started - ctx.started
 
         async def relay() -> AsyncIterator[bytes]:
@@ -345,15 +337,30 @@ class ProxyService:
     def _payload(self, body: dict[str, Any]) -> dict[str, Any] | None:
         return body if self._store_payloads else None
 
-    @staticmethod
-    async def _rescue(rescue: Rescue | None, exc: GatewayError) -> Answer | StreamAnswer | None:
-        """The student's stand-in answer for a teacher failure it may cover, else None."""
-        if rescue is None:
-            return None
+    async def _teacher_failed(
+        self,
+        ctx: RequestContext,
+        route: RouteConfig,
+        identity: RowIdentity,
+        body: dict[str, Any],
+        exc: GatewayError,
+        teacher_latency: float,
+        then: Then,
+        fallback_reason: str | None,
+        rescue: Rescue | None,
+    ) -> Answer | StreamAnswer:
+        """Log the teacher's failure; return the student's stand-in answer where the route
+        allows one and the student gives it (``on_teacher_error: student``), else re-raise."""
         status = exc.upstream_status if isinstance(exc, TeacherHTTPError) else None
-        if not teacher_failure_rescuable(status):
-            return None
-        return await rescue()
+        rescued = None
+        if rescue is not None and teacher_failure_rescuable(status):
+            rescued = await rescue()
+        self._log_failure(
+            ctx, route, identity, body, exc, teacher_latency, then, fallback_reason, rescued
+        )
+        if rescued is None:
+            raise exc
+        return rescued
 
     def _log_failure(
         self,
@@ -365,7 +372,7 @@ class ProxyService:
         teacher_latency: float,
         then: Then,
         fallback_reason: str | None,
-        rescued: bool,
+        rescued: Answer | StreamAnswer | None,
     ) -> None:
         """The teacher's failure in the row; when the student answered instead (``rescued``)
         the request itself succeeded, so the failure goes only into the teacher's columns."""
@@ -387,7 +394,7 @@ class ProxyService:
             error_message=exc.message,
             fallback_reason=fallback_reason,
         )
-        if rescued:
+        if rescued is not None:
             # served_by, status_code and fallback_reason come with the student's served half.
             for column in ("served_by", "status_code", "error_type", "error_message"):
                 record.pop(column)

@@ -115,17 +115,11 @@ class StudentFirst:
         identity: RowIdentity,
         body: dict[str, Any],
     ) -> Answer | StreamAnswer | Fallback:
-        assert route.student is not None
-        budget = route.rollout.student_budget_s or route.student.timeout_s
-        called = await self._dispatcher.call_now(identity, body, budget)
-        if isinstance(called, str):  # no call could be made: bound full or breaker open
-            self._writer.submit(student_skipped(identity, called))
+        called = await self._ask(route, identity, body)
+        if called is None:  # no call could be made: bound full or breaker open
             return self._fall_back(route, "student_unavailable", None, None)
         record, raw = called
-        analysis = self._analyses[route.name]
-        confidence = analysis.confidence(record.get("student_logprobs"))
-        record["student_confidence"] = confidence
-        self._writer.submit(record)
+        confidence = record["student_confidence"]
         reason = fallback_reason(record["student_status"], confidence, state.confidence_threshold)
         if reason is not None:
             text = record.get("student_output") if record["student_status"] == STUDENT_OK else None
@@ -141,6 +135,18 @@ class StudentFirst:
         body: dict[str, Any],
     ) -> Answer | StreamAnswer | None:
         """The student's answer in place of a failed teacher's; None if it has none either."""
+        called = await self._ask(route, identity, body)
+        if called is None or called[0]["student_status"] != STUDENT_OK:
+            return None
+        record, raw = called
+        self._metrics.fallbacks.labels(route.name, "teacher_error").inc()
+        return self._serve(ctx, route, state, identity, body, record, raw, "teacher_error")
+
+    async def _ask(
+        self, route: RouteConfig, identity: RowIdentity, body: dict[str, Any]
+    ) -> tuple[dict[str, Any], bytes] | None:
+        """Ask the student on the response path within the route's budget; its row half (with
+        its confidence) is submitted here. None when no call could be made."""
         assert route.student is not None
         budget = route.rollout.student_budget_s or route.student.timeout_s
         called = await self._dispatcher.call_now(identity, body, budget)
@@ -148,14 +154,10 @@ class StudentFirst:
             self._writer.submit(student_skipped(identity, called))
             return None
         record, raw = called
-        record["student_confidence"] = self._analyses[route.name].confidence(
-            record.get("student_logprobs")
-        )
+        analysis = self._analyses[route.name]
+        record["student_confidence"] = analysis.confidence(record.get("student_logprobs"))
         self._writer.submit(record)
-        if record["student_status"] != STUDENT_OK:
-            return None
-        self._metrics.fallbacks.labels(route.name, "teacher_error").inc()
-        return self._serve(ctx, route, state, identity, body, record, raw, "teacher_error")
+        return record, raw
 
     def _fall_back(
         self, route: RouteConfig, reason: str, text: str | None, confidence: float | None

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.background import BackgroundLoop
 from gateway.config import GatewayConfig
 from gateway.errors import NoData, NotEnoughData
 from gateway.protocol.reports import LENGTH_DIMENSION, Window
@@ -20,7 +21,7 @@ from gateway.services.reports.drift import DriftReport
 _log = logging.getLogger("shadow_gateway.reports")
 
 
-class DriftMonitor:
+class DriftMonitor(BackgroundLoop):
     """Refreshes ``shadow_gateway_drift_psi{route,dimension}`` every ``interval_s``.
 
     Each route's last ``current_s`` is compared with the ``reference_s`` before it. Exported
@@ -28,6 +29,8 @@ class DriftMonitor:
     listed in ``metrics.slice_values``, and ``_prompt_length``. A route without enough data on
     either side has its series removed rather than left stale.
     """
+
+    task_name = "drift-monitor"
 
     def __init__(
         self,
@@ -40,6 +43,7 @@ class DriftMonitor:
         reference_s: float = 7 * 86400.0,
         min_rows: int = DEFAULT_MIN_ROWS,
     ) -> None:
+        super().__init__()
         self._reports = DriftReport(engine, config)
         self._config = config
         self._gauge = gauge
@@ -48,16 +52,6 @@ class DriftMonitor:
         self._reference_s = reference_s
         self._min_rows = min_rows
         self._exported: dict[str, set[str]] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="drift-monitor")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
     async def _run(self) -> None:
         while True:
