@@ -66,7 +66,9 @@ def with_engine(settings: Settings, operation: Callable[[AsyncEngine], Awaitable
     """Run ``operation`` on the configured database; its failures become CommandErrors."""
     from gateway.db.engine import create_engine
 
-    url, _embedded = database_url(settings)
+    url, embedded = database_url(settings)
+    if embedded:  # the gateway's own database: brought up to date as `serve` would
+        migrate(url)
     try:
         engine = create_engine(url, settings.config.database)
     except ValueError as exc:

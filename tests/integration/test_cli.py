@@ -53,3 +53,13 @@ def test_migrate_against_a_missing_or_unreachable_database(tmp_path: Path) -> No
         assert result.returncode == 1
         assert words in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_commands_bring_a_fresh_embedded_database_up_to_date(server_dir: Path) -> None:
+    """Before the first `serve`, `keys` and `partitions` work on the embedded default too."""
+    created = run(server_dir, "", "keys", "create", "oncall", "--scope", "sre")
+    assert created.returncode == 0, created.stderr
+    listed = run(server_dir, "", "keys", "list")
+    assert "oncall" in listed.stdout, listed.stderr
+    planned = run(server_dir, "", "partitions", "--dry-run")
+    assert planned.returncode == 0, planned.stderr
