@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import asyncpg
 
+from gateway.background import RecurringFailure
+
 _log = logging.getLogger("shadow_gateway.notify")
 
 Refresh = Callable[[], Awaitable[None]]
@@ -28,6 +30,9 @@ class ChangeListener:
     def __init__(self, dsn: str, refreshers: Mapping[str, Refresh], poll_s: float = 5.0) -> None:
         self._dsn = dsn
         self._refreshers = dict(refreshers)
+        self._failures = {
+            channel: RecurringFailure(_log, f"refreshing {channel}") for channel in refreshers
+        }
         self._poll_s = poll_s
         self._pending: set[str] = set()
         self._wake = asyncio.Event()
@@ -81,7 +86,7 @@ class ChangeListener:
             for channel in channels:
                 try:
                     await self._refreshers[channel]()
-                except Exception:  # a failed refresh keeps the cache; the next poll retries
-                    _log.warning(
-                        "refreshing %s failed; keeping the cached state", channel, exc_info=True
-                    )
+                except Exception as exc:  # a failed refresh keeps the cache; the next poll retries
+                    self._failures[channel].failed(exc, "keeping the cached state")
+                else:
+                    self._failures[channel].succeeded()

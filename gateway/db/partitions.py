@@ -34,7 +34,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.background import BackgroundLoop
+from gateway.background import BackgroundLoop, RecurringFailure
 from gateway.config import PartitionsConfig
 from gateway.core.partitions import DEFAULT_PARTITION, PARENT, Partition, Plan, Span, plan
 from gateway.db.tables import requests
@@ -297,6 +297,7 @@ class PartitionMaintainer(BackgroundLoop):
         super().__init__()
         self._engine = engine
         self._config = config
+        self._failure = RecurringFailure(_log, "partition upkeep")
 
     async def _run(self) -> None:
         while True:
@@ -305,12 +306,9 @@ class PartitionMaintainer(BackgroundLoop):
                 done = await maintain(self._engine, self._config)
             except Exception as exc:  # Postgres down, or another replica busy: soon again
                 pause = min(pause, _RETRY_S)
-                _log.warning(
-                    "partition upkeep failed (%s); retrying in %gs",
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                    pause,
-                )
+                self._failure.failed(exc, f"retrying every {pause:g}s")
             else:
+                self._failure.succeeded()
                 if done.failed:  # a lock not granted in time: the next round finishes it
                     pause = min(pause, _RETRY_S)
                 if done.created or done.dropped or done.moved or done.expired:

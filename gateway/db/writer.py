@@ -20,7 +20,7 @@ import itertools
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -319,22 +319,23 @@ class LogWriter:
     async def _replay(self) -> None:
         self._next_orphan_scan = time.monotonic() + _ORPHAN_SCAN_INTERVAL_S
         replayed = 0
-        own = list(self.journal.read_own())
-        if own and await self._write_chunks(own):
+        if self.journal.records:
+            written = await self._replay_records(self.journal.read_own())
+            if written is None:
+                return
+            # No await since the file's end was read, so nothing was appended unread.
             self.journal.truncate_own()
-            replayed += len(own)
-        elif own:
-            return
+            replayed += written
         for path in self.journal.orphans():
             handle = self.journal.claim(path)
             if handle is None:
                 continue
             try:
-                records = list(self.journal.read(path))
-                if not await self._write_chunks(records):
+                written = await self._replay_records(self.journal.read(path))
+                if written is None:
                     return
                 path.unlink()
-                replayed += len(records)
+                replayed += written
             finally:
                 handle.close()
         if replayed:
@@ -342,12 +343,17 @@ class LogWriter:
             self._metrics.journal_records.set(self.journal.records)
             _log.info("replayed %d journaled record(s) into Postgres", replayed)
 
-    async def _write_chunks(self, records: list[Record]) -> bool:
-        size = self._config.batch_size
-        for start in range(0, len(records), size):
-            if not await self._write(_dedupe(records[start : start + size])):
-                return False
-        return True
+    async def _replay_records(self, records: Iterator[Record]) -> int | None:
+        """Write a journal's records a batch at a time, as they are read: memory holds one
+        batch, and requests are served between batches (a long outage's journal may hold
+        hundreds of thousands). The count written, or None if Postgres went away meanwhile
+        (the file is kept whole; upserts make writing its first batches again harmless)."""
+        written = 0
+        while batch := list(itertools.islice(records, self._config.batch_size)):
+            if not await self._write(_dedupe(batch)):
+                return None
+            written += len(batch)
+        return written
 
 
 def _dedupe(records: list[Record]) -> list[Record]:

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.background import BackgroundLoop
+from gateway.background import BackgroundLoop, RecurringFailure
 from gateway.config import GatewayConfig, RouteConfig
 from gateway.core.routing import SliceVerdict, judge_slice
 from gateway.db.tables import rollout_plans
@@ -125,16 +125,17 @@ class Guardian(BackgroundLoop):
         self._routes = {route.name: route for route in config.routes}
         self._interval_s = config.guard.interval_s
         self._metrics = metrics
+        self._failure = RecurringFailure(_log, "rollout checks")
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval_s)
             try:
                 await self.check_once()
-            except Exception:  # Postgres down or a bad row: try again next round
-                _log.warning(
-                    "rollout checks failed; retrying in %gs", self._interval_s, exc_info=True
-                )
+            except Exception as exc:  # Postgres down or a bad row: try again next round
+                self._failure.failed(exc, f"retrying every {self._interval_s:g}s")
+            else:
+                self._failure.succeeded()
 
     async def check_once(self) -> None:
         await self.guard_rollouts()

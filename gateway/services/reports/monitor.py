@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.background import BackgroundLoop
+from gateway.background import BackgroundLoop, RecurringFailure
 from gateway.config import GatewayConfig
 from gateway.errors import NoData, NotEnoughData
 from gateway.protocol.reports import LENGTH_DIMENSION, Window
@@ -52,15 +52,16 @@ class DriftMonitor(BackgroundLoop):
         self._reference_s = reference_s
         self._min_rows = min_rows
         self._exported: dict[str, set[str]] = {}
+        self._failure = RecurringFailure(_log, "drift refresh")
 
     async def _run(self) -> None:
         while True:
             try:
                 await self.refresh()
-            except Exception:  # Postgres down or a bad row: try again next round
-                _log.warning(
-                    "drift refresh failed; retrying in %gs", self._interval_s, exc_info=True
-                )
+            except Exception as exc:  # Postgres down or a bad row: try again next round
+                self._failure.failed(exc, f"retrying every {self._interval_s:g}s")
+            else:
+                self._failure.succeeded()
             await asyncio.sleep(self._interval_s)
 
     async def refresh(self, now: datetime | None = None) -> None:
