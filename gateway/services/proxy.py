@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from gateway.background import RecurringFailure
 from gateway.clients.upstream import (
     Upstream,
     call_teacher,
@@ -80,6 +81,8 @@ class ProxyService:
         self._metrics = metrics
         self._store_payloads = config.log_writer.store_payloads
         self._teachers: dict[tuple[str, Endpoint], Upstream] = {}
+        # Routes whose student stands in for a failing teacher: logged when that starts and ends.
+        self._teacher_failures: dict[str, RecurringFailure] = {}
         for route in config.routes:
             teacher = route.teacher
             key = upstream_keys.get(teacher.api_key_env) if teacher.api_key_env else None
@@ -349,35 +352,16 @@ class ProxyService:
         fallback_reason: str | None,
         rescue: Rescue | None,
     ) -> Answer | StreamAnswer:
-        """Log the teacher's failure; return the student's stand-in answer where the route
-        allows one and the student gives it (``on_teacher_error: student``), else re-raise."""
-        status = exc.upstream_status if isinstance(exc, TeacherHTTPError) else None
-        rescued = None
-        if rescue is not None and teacher_failure_rescuable(status):
-            rescued = await rescue()
-        self._log_failure(
-            ctx, route, identity, body, exc, teacher_latency, then, fallback_reason, rescued
-        )
-        if rescued is None:
-            raise exc
-        return rescued
+        """Log the teacher's failure in the row; return the student's stand-in answer where the
+        route allows one and the student gives it (``on_teacher_error: student``), else re-raise.
 
-    def _log_failure(
-        self,
-        ctx: RequestContext,
-        route: RouteConfig,
-        identity: RowIdentity,
-        body: dict[str, Any],
-        exc: GatewayError,
-        teacher_latency: float,
-        then: Then,
-        fallback_reason: str | None,
-        rescued: Answer | StreamAnswer | None,
-    ) -> None:
-        """The teacher's failure in the row; when the student answered instead (``rescued``)
-        the request itself succeeded, so the failure goes only into the teacher's columns."""
+        A rescued request succeeded, so the failure goes only into the teacher's columns.
+        """
         status = exc.http_status
         teacher_status = exc.upstream_status if isinstance(exc, TeacherHTTPError) else None
+        rescued = None
+        if rescue is not None and teacher_failure_rescuable(teacher_status):
+            rescued = await rescue()
         record = teacher_half(
             identity,
             payload=self._payload(body),
@@ -399,21 +383,26 @@ class ProxyService:
             for column in ("served_by", "status_code", "error_type", "error_message"):
                 record.pop(column)
             record["teacher_error"] = exc.message
-            _log.warning(
-                "route %s: the teacher failed (%s); the student answered instead",
-                route.name,
-                exc.message,
-            )
+            failure = self._teacher_failures.get(route.name)
+            if failure is None:
+                failure = RecurringFailure(_log, f"route {route.name}'s teacher")
+                self._teacher_failures[route.name] = failure
+            failure.failed(exc, "the student answers in its place (on_teacher_error: student)")
         else:
             then(None)
             if fallback_reason:
                 exc.headers["x-fallback-reason"] = fallback_reason
         self._writer.submit(record)
         self._metrics.requests.labels(route.name, "teacher", str(status)).inc()
+        if rescued is None:
+            raise exc
+        return rescued
 
     def _observe(
         self, route: RouteConfig, status: int, teacher_latency: float, overhead: float
     ) -> None:
+        if self._teacher_failures and route.name in self._teacher_failures:
+            self._teacher_failures.pop(route.name).succeeded()
         self._metrics.requests.labels(route.name, "teacher", str(status)).inc()
         self._metrics.teacher_latency.labels(route.name).observe(teacher_latency)
         self._metrics.overhead.labels(route.name).observe(overhead)

@@ -182,7 +182,9 @@ def test_student_stands_in_for_a_failed_teacher_when_the_route_allows(
     app_key: str,
     teacher: FakeOpenAI,
     student: FakeOpenAI,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="shadow_gateway")
     gateway = make_gateway(
         [
             route(ROUTE, teacher.base_url, [student.base_url], on_teacher_error="student"),
@@ -220,6 +222,7 @@ def test_student_stands_in_for_a_failed_teacher_when_the_route_allows(
     assert streamed.status_code == 200
     assert streamed.headers["x-fallback-reason"] == "teacher_error"
     assert streamed.text.rstrip().endswith("data: [DONE]")
+    assert post(ROUTE, stream=True).status_code == 200  # still failing: logged once, below
     # The same failure on a route that keeps the default is the teacher's error, unchanged.
     strict = post("strict")
     assert strict.status_code == 503
@@ -239,8 +242,18 @@ def test_student_stands_in_for_a_failed_teacher_when_the_route_allows(
         "http_error",
     )
     assert (
-        gateway.metric("shadow_gateway_fallbacks_total", route=ROUTE, reason="teacher_error") == 1
+        gateway.metric("shadow_gateway_fallbacks_total", route=ROUTE, reason="teacher_error") == 2
     )
+    teacher.reset_behavior()
+    assert post(ROUTE).status_code == 200
+    messages = [r.getMessage() for r in caplog.records if r.name == "shadow_gateway.proxy"]
+    assert messages == [
+        "route teacher-down's teacher failed (TeacherUnreachable: cannot reach the teacher: "
+        + messages[0].split("cannot reach the teacher: ", 1)[1],
+        f"route {ROUTE}'s teacher failed (TeacherHTTPError: teacher answered HTTP 503); the "
+        "student answers in its place (on_teacher_error: student), logged again once it works",
+        f"route {ROUTE}'s teacher works again",
+    ]
 
 
 def p99(latencies: list[float]) -> float:
