@@ -94,3 +94,14 @@ def with_engine(settings: Settings, operation: Callable[[AsyncEngine], Awaitable
                 "the database is not migrated: run `shadow-gateway migrate`"
             ) from exc
         raise CommandError(f"cannot use Postgres: {str(exc).splitlines()[0]}") from exc
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value

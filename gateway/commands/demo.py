@@ -21,17 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from gateway.commands.common import CommandError
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+from gateway.commands.common import CommandError, positive_int
 
 
 def _wait_for_ctrl_c() -> None:
@@ -125,9 +115,9 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
         "rollout at the recommended threshold, print the slice report, and keep it all "
         "running until Ctrl-C.",
     )
-    demo.add_argument("--requests", type=_positive, default=300, help="shadow requests (300)")
+    demo.add_argument("--requests", type=positive_int, default=300, help="shadow requests (300)")
     demo.add_argument(
-        "--rollout-requests", type=_positive, default=100, help="requests after the switch (100)"
+        "--rollout-requests", type=positive_int, default=100, help="requests after the switch (100)"
     )
     demo.add_argument("--seed", type=int, default=7, help="the replayed prompts' seed")
     demo.add_argument("--port", type=int, default=8080, help="the gateway's port (8080)")

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.commands.common import CommandError, with_engine
+from gateway.commands.common import CommandError, positive_int, with_engine
 from gateway.config import load_settings
 from gateway.services.export import (
     Exporter,
@@ -55,16 +55,6 @@ def _slice(text: str) -> tuple[str, str]:
     if found is None:
         raise argparse.ArgumentTypeError(f"a slice is DIM=VALUE, like tier=free; not {text!r}")
     return found.group(1), found.group(2)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def _mix(text: str) -> Mix:
@@ -215,11 +205,11 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
         help="only requests where the student disagreed with the teacher (hard examples)",
     )
     export.add_argument(
-        "--max", type=_positive, metavar="N", help="with --only-disagreements: at most N"
+        "--max", type=positive_int, metavar="N", help="with --only-disagreements: at most N"
     )
     export.add_argument(
         "--limit",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="at most N examples, sampled so slice proportions match live traffic",
     )

@@ -15,14 +15,12 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.config import GatewayConfig, RouteConfig
 from gateway.core.routing import judge_slice
 from gateway.db.tables import requests
 from gateway.errors import InvalidRequest, NoData
 from gateway.protocol.reports import Window, iso_time, proportion_json
-from gateway.services.reports import route_config
+from gateway.services.reports.common import ReportsBase
 
 Step = Literal["hour", "day"]
 STEPS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -119,14 +117,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-class ConsoleData:
-    def __init__(self, engine: AsyncEngine, config: GatewayConfig) -> None:
-        self._engine = engine
-        self._config = config
-
-    def route(self, name: str) -> RouteConfig:
-        return route_config(self._config, name)
-
+class ConsoleData(ReportsBase):
     async def agreement_trend(
         self,
         name: str,

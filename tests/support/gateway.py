@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 import yaml
 from prometheus_client import CollectorRegistry
 
 from gateway.app import create_app
 from gateway.config import load_settings
+from gateway.demo.teacher import ThreadedServer
 from gateway.metrics import Metrics
 
 APP_KEY = "test-app-key"
@@ -49,20 +47,20 @@ def route(
 
 
 class GatewayServer:
+    """The real app in a thread (:class:`gateway.demo.teacher.ThreadedServer`)."""
+
     def __init__(self, config_path: Path) -> None:
         self.metrics = Metrics(CollectorRegistry())
         self.app = create_app(load_settings(config_path), self.metrics)
-        self._server = uvicorn.Server(
-            uvicorn.Config(
-                self.app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=5
-            )
-        )
-        self._thread = threading.Thread(target=self._server.run, daemon=True, name="gateway")
-        self.port = 0
+        self._server = ThreadedServer(self.app, name="gateway")
+
+    @property
+    def port(self) -> int:
+        return self._server.port
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self._server.url
 
     @property
     def state(self) -> Any:
@@ -72,15 +70,8 @@ class GatewayServer:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
     def start(self) -> GatewayServer:
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the gateway did not start")
-            time.sleep(0.01)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=30)
+        self._server.stop()
