@@ -1,5 +1,6 @@
-"""The migrations and the table definitions in gateway.db.tables describe the same schema; and
-0006 (partitioning ``requests``) keeps every row on the way up and on the way down."""
+"""The migrations and the table definitions in gateway.db.tables describe the same schema;
+0006 (partitioning ``requests``) keeps every row on the way up and on the way down; 0007
+changes only agreement_daily's interval, and back."""
 
 from __future__ import annotations
 
@@ -169,7 +170,9 @@ def test_0006_moves_every_row_into_partitions_and_back(scratch_url: str) -> None
     assert kind == {"relkind": "r"}
     assert fetch(scratch_url, "SELECT to_regclass('requests_default') AS t") == [{"t": None}]
 
-    command.upgrade(config, "head")  # and up again, as a deploy after a rollback would
+    # and up again, as a deploy after a rollback would (to 0006: later revisions add columns,
+    # which changes every row's text)
+    command.upgrade(config, "0006")
     assert fetch(scratch_url, SNAPSHOT) == before
 
 
@@ -197,3 +200,53 @@ def test_downgrade_refuses_to_merge_rows_that_share_a_request_id(scratch_url: st
         command.downgrade(config, "0005")
     assert asyncio.run(current_revision(scratch_url)) == "0006"
     assert len(fetch(scratch_url, "SELECT 1 FROM requests WHERE request_id = 'twice'")) == 2
+
+
+# --- 0007: agreement_daily's interval at full precision ----------------------------------------
+
+# The view as a client sees it: its definition, then its columns (order, type, comment) and grants.
+VIEW_DEFINITION = "SELECT pg_get_viewdef('agreement_daily'::regclass) AS definition"
+VIEW_SHAPE = (
+    "SELECT a.attnum, a.attname, format_type(a.atttypid, a.atttypmod) AS type, "
+    "col_description(a.attrelid, a.attnum) AS comment, "
+    "obj_description(a.attrelid, 'pg_class') AS view_comment, c.relacl::text AS grants "
+    "FROM pg_attribute AS a JOIN pg_class AS c ON c.oid = a.attrelid "
+    "WHERE a.attrelid = 'agreement_daily'::regclass AND a.attnum > 0 ORDER BY a.attnum"
+)
+BOUNDS = (
+    "SELECT value, agreement_low, agreement_high FROM agreement_daily "
+    "WHERE dimension = 'tier' ORDER BY day, route, value"
+)
+
+
+def test_0007_changes_only_the_interval_and_downgrades_to_the_0006_view(scratch_url: str) -> None:
+    config = alembic_config(scratch_url)
+    command.upgrade(config, "0006")
+    execute(scratch_url, ROWS)
+    execute(scratch_url, "GRANT SELECT ON agreement_daily TO PUBLIC")  # kept like the comments
+    definition, shape = fetch(scratch_url, VIEW_DEFINITION), fetch(scratch_url, VIEW_SHAPE)
+    bounds, views = fetch(scratch_url, BOUNDS), fetch(scratch_url, VIEWS)
+
+    command.upgrade(config, "0007")
+    assert fetch(scratch_url, VIEW_SHAPE) == shape
+    assert fetch(scratch_url, VIEWS) == views
+    new_definition = fetch(scratch_url, VIEW_DEFINITION)
+    assert new_definition != definition
+    assert "1.959963984540054" in new_definition[0]["definition"]
+    new_bounds = fetch(scratch_url, BOUNDS)
+    assert [b["value"] for b in new_bounds] == [b["value"] for b in bounds]
+    for old, new in zip(bounds, new_bounds, strict=True):  # the same figures, to 0005's precision
+        assert new["agreement_low"] == pytest.approx(old["agreement_low"], abs=1e-6)
+        assert new["agreement_high"] == pytest.approx(old["agreement_high"], abs=1e-6)
+
+    command.downgrade(config, "0006")
+    assert asyncio.run(current_revision(scratch_url)) == "0006"
+    assert fetch(scratch_url, VIEW_DEFINITION) == definition
+    assert fetch(scratch_url, VIEW_SHAPE) == shape
+    assert fetch(scratch_url, BOUNDS) == bounds
+
+    command.upgrade(config, "0007")  # and up again
+    assert fetch(scratch_url, VIEW_DEFINITION) == new_definition
+    assert fetch(scratch_url, VIEW_SHAPE) == shape
+    assert fetch(scratch_url, BOUNDS) == new_bounds
+

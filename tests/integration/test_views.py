@@ -1,9 +1,9 @@
-"""The analyst views of migration 0005, on rows inserted with SQL, and the indexes they use."""
+"""The analyst views of migration 0005 (agreement_daily's interval as of 0007), on rows inserted
+with SQL, and the indexes they use."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -12,8 +12,13 @@ import asyncpg
 import orjson
 import pytest
 
-from gateway.db.engine import plain_dsn
+from gateway.config import GatewayConfig
+from gateway.core.statistics import wilson_interval
+from gateway.db.engine import create_engine, plain_dsn
+from gateway.protocol.reports import Window
+from gateway.services.reports import Reports
 from tests.support.db import execute, fetch
+from tests.support.gateway import route
 
 DAY1 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
@@ -64,13 +69,6 @@ def session(url: str, *statements: str) -> list[dict[str, Any]]:
             await connection.close()
 
     return asyncio.run(run())
-
-
-def wilson(agreed: int, compared: int, z: float = 1.959964) -> tuple[float, float]:
-    p = agreed / compared
-    centre = p + z * z / (2 * compared)
-    spread = z * math.sqrt(p * (1 - p) / compared + z * z / (4 * compared * compared))
-    return (centre - spread) / (1 + z * z / compared), (centre + spread) / (1 + z * z / compared)
 
 
 # --- disagreements -----------------------------------------------------------------------------
@@ -160,9 +158,9 @@ def test_agreement_daily_counts_every_dimension_and_the_route_total(clean_db: st
         assert found["agreed"] == agreed
         assert found["disagreed"] == len(compared) - agreed
         assert found["agreement"] == pytest.approx(agreed / len(compared))
-        low, high = wilson(agreed, len(compared))
-        assert found["agreement_low"] == pytest.approx(low, abs=1e-6)
-        assert found["agreement_high"] == pytest.approx(high, abs=1e-6)
+        low, high = wilson_interval(agreed, len(compared))
+        assert found["agreement_low"] == pytest.approx(low, abs=1e-12)
+        assert found["agreement_high"] == pytest.approx(high, abs=1e-12)
         assert found["student_served"] == sum(1 for r in members if r["served_by"] == "student")
         assert found["fallbacks"] == sum(1 for r in members if r["fallback_reason"])
         assert found["mean_confidence"] == pytest.approx(0.5)
@@ -185,6 +183,73 @@ def test_agreement_is_null_when_nothing_was_compared(clean_db: str) -> None:
     (total,) = fetch(clean_db, "SELECT * FROM agreement_daily")
     assert (total["requests"], total["compared"], total["agreement"]) == (2, 0, None)
     assert (total["agreement_low"], total["agreement_high"]) == (None, None)
+
+
+# (agreed, compared) per tier: everything agreed, nothing agreed, single comparisons, a large
+# slice, small and middling shares; each slice also has one request with no verdict.
+INTERVAL_SLICES = {
+    "all": (7, 7), "none": (0, 9), "one-yes": (1, 1), "one-no": (0, 1), "third": (1, 3),
+    "tenth": (3, 10), "most": (9, 10), "half": (25, 50), "large": (937, 1000),
+}  # fmt: skip
+
+
+def interval_rows() -> list[dict[str, Any]]:
+    rows, n = [], 0
+    for tier, (agreed, compared) in INTERVAL_SLICES.items():
+        for i in range(compared + 1):
+            verdict = None if i == compared else i < agreed
+            rows.append(row(n, slices={"tier": tier}, agree=verdict))
+            n += 1
+    return rows
+
+
+def test_agreement_interval_is_the_reports_wilson_interval(clean_db: str) -> None:
+    """Full-precision z (0007): the bounds the reports give for the same counts, within [0, 1]."""
+    insert(clean_db, interval_rows())
+    daily = fetch(clean_db, "SELECT * FROM agreement_daily")
+    found = {r["value"]: r for r in daily if r["dimension"] == "tier"}
+    assert {v: (r["agreed"], r["compared"]) for v, r in found.items()} == INTERVAL_SLICES
+    for tier, (agreed, compared) in INTERVAL_SLICES.items():
+        low, high = wilson_interval(agreed, compared)
+        assert found[tier]["agreement_low"] == pytest.approx(low, abs=1e-12), tier
+        assert found[tier]["agreement_high"] == pytest.approx(high, abs=1e-12), tier
+    (total,) = [r for r in daily if r["dimension"] == "(all)"]
+    interval = wilson_interval(total["agreed"], total["compared"])
+    assert (total["agreement_low"], total["agreement_high"]) == pytest.approx(interval, abs=1e-12)
+    for r in daily:
+        assert 0.0 <= r["agreement_low"] <= r["agreement"] <= r["agreement_high"] <= 1.0, r
+    for tier in ("all", "one-yes"):
+        assert found[tier]["agreement_high"] == 1.0, tier
+    for tier in ("none", "one-no"):
+        assert found[tier]["agreement_low"] == 0.0, tier
+
+
+def test_agreement_interval_matches_the_slice_report_on_the_same_rows(clean_db: str) -> None:
+    """The slice report (gateway.services.reports) over the same UTC day gives the same bounds."""
+    insert(clean_db, interval_rows())
+    config = GatewayConfig.model_validate(
+        {"routes": [route("support-bot", "http://127.0.0.1:9/v1", ["http://127.0.0.1:9/v1"])]}
+    )
+    day = datetime(DAY1.year, DAY1.month, DAY1.day, tzinfo=UTC)
+
+    async def report() -> dict[str, Any]:
+        engine = create_engine(clean_db, config.database)
+        try:
+            reports = Reports(engine, config)
+            return await reports.slices("support-bot", Window(day, day + timedelta(days=1)))
+        finally:
+            await engine.dispose()
+
+    slices = asyncio.run(report())
+    reported = {(s["dimension"], s["value"]): s for s in slices["slices"]}
+    reported["(all)", "(all)"] = slices["aggregate"]
+    daily = fetch(clean_db, "SELECT * FROM agreement_daily WHERE day = $1", day.date())
+    assert len(daily) == len(reported) == len(INTERVAL_SLICES) + 1
+    for r in daily:
+        line = reported[r["dimension"], r["value"]]
+        assert (line["samples"], line["agreed"]) == (r["compared"], r["agreed"])
+        assert r["agreement_low"] == pytest.approx(line["ci_low"], abs=1e-12), r["value"]
+        assert r["agreement_high"] == pytest.approx(line["ci_high"], abs=1e-12), r["value"]
 
 
 # --- fallbacks per day -------------------------------------------------------------------------
