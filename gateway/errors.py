@@ -169,13 +169,22 @@ class TeacherTimeout(UpstreamError):
 
 
 class TeacherHTTPError(UpstreamError):
-    """The teacher answered with an error status; its body goes back to the app unchanged."""
+    """The teacher answered with an error status; its body goes back to the app unchanged, with
+    the headers that say when to retry (``retry-after``, ``retry-after-ms``, ``x-ratelimit-*``)."""
 
-    def __init__(self, status: int, body: bytes, content_type: str | None) -> None:
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str | None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(f"teacher answered HTTP {status}", code="teacher_error")
         self.upstream_status = status
         self.upstream_body = body
         self.content_type = content_type
+        # the teacher's retry-after and x-ratelimit-* headers, relayed to the app
+        self.headers.update(headers or {})
 
     @property
     def http_status(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
@@ -15,8 +16,9 @@ _log = logging.getLogger("shadow_gateway.api")
 JSON = "application/json"
 
 
-def error_response(exc: GatewayError, request_id: str | None = None) -> Response:
-    headers = {**exc.headers, **({"x-request-id": request_id} if request_id else {})}
+def error_response(exc: GatewayError, ids: Mapping[str, str] | None = None) -> Response:
+    """The error in OpenAI's shape; ``ids`` are the request's id headers (``x-request-id``)."""
+    headers = {**exc.headers, **(ids or {})}
     return Response(exc.to_body(), status_code=exc.http_status, media_type=JSON, headers=headers)
 
 

@@ -1,4 +1,4 @@
-"""``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models``.
+"""``/v1/chat/completions``, ``/v1/completions``, ``/v1/responses`` and ``/v1/models``.
 
 The two POST handlers are plain Starlette endpoints rather than FastAPI routes: they are the
 hot path, and they need the raw body (to pass the app's JSON upstream untouched), not a
@@ -7,6 +7,7 @@ parsed model. Validation still happens, with :mod:`gateway.protocol.openai`.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from starlette.routing import Route
 
 from gateway.api.errors import JSON, error_response
 from gateway.api.state import GatewayState, gateway_state
-from gateway.core.completions import Endpoint
+from gateway.core.outputs import Endpoint
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -29,8 +30,24 @@ from gateway.errors import (
     RateLimited,
     UnsupportedMediaType,
 )
-from gateway.protocol.openai import ChatCompletionRequest, CompletionRequest, validate_request
+from gateway.protocol.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ResponsesRequest,
+    validate_request,
+)
 from gateway.services.answers import Answer, RequestContext
+
+# An app's own request id is kept and echoed only if it looks like one: no spaces, no control
+# characters, nothing a log line or a header could be bent with.
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+
+
+def client_request_id(request: Request) -> str | None:
+    """The ``X-Request-Id`` (or ``X-Client-Request-Id``) the app sent, if sane."""
+    headers = request.headers
+    found = headers.get("x-request-id") or headers.get("x-client-request-id")
+    return found if found is not None and _CLIENT_REQUEST_ID.fullmatch(found) else None
 
 
 async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
@@ -70,6 +87,10 @@ async def _proxy(request: Request, endpoint: Endpoint) -> Response:
     started = time.perf_counter()
     state = gateway_state(request)
     request_id = f"req_{uuid.uuid4().hex}"
+    client_id = client_request_id(request)
+    ids = {"x-request-id": request_id}
+    if client_id is not None:
+        ids["x-client-request-id"] = client_id
     try:
         state.keys.throttle(state.keys.authenticate(request.headers.get("authorization")))
         body = await read_json_body(request, state.settings.config.server.max_body_bytes)
@@ -80,24 +101,27 @@ async def _proxy(request: Request, endpoint: Endpoint) -> Response:
             started=started,
             created_at=datetime.now(UTC),
             headers=request.headers.items(),
+            client_request_id=client_id,
         )
         answer = await state.proxy.complete(ctx, body, validated.metadata)
     except RateLimited as exc:
         state.metrics.rejected.labels("429").inc()
         state.metrics.rate_limited.labels(exc.key).inc()
-        return error_response(exc, request_id)
+        return error_response(exc, ids)
     except GatewayError as exc:
         if exc.http_status in (400, 401, 403, 404, 408, 413, 415):
             state.metrics.rejected.labels(str(exc.http_status)).inc()
-        return error_response(exc, request_id)
-    headers = {"x-request-id": request_id, **answer.headers}
+        return error_response(exc, ids)
+    headers = {**ids, **answer.headers}
     if isinstance(answer, Answer):
+        # An app that gave up (its timeout) before the answer came must not be logged as served.
+        client_gone = await request.is_disconnected()
         return Response(
             answer.body,
             status_code=answer.status,
             media_type=answer.content_type,
             headers=headers,
-            background=BackgroundTask(answer.after),
+            background=BackgroundTask(answer.after, client_gone),
         )
     headers["cache-control"] = "no-cache"
     headers["x-accel-buffering"] = "no"  # tell proxies in front of us not to buffer SSE
@@ -110,6 +134,10 @@ async def chat_completions(request: Request) -> Response:
 
 async def completions(request: Request) -> Response:
     return await _proxy(request, "text")
+
+
+async def responses(request: Request) -> Response:
+    return await _proxy(request, "responses")
 
 
 def _model_card(state: GatewayState, name: str) -> dict[str, Any]:
@@ -184,7 +212,7 @@ def add_to_openapi(app: FastAPI) -> None:
         schema = build()
         components = schema.setdefault("components", {})
         schemas = components.setdefault("schemas", {})
-        for request_model in (ChatCompletionRequest, CompletionRequest):
+        for request_model in (ChatCompletionRequest, CompletionRequest, ResponsesRequest):
             found = request_model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(found.pop("$defs", {}))
             schemas[request_model.__name__] = found
@@ -229,6 +257,9 @@ def add_to_openapi(app: FastAPI) -> None:
                 "/v1/completions": {
                     "post": _completion_operation("Text completion", "CompletionRequest")
                 },
+                "/v1/responses": {
+                    "post": _completion_operation("Response (Responses API)", "ResponsesRequest")
+                },
                 "/v1/models": {"get": models},
                 "/v1/models/{model}": {"get": model},
             }
@@ -258,6 +289,7 @@ OPENAI_ERROR_SCHEMA: dict[str, Any] = {
 routes = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/responses", responses, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
 ]

@@ -18,6 +18,18 @@ import aiohttp
 from gateway.errors import TeacherHTTPError, TeacherTimeout, TeacherUnreachable
 
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+# Headers of a teacher's error that tell the app when to retry; relayed so the app's client
+# backs off on the teacher's timer. Nothing else is (never its cookies or auth challenges).
+_RELAYED_ERROR_HEADERS = ("retry-after", "retry-after-ms")
+_RELAYED_ERROR_PREFIX = "x-ratelimit-"
+
+
+def relayed_error_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name.lower(): value
+        for name, value in headers.items()
+        if name.lower() in _RELAYED_ERROR_HEADERS or name.lower().startswith(_RELAYED_ERROR_PREFIX)
+    }
 
 
 @dataclass(frozen=True)
@@ -99,7 +111,9 @@ async def call_teacher(
     except (aiohttp.ClientError, OSError) as exc:
         raise TeacherUnreachable(f"cannot reach the teacher: {exc}") from exc
     if response.status >= 400:
-        raise TeacherHTTPError(response.status, payload, content_type)
+        raise TeacherHTTPError(
+            response.status, payload, content_type, relayed_error_headers(response.headers)
+        )
     return UpstreamReply(response.status, payload, content_type)
 
 
@@ -122,7 +136,12 @@ async def open_teacher_stream(
             payload = b""
         finally:
             response.release()
-        raise TeacherHTTPError(response.status, payload, response.headers.get("Content-Type"))
+        raise TeacherHTTPError(
+            response.status,
+            payload,
+            response.headers.get("Content-Type"),
+            relayed_error_headers(response.headers),
+        )
     return TeacherStream(response)
 
 

@@ -230,8 +230,8 @@ def _disagreements_table(result: dict[str, Any]) -> None:
             "-" if item["agreement_score"] is None else f"{item['agreement_score']:.2f}",
             item["agreement_reason"] or "-",
             _short(item["prompt"]),
-            _short(item["teacher_output"]),
-            _short(item["student_output"]),
+            _short(item["teacher_answer"]),
+            _short(item["student_answer"]),
         )
         for item in result["disagreements"]
     ]

@@ -51,13 +51,13 @@ class Agreement:
 Comparator = Callable[[str, str], Agreement]
 
 
-def _check_threshold(threshold: float) -> float:
+def check_threshold(threshold: float) -> float:
     if not (0.0 <= threshold <= 1.0):
         raise ValueError(f"threshold must lie in [0, 1], got {threshold!r}")
     return float(threshold)
 
 
-def _verdict(
+def verdict(
     score: float, threshold: float, reason: str, detail: dict[str, Any] | None = None
 ) -> Agreement:
     """Score against the threshold; ``reason`` is kept only when they do not agree."""
@@ -71,7 +71,7 @@ def _failure(reason: str, detail: dict[str, Any] | None = None) -> Agreement:
     return Agreement(0.0, False, reason, detail)
 
 
-def _safe_text(text: str, limit: int = _MAX_DETAIL_CHARS) -> str:
+def safe_text(text: str, limit: int = _MAX_DETAIL_CHARS) -> str:
     """Text that jsonb accepts: no NUL, no lone surrogates, bounded length."""
     text = text[:limit].replace("\x00", "")
     return text.encode("utf-8", "replace").decode("utf-8")
@@ -82,10 +82,10 @@ def _safe_text(text: str, limit: int = _MAX_DETAIL_CHARS) -> str:
 
 def exact(threshold: float = 1.0) -> Comparator:
     """Byte-for-byte equal text: for routes whose answers are codes, ids or fixed phrases."""
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
 
     def compare(teacher: str, student: str) -> Agreement:
-        return _verdict(1.0 if teacher == student else 0.0, threshold, "text_differs")
+        return verdict(1.0 if teacher == student else 0.0, threshold, "text_differs")
 
     return compare
 
@@ -112,11 +112,11 @@ def normalize_text(text: str) -> str:
 
 def normalized(threshold: float = 1.0) -> Comparator:
     """Equal after :func:`normalize_text`; "Yes." and "yes" agree, "yes" and "no" do not."""
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
 
     def compare(teacher: str, student: str) -> Agreement:
         same = normalize_text(teacher) == normalize_text(student)
-        return _verdict(1.0 if same else 0.0, threshold, "text_differs")
+        return verdict(1.0 if same else 0.0, threshold, "text_differs")
 
     return compare
 
@@ -195,7 +195,7 @@ def lookup(document: Any, path: str) -> Any:
     return current
 
 
-def _detail_value(value: Any) -> Any:
+def detail_value(value: Any) -> Any:
     """A parsed JSON value as stored in detail; big or NUL-bearing ones become a preview."""
     if value is _MISSING:
         return None
@@ -205,12 +205,12 @@ def _detail_value(value: Any) -> Any:
         return "<too deeply nested to store>"
     if len(dumped) <= _MAX_DETAIL_CHARS and b"\\u0000" not in dumped:
         return value
-    return _safe_text(dumped.decode("utf-8").replace("\\u0000", ""))
+    return safe_text(dumped.decode("utf-8").replace("\\u0000", ""))
 
 
 def json_fields(fields: Iterable[str] = (), threshold: float = 1.0) -> Comparator:
     """Parse both answers as JSON; compare the whole document, or the share of named fields."""
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     paths = list(dict.fromkeys(fields))
     for path in paths:
         if not isinstance(path, str) or not path or "" in path.split("."):
@@ -225,8 +225,8 @@ def json_fields(fields: Iterable[str] = (), threshold: float = 1.0) -> Comparato
             return _failure("student_invalid_json")
         if not paths:
             same, where = json_equal(teacher_doc, student_doc)
-            detail = None if same else {"differs_at": _safe_text(where or "")}
-            return _verdict(1.0 if same else 0.0, threshold, "field_mismatch", detail)
+            detail = None if same else {"differs_at": safe_text(where or "")}
+            return verdict(1.0 if same else 0.0, threshold, "field_mismatch", detail)
         report: dict[str, Any] = {}
         equal = 0
         for path in paths:
@@ -237,14 +237,14 @@ def json_fields(fields: Iterable[str] = (), threshold: float = 1.0) -> Comparato
             agree = not missing and json_equal(ours, theirs)[0]
             equal += agree
             entry = {
-                "teacher": _detail_value(ours),
-                "student": _detail_value(theirs),
+                "teacher": detail_value(ours),
+                "student": detail_value(theirs),
                 "agree": agree,
             }
             if missing:
                 entry["missing"] = missing
             report[path] = entry
-        return _verdict(equal / len(paths), threshold, "field_mismatch", {"fields": report})
+        return verdict(equal / len(paths), threshold, "field_mismatch", {"fields": report})
 
     return compare
 
@@ -259,7 +259,7 @@ def label(pattern: str, threshold: float = 1.0, ignore_case: bool = True) -> Com
     in the match, else the whole match; the first match in the text wins. ``ignore_case``
     applies both to matching and to comparing.
     """
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     regex = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
 
     def extract(text: str) -> str | None:
@@ -273,7 +273,7 @@ def label(pattern: str, threshold: float = 1.0, ignore_case: bool = True) -> Com
         found = unicodedata.normalize("NFKC", found).strip()
         if ignore_case:
             found = found.casefold()
-        return _safe_text(found) or None
+        return safe_text(found) or None
 
     def compare(teacher: str, student: str) -> Agreement:
         ours, theirs = extract(teacher), extract(student)
@@ -282,7 +282,7 @@ def label(pattern: str, threshold: float = 1.0, ignore_case: bool = True) -> Com
             return _failure("teacher_no_label", detail)
         if theirs is None:
             return _failure("student_no_label", detail)
-        return _verdict(1.0 if ours == theirs else 0.0, threshold, "label_mismatch", detail)
+        return verdict(1.0 if ours == theirs else 0.0, threshold, "label_mismatch", detail)
 
     return compare
 
@@ -315,7 +315,7 @@ def _number_detail(value: float | None) -> float | str | None:
 
 def numeric(abs_tol: float = 0.0, rel_tol: float = 0.0, threshold: float = 1.0) -> Comparator:
     """The first number of each answer, equal within ``math.isclose`` tolerances; score 1/0."""
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     for name, tolerance in (("abs_tol", abs_tol), ("rel_tol", rel_tol)):
         if not (0.0 <= tolerance < math.inf):
             raise ValueError(f"{name} must be a finite number >= 0, got {tolerance!r}")
@@ -328,7 +328,7 @@ def numeric(abs_tol: float = 0.0, rel_tol: float = 0.0, threshold: float = 1.0) 
         if theirs is None:
             return _failure("not_a_number", detail)
         close = math.isclose(ours, theirs, rel_tol=rel_tol, abs_tol=abs_tol)
-        return _verdict(1.0 if close else 0.0, threshold, "outside_tolerance", detail)
+        return verdict(1.0 if close else 0.0, threshold, "outside_tolerance", detail)
 
     return compare
 
@@ -338,7 +338,7 @@ def numeric(abs_tol: float = 0.0, rel_tol: float = 0.0, threshold: float = 1.0) 
 
 def _error_text(exc: BaseException) -> str:
     try:
-        return _safe_text(f"{type(exc).__name__}: {exc}")
+        return safe_text(f"{type(exc).__name__}: {exc}")
     except Exception:  # an exception whose __str__ itself fails
         return type(exc).__name__
 
@@ -366,11 +366,11 @@ def semantic(embed: Embed, threshold: float = 0.8) -> Comparator:
     ``embed`` maps a batch of texts to vectors; a failing or malformed embedding is a
     disagreement with reason ``embed_error``, not an exception in the shadow pipeline.
     """
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
 
     def compare(teacher: str, student: str) -> Agreement:
         if teacher == student:  # no need to run a model to know that
-            return _verdict(1.0, threshold, "below_threshold", {"cosine": 1.0})
+            return verdict(1.0, threshold, "below_threshold", {"cosine": 1.0})
         try:
             vectors = embed([teacher, student])
             similarity = cosine(vectors[0], vectors[1])
@@ -378,7 +378,7 @@ def semantic(embed: Embed, threshold: float = 0.8) -> Comparator:
             return _failure("embed_error", {"error": _error_text(exc)})
         if similarity is None:
             return _failure("embed_error", {"error": "embeddings are empty, unequal or not finite"})
-        return _verdict(similarity, threshold, "below_threshold", {"cosine": similarity})
+        return verdict(similarity, threshold, "below_threshold", {"cosine": similarity})
 
     return compare
 
@@ -400,7 +400,7 @@ def _custom_result(result: object, threshold: float) -> Agreement:
     if isinstance(result, bool | int | float) and isinstance(reason, str | None):
         if math.isnan(result):
             return _failure("custom_error", {"error": "returned a score that is NaN"})
-        return _verdict(float(result), threshold, _safe_text(reason or "below_threshold"))
+        return verdict(float(result), threshold, safe_text(reason or "below_threshold"))
     shape = type(result).__name__ if reason is None else f"({type(result).__name__}, ...)"
     return _failure(
         "custom_error",
@@ -415,7 +415,7 @@ def custom(function: Callable[[str, str], object], threshold: float = 1.0) -> Co
     :class:`Agreement`; anything else, or an exception, is a disagreement with reason
     ``custom_error`` and the message in the detail, so a buggy plug-in cannot break the pipeline.
     """
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
 
     def compare(teacher: str, student: str) -> Agreement:
         try:

@@ -13,7 +13,9 @@ from gateway.core.agreement import normalize_text
 
 
 def prompt_messages(endpoint: str, payload: object) -> list[Any] | None:
-    """The conversation the teacher answered, or None when the app's body was not stored."""
+    """The conversation the teacher answered, in chat form; None when the app's body was not
+    stored, or holds something the chat format cannot say (a Responses API item other than a
+    message, a function call or its output)."""
     if not isinstance(payload, dict):
         return None
     if endpoint == "text":
@@ -21,10 +23,105 @@ def prompt_messages(endpoint: str, payload: object) -> list[Any] | None:
         if isinstance(prompt, list) and prompt:
             prompt = prompt[0]  # the first choice answers the first prompt
         return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else None
+    if endpoint == "responses":
+        return _responses_messages(payload)
     messages = payload.get("messages")
     if isinstance(messages, list) and messages and all(isinstance(m, dict) for m in messages):
         return messages
     return None
+
+
+def _responses_messages(payload: Mapping[str, Any]) -> list[Any] | None:
+    """A Responses API request as chat messages: ``instructions`` as the system message, each
+    input message as itself (its text parts joined), function calls as an assistant message's
+    ``tool_calls`` and their outputs as ``tool`` messages."""
+    messages: list[dict[str, Any]] = []
+    if isinstance(payload.get("instructions"), str):
+        messages.append({"role": "system", "content": payload["instructions"]})
+    items = payload.get("input")
+    if isinstance(items, str):
+        items = [{"role": "user", "content": items}]
+    if not isinstance(items, list) or not items:
+        return None
+    for item in items:
+        if not isinstance(item, dict):
+            return None
+        kind = item.get("type", "message")
+        if kind == "message" and isinstance(item.get("role"), str):
+            content = _responses_text(item.get("content"))
+            if content is None:
+                return None
+            messages.append({"role": item["role"], "content": content})
+        elif kind == "function_call" and isinstance(item.get("name"), str):
+            call = chat_tool_call(item.get("call_id"), item["name"], item.get("arguments"))
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant" and "tool_calls" in last:
+                last["tool_calls"].append(call)  # parallel calls: one assistant turn
+            else:
+                messages.append({"role": "assistant", "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output")
+            text = output if isinstance(output, str) else orjson.dumps(output).decode()
+            messages.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
+        else:
+            return None
+    return messages
+
+
+def _responses_text(content: object) -> str | None:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [part.get("text") for part in content if isinstance(part, dict)]
+        if texts and all(isinstance(text, str) for text in texts):
+            return "".join(text for text in texts if isinstance(text, str))
+    return None  # images, files, audio: not text the chat format carries as a string
+
+
+def chat_tool_call(call_id: object, name: str, arguments: object) -> dict[str, Any]:
+    return {
+        "id": call_id if isinstance(call_id, str) else None,
+        "type": "function",
+        "function": {"name": name, "arguments": arguments if isinstance(arguments, str) else ""},
+    }
+
+
+def chat_tools(endpoint: str, payload: object) -> list[Any] | None:
+    """The function tools the request offered, in the chat format (the Responses API's flat
+    ``{type, name, parameters}`` nested under ``function``); None when it offered none."""
+    tools = payload.get("tools") if isinstance(payload, dict) else None
+    if not isinstance(tools, list):
+        return None
+    found = []
+    for tool in tools:
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            continue
+        if endpoint != "responses":
+            found.append(tool)
+            continue
+        function = {k: v for k, v in tool.items() if k in ("name", "description", "parameters")}
+        found.append({"type": "function", "function": function})
+    return found or None
+
+
+def assistant_message(
+    text: str | None, tool_calls: Sequence[Mapping[str, Any]] | None, refusal: str | None
+) -> dict[str, Any]:
+    """The teacher's answer as the assistant turn of a fine-tuning example: its text, its tool
+    calls (OpenAI's function-calling format), or its refusal, said as the text."""
+    message: dict[str, Any] = {"role": "assistant"}
+    if tool_calls:
+        if text:
+            message["content"] = text
+        message["tool_calls"] = [
+            chat_tool_call(
+                call.get("id") or f"call_{i}", str(call.get("name")), call.get("arguments")
+            )
+            for i, call in enumerate(tool_calls)
+        ]
+        return message
+    message["content"] = text if text else refusal
+    return message
 
 
 def _content_key(content: object) -> str:
@@ -40,11 +137,20 @@ def _content_key(content: object) -> str:
     return orjson.dumps(content, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def prompt_key(messages: Sequence[Mapping[str, Any]]) -> int:
-    """64 bits of the normalised conversation: who said what, case and spacing aside."""
-    canonical = "\x1e".join(
-        f"{message.get('role')}\x1f{_content_key(message.get('content'))}" for message in messages
-    )
+def _message_key(message: Mapping[str, Any]) -> str:
+    key = f"{message.get('role')}\x1f{_content_key(message.get('content'))}"
+    calls = message.get("tool_calls")
+    if calls:  # a tool-calling turn is also what it called, with which arguments
+        key += "\x1f" + orjson.dumps(calls, option=orjson.OPT_SORT_KEYS).decode()
+    return key
+
+
+def prompt_key(messages: Sequence[Mapping[str, Any]], tools: object = None) -> int:
+    """64 bits of the normalised conversation: who said what (and called which tool), case and
+    spacing aside, and the tools it was offered."""
+    canonical = "\x1e".join(_message_key(message) for message in messages)
+    if tools:
+        canonical += "\x1d" + orjson.dumps(tools, option=orjson.OPT_SORT_KEYS).decode()
     digest = hashlib.blake2b(canonical.encode("utf-8", "replace"), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 

@@ -10,6 +10,7 @@ is what a fresh experiment wants.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -18,8 +19,16 @@ from gateway.core.sampling import unit_hash
 Mode = Literal["teacher", "shadow", "rollout"]
 Decision = Literal["teacher_only", "shadow", "student_first"]
 FallbackReason = Literal[
-    "low_confidence", "student_error", "student_timeout", "student_unavailable", "teacher_error"
+    "low_confidence",
+    "student_error",
+    "student_timeout",
+    "student_unavailable",
+    "teacher_error",
+    "server_state",
 ]
+# Responses API fields that name state kept on the teacher's server (an earlier response, a
+# conversation, a stored prompt) or ask it to keep the answer for later (background mode).
+SERVER_STATE_FIELDS = ("previous_response_id", "conversation", "prompt", "background")
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,26 @@ def fallback_reason(
     if confidence is None or confidence < threshold:
         return "low_confidence"
     return None
+
+
+def server_state(endpoint: str, body: Mapping[str, object]) -> str | None:
+    """The field by which a Responses API request leans on the teacher's server state; None
+    when it does not. The student cannot see that state, so such a request is not shadowed."""
+    if endpoint != "responses":
+        return None
+    return next((f for f in SERVER_STATE_FIELDS if body.get(f) not in (None, False, "")), None)
+
+
+def student_may_answer(endpoint: str, body: Mapping[str, object]) -> bool:
+    """Whether the app may get the student's answer for this request.
+
+    A Responses API answer is stored by the teacher unless the app says ``store: false``, and
+    an app continues it later by its id (``previous_response_id``), which only the teacher
+    knows: so the student answers only requests that neither use nor create server state.
+    """
+    if endpoint != "responses":
+        return True
+    return body.get("store") is False and server_state(endpoint, body) is None
 
 
 def teacher_failure_rescuable(teacher_status: int | None) -> bool:

@@ -72,8 +72,13 @@ def slice_labels(
 
 
 def last_user_text(body: Mapping[str, object]) -> str:
-    """The text a route's slice rules look at: the last user message, or the prompt."""
+    """The text a route's slice rules look at: the last user message (chat ``messages``, or the
+    Responses API's ``input`` items), the ``input`` string, or the prompt."""
     messages = body.get("messages")
+    if messages is None:
+        messages = body.get("input")
+        if isinstance(messages, str):
+            return messages
     if isinstance(messages, list):
         for message in reversed(messages):
             if isinstance(message, dict) and message.get("role") == "user":

@@ -17,7 +17,7 @@ free of I/O; ``jsonschema`` is imported only when a schema verifier is built.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,3 +150,58 @@ def function(checker: Callable[[str, Request], object]) -> Verifier:
             return _failed("function_error", _error_text(exc))
 
     return verify
+
+
+# --- tool calls --------------------------------------------------------------------------------
+
+
+def _declared_functions(request: Request) -> dict[str, Any] | None:
+    """The functions the request offered, by name, with their parameter schemas (None when it
+    declared no tools: then any name goes). Chat nests ``function``; the Responses API does not.
+    """
+    tools = request.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return None
+    found: dict[str, Any] = {}
+    for tool in tools:
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            continue
+        nested = tool.get("function")
+        spec: dict[str, Any] = nested if isinstance(nested, dict) else tool
+        if isinstance(spec.get("name"), str):
+            found[spec["name"]] = spec.get("parameters")
+    return found
+
+
+def tool_calls(calls: Sequence[Mapping[str, Any]], request: Request) -> Verification:
+    """A tool-call answer is a training example only if every call names a function the request
+    offered and its arguments are a JSON object valid against that function's ``parameters``.
+
+    Checks: ``tool_call:unknown_function``, ``tool_call:invalid_json``,
+    ``tool_call:schema:<where in the schema>``. Applied to every tool-call answer, whatever the
+    route's own verifier (which judges text answers).
+    """
+    from jsonschema import validators
+    from jsonschema.exceptions import best_match
+
+    declared = _declared_functions(request)
+    for call in calls:
+        name = call.get("name")
+        if declared is not None and name not in declared:
+            return _failed("tool_call:unknown_function", f"{name!r} is not among the tools offered")
+        arguments = call.get("arguments")
+        ok, document = parse_json(arguments) if isinstance(arguments, str) else (False, None)
+        if not ok or not isinstance(document, dict):
+            return _failed("tool_call:invalid_json", f"{name}: the arguments are not a JSON object")
+        schema = declared.get(str(name)) if declared is not None else None
+        if not isinstance(schema, dict):
+            continue
+        try:
+            cls = validators.validator_for(schema)
+            error = best_match(cls(schema).iter_errors(document))
+        except Exception as exc:  # the app's own schema may be broken or pathological
+            return _failed("tool_call:schema_error", _error_text(exc))
+        if error is not None:
+            where = ".".join(str(part) for part in error.relative_schema_path) or "schema"
+            return _failed(f"tool_call:schema:{where}", f"{name}: {error.message}")
+    return PASSED

@@ -72,6 +72,15 @@ requests = Table(
     Column("agreement_reason", Text),
     Column("agreement_detail", JSONB),
     Column("gateway_overhead_ms", Float),
+    # migration 0008: answers that are not plain text, the teacher's reported version, the
+    # app's own request id
+    Column("client_request_id", Text),
+    Column("teacher_tool_calls", JSONB),
+    Column("teacher_refusal", Text),
+    Column("teacher_model_reported", Text),
+    Column("teacher_fingerprint", Text),
+    Column("student_tool_calls", JSONB),
+    Column("student_refusal", Text),
     Index("ix_requests_route_created_at", "route", "created_at"),
     Index("ix_requests_created_at", "created_at"),
     # the UTC day the analyst views (migration 0005) group by, so filtering them on day is fast

@@ -62,20 +62,42 @@ class CompletionRequest(_CommonRequest):
     echo: bool | None = None
 
 
+class ResponsesRequest(_OpenAIModel):
+    """OpenAI's Responses API. ``input`` is a string or a list of items (messages, function
+    calls and their outputs, …), passed through as sent; it may be absent when the request
+    continues a stored response or conversation."""
+
+    model: str = Field(min_length=1)
+    input: str | list[dict[str, Any]] | None = None
+    instructions: str | None = None
+    stream: bool | None = False
+    store: bool | None = None
+    background: bool | None = None
+    previous_response_id: str | None = Field(default=None, min_length=1)
+    conversation: str | dict[str, Any] | None = None
+    include: list[str] | None = None
+    tools: list[dict[str, Any]] | None = None
+    max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    user: str | None = Field(default=None, max_length=512)
+    metadata: Metadata | None = Field(default=None, max_length=16)
+
+
+Request = ChatCompletionRequest | CompletionRequest | ResponsesRequest
+
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {
     "chat": TypeAdapter(ChatCompletionRequest),
     "text": TypeAdapter(CompletionRequest),
+    "responses": TypeAdapter(ResponsesRequest),
 }
 
 
-def validate_request(
-    endpoint: str, body: dict[str, Any]
-) -> ChatCompletionRequest | CompletionRequest:
+def validate_request(endpoint: str, body: dict[str, Any]) -> Request:
     """Validate ``body``; raise :class:`InvalidRequest` naming the first offending field."""
     try:
-        validated: ChatCompletionRequest | CompletionRequest = _ADAPTERS[endpoint].validate_python(
-            body
-        )
+        validated: Request = _ADAPTERS[endpoint].validate_python(body)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         param = _param_path(first["loc"])

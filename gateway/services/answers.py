@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from gateway.core.completions import Endpoint
+from gateway.core.outputs import Endpoint
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,7 @@ class RequestContext:
     started: float  # time.perf_counter() at arrival
     created_at: datetime
     headers: list[tuple[str, str]]
+    client_request_id: str | None = None  # the app's own X-Request-Id, when sane
 
     def header(self, name: str) -> str | None:
         wanted = name.lower()
@@ -24,12 +25,13 @@ class RequestContext:
 
 @dataclass
 class Answer:
-    """A complete answer; ``after`` runs once it has been sent (logging, background calls)."""
+    """A complete answer; ``after`` runs once it has been sent (logging, background calls),
+    told whether the client had gone before it could be (then it was not sent)."""
 
     status: int
     body: bytes
     content_type: str
-    after: Callable[[], Awaitable[None]]
+    after: Callable[[bool], Awaitable[None]]
     headers: dict[str, str] = field(default_factory=dict)
 
 

@@ -26,16 +26,19 @@ from gateway.clients.upstream import (
     open_teacher_stream,
 )
 from gateway.config import GatewayConfig, RouteConfig
-from gateway.core.completions import Endpoint, summarise_stream
+from gateway.core.outputs import Endpoint, Output
 from gateway.core.routing import (
     Decision,
     bucket,
     decide,
+    server_state,
     sticky_key,
+    student_may_answer,
     teacher_failure_rescuable,
 )
 from gateway.core.sampling import shadow_sampled
 from gateway.core.slices import last_user_text, slice_labels
+from gateway.core.streams import summarise_stream
 from gateway.db.writer import LogWriter
 from gateway.errors import GatewayError, RouteNotFound, TeacherHTTPError
 from gateway.metrics import Metrics
@@ -45,9 +48,13 @@ from gateway.services.rollout import Fallback, StudentFirst
 from gateway.shadow.analysis import RouteAnalysis
 from gateway.shadow.dispatcher import ENDPOINT_PATHS, ShadowDispatcher
 from gateway.shadow.records import (
+    CLIENT_GONE,
     STUDENT_NO_STUDENT,
     STUDENT_NOT_SAMPLED,
+    STUDENT_SERVER_STATE,
+    Reading,
     RowIdentity,
+    read_answer,
     student_skipped,
     teacher_half,
 )
@@ -56,7 +63,7 @@ _log = logging.getLogger("shadow_gateway.proxy")
 STUDENT_DISABLED = "disabled"
 
 
-Then = Callable[[str | None], None]  # what follows the teacher's answer, given its text
+Then = Callable[[Output | None], None]  # what follows the teacher's answer, given it
 Rescue = Callable[[], Awaitable[Answer | StreamAnswer | None]]  # the student, for the teacher
 
 
@@ -131,22 +138,31 @@ class ProxyService:
                 slice_labels(metadata, ctx.headers), last_user_text(body)
             ),
             sticky_bucket=sticky,
+            client_request_id=ctx.client_request_id,
         )
         decision = decide(state, sticky)
         fallback: Fallback | None = None
+        fallback_reason: str | None = None
+        servable = student_may_answer(ctx.endpoint, body)
+        if decision == "student_first" and not servable:
+            # The teacher's server holds (or will hold) this exchange: it must answer. The
+            # student is still shadowed where it can be.
+            self._metrics.fallbacks.labels(route.name, "server_state").inc()
+            decision, fallback_reason = "shadow", "server_state"
         if decision == "student_first":
             served = await self._student_first.answer(ctx, route, state, identity, body)
             if not isinstance(served, Fallback):
                 return served
             fallback = served
+            fallback_reason = fallback.reason
         then = self._then(route, identity, body, decision, fallback)
-        reason = fallback.reason if fallback else None
         # The student may stand in for a failed teacher if the route says so and it was not
         # asked already (a rollout fallback) nor switched off (teacher mode).
         rescue: Rescue | None = None
         if (
             route.on_teacher_error == "student"
             and fallback is None
+            and servable
             and decision != "teacher_only"
             and self._dispatcher.has_student(route.name)
         ):
@@ -155,8 +171,8 @@ class ProxyService:
                 return self._student_first.rescue(ctx, route, state, identity, body)
 
         if body.get("stream"):
-            return await self._stream(ctx, route, identity, body, then, reason, rescue)
-        return await self._complete(ctx, route, identity, body, then, reason, rescue)
+            return await self._stream(ctx, route, identity, body, then, fallback_reason, rescue)
+        return await self._complete(ctx, route, identity, body, then, fallback_reason, rescue)
 
     def _then(
         self,
@@ -168,17 +184,13 @@ class ProxyService:
     ) -> Then:
         """After the teacher: shadow the student, or judge the answer it already gave."""
         if fallback is None:
-            return lambda teacher_text: self._start_shadow(
-                route, identity, body, teacher_text, decision
-            )
-        student_text, confidence = fallback.student_text, fallback.confidence
+            return lambda teacher: self._start_shadow(route, identity, body, teacher, decision)
+        student, confidence = fallback.student, fallback.confidence
 
-        def judge(teacher_text: str | None) -> None:
-            if teacher_text is not None and student_text is not None:
+        def judge(teacher: Output | None) -> None:
+            if teacher is not None and student is not None:
                 self._dispatcher.spawn(
-                    self._student_first.judge(
-                        route, identity, teacher_text, student_text, confidence
-                    )
+                    self._student_first.judge(route, identity, teacher, student, confidence)
                 )
 
         return judge
@@ -206,7 +218,8 @@ class ProxyService:
         teacher_latency = finished - teacher_started
         overhead = (finished - ctx.started) - teacher_latency
 
-        async def after() -> None:
+        async def after(client_gone: bool) -> None:
+            answer = read_answer(ctx.endpoint, reply.body)
             record = teacher_half(
                 identity,
                 payload=self._payload(body),
@@ -214,15 +227,15 @@ class ProxyService:
                 stream=False,
                 status_code=reply.status,
                 teacher_status=reply.status,
-                body=reply.body,
-                summary=None,
+                answer=answer,
                 teacher_latency_s=teacher_latency,
                 overhead_s=overhead,
                 completed_at=datetime.now(UTC),
                 fallback_reason=fallback_reason,
+                **(CLIENT_GONE if client_gone else {}),
             )
             self._writer.submit(record)
-            then(record["teacher_output"])
+            then(answer.output)
             self._observe(route, reply.status, teacher_latency, overhead)
 
         content_type = reply.content_type or "application/json"
@@ -233,25 +246,29 @@ class ProxyService:
         route: RouteConfig,
         identity: RowIdentity,
         body: dict[str, Any],
-        teacher_text: str | None,
+        teacher: Output | None,
         decision: Decision,
     ) -> None:
-        """Shadow the request, once the app has its answer (``teacher_text`` if it succeeded).
+        """Shadow the request, once the app has its answer (``teacher``'s, if it succeeded).
 
         Started after the answer rather than beside the teacher call: on a busy core the
         student's reply would otherwise be handled while the teacher's waits (measured: about
         0.4 ms of p50 at 20 req/s; docs/benchmarks.md).
         """
+        error = None
         if decision == "teacher_only":
             status = STUDENT_DISABLED
         elif not self._dispatcher.has_student(route.name):
             status = STUDENT_NO_STUDENT
         elif not shadow_sampled(identity.request_id, route.shadow_sample):
             status = STUDENT_NOT_SAMPLED
+        elif (field := server_state(identity.endpoint, body)) is not None:
+            status = STUDENT_SERVER_STATE
+            error = f"the request's {field} names state only the teacher's server holds"
         else:
-            self._dispatcher.shadow(identity, body, teacher_text)
+            self._dispatcher.shadow(identity, body, teacher)
             return
-        self._writer.submit(student_skipped(identity, status))
+        self._writer.submit(student_skipped(identity, status, error))
 
     async def _stream(
         self,
@@ -293,8 +310,9 @@ class ProxyService:
             finally:
                 teacher_latency = time.perf_counter() - teacher_started
                 summary = summarise_stream(ctx.endpoint, bytes(collected))
+                answer = None if summary.body is None else Reading.of(ctx.endpoint, summary.body)
                 complete = not disconnected and error is None and summary.error is None
-                then(summary.text if complete else None)
+                then(answer.output if complete and answer else None)
                 record = teacher_half(
                     identity,
                     payload=self._payload(body),
@@ -302,8 +320,7 @@ class ProxyService:
                     stream=True,
                     status_code=200,
                     teacher_status=200,
-                    body=None,
-                    summary=summary,
+                    answer=answer,
                     teacher_latency_s=teacher_latency,
                     overhead_s=setup_overhead,
                     completed_at=datetime.now(UTC),
@@ -322,6 +339,7 @@ class ProxyService:
                         else None
                     ),
                     fallback_reason=fallback_reason,
+                    stream_error=summary.error,
                 )
                 self._writer.submit(record)
                 self._observe(route, 200, teacher_latency, setup_overhead)
@@ -369,8 +387,11 @@ class ProxyService:
             stream=bool(body.get("stream")),
             status_code=status,
             teacher_status=teacher_status,
-            body=exc.upstream_body if isinstance(exc, TeacherHTTPError) else None,
-            summary=None,
+            answer=(
+                read_answer(ctx.endpoint, exc.upstream_body)
+                if isinstance(exc, TeacherHTTPError)
+                else None
+            ),
             teacher_latency_s=teacher_latency,
             overhead_s=time.perf_counter() - ctx.started - teacher_latency,
             completed_at=datetime.now(UTC),

@@ -25,18 +25,21 @@ import orjson
 
 from gateway.clients.upstream import Upstream, call_teacher
 from gateway.config import RouteConfig
-from gateway.core.completions import Endpoint, completion_to_sse, strip_logprobs
+from gateway.core.completions import keep_top_logprobs, strip_logprobs
+from gateway.core.outputs import Endpoint, Output
 from gateway.core.routing import RouteState, fallback_reason
 from gateway.core.sampling import shadow_sampled
+from gateway.core.synthesis import answer_to_sse
 from gateway.db.writer import LogWriter
 from gateway.errors import GatewayError, TeacherHTTPError
 from gateway.metrics import Metrics
 from gateway.services.answers import Answer, RequestContext, StreamAnswer
 from gateway.shadow.analysis import RouteAnalysis, Verdict
-from gateway.shadow.dispatcher import ShadowDispatcher
+from gateway.shadow.dispatcher import ShadowDispatcher, StudentCall
 from gateway.shadow.records import (
-    STUDENT_OK,
+    CLIENT_GONE,
     RowIdentity,
+    read_answer,
     student_served,
     student_skipped,
     teacher_audit,
@@ -47,45 +50,24 @@ JSON_TYPE = "application/json"
 
 @dataclass(frozen=True)
 class Fallback:
-    """The teacher must answer; the student's text (if it gave one) is judged against it."""
+    """The teacher must answer; the student's answer (if it gave one) is judged against it."""
 
     reason: str
-    student_text: str | None
+    student: Output | None
     confidence: float | None
 
 
-def _app_wants_logprobs(body: Mapping[str, Any]) -> bool:
-    """Chat asks with ``logprobs: true``, legacy completions with a count (0 included).
+def _app_wants_logprobs(endpoint: Endpoint, body: Mapping[str, Any]) -> bool:
+    """Chat asks with ``logprobs: true``, legacy completions with a count (0 included), the
+    Responses API by including ``message.output_text.logprobs``.
 
     ``false`` is not a request for them, though ``False == 0`` in Python.
     """
+    if endpoint == "responses":
+        include = body.get("include")
+        return isinstance(include, list) and "message.output_text.logprobs" in include
     value = body.get("logprobs")
     return value is True or (isinstance(value, int) and not isinstance(value, bool))
-
-
-def _keep_top_logprobs(parsed: dict[str, Any], top: int) -> dict[str, Any]:
-    """Chat logprobs with at most ``top`` alternatives a token, as many as the app asked for.
-
-    The student is asked for its configured ``top_logprobs`` (the margin method needs them);
-    an app that asked for fewer (none, by default) must not get the gateway's extra ones.
-    """
-    choices = parsed.get("choices")
-    if not isinstance(choices, list):
-        return parsed
-    kept: list[Any] = []
-    for choice in choices:
-        logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
-        if not isinstance(logprobs, dict) or not isinstance(logprobs.get("content"), list):
-            kept.append(choice)
-            continue
-        tokens = [
-            {**token, "top_logprobs": token["top_logprobs"][:top]}
-            if isinstance(token, dict) and isinstance(token.get("top_logprobs"), list)
-            else token
-            for token in logprobs["content"]
-        ]
-        kept.append({**choice, "logprobs": {**logprobs, "content": tokens}})
-    return {**parsed, "choices": kept}
 
 
 class StudentFirst:
@@ -115,16 +97,15 @@ class StudentFirst:
         identity: RowIdentity,
         body: dict[str, Any],
     ) -> Answer | StreamAnswer | Fallback:
-        called = await self._ask(route, identity, body)
-        if called is None:  # no call could be made: bound full or breaker open
+        call = await self._ask(route, identity, body)
+        if call is None:  # no call could be made: bound full or breaker open
             return self._fall_back(route, "student_unavailable", None, None)
-        record, raw = called
-        confidence = record["student_confidence"]
-        reason = fallback_reason(record["student_status"], confidence, state.confidence_threshold)
+        confidence = call.record["student_confidence"]
+        status = call.record["student_status"]
+        reason = fallback_reason(status, confidence, state.confidence_threshold)
         if reason is not None:
-            text = record.get("student_output") if record["student_status"] == STUDENT_OK else None
-            return self._fall_back(route, reason, text, confidence)
-        return self._serve(ctx, route, state, identity, body, record, raw)
+            return self._fall_back(route, reason, call.output, confidence)
+        return self._serve(ctx, route, state, identity, body, call)
 
     async def rescue(
         self,
@@ -135,35 +116,33 @@ class StudentFirst:
         body: dict[str, Any],
     ) -> Answer | StreamAnswer | None:
         """The student's answer in place of a failed teacher's; None if it has none either."""
-        called = await self._ask(route, identity, body)
-        if called is None or called[0]["student_status"] != STUDENT_OK:
+        call = await self._ask(route, identity, body)
+        if call is None or call.output is None:
             return None
-        record, raw = called
         self._metrics.fallbacks.labels(route.name, "teacher_error").inc()
-        return self._serve(ctx, route, state, identity, body, record, raw, "teacher_error")
+        return self._serve(ctx, route, state, identity, body, call, "teacher_error")
 
     async def _ask(
         self, route: RouteConfig, identity: RowIdentity, body: dict[str, Any]
-    ) -> tuple[dict[str, Any], bytes] | None:
+    ) -> StudentCall | None:
         """Ask the student on the response path within the route's budget; its row half (with
         its confidence) is submitted here. None when no call could be made."""
         assert route.student is not None
         budget = route.rollout.student_budget_s or route.student.timeout_s
-        called = await self._dispatcher.call_now(identity, body, budget)
-        if isinstance(called, str):
-            self._writer.submit(student_skipped(identity, called))
+        call = await self._dispatcher.call_now(identity, body, budget)
+        if isinstance(call, str):
+            self._writer.submit(student_skipped(identity, call))
             return None
-        record, raw = called
         analysis = self._analyses[route.name]
-        record["student_confidence"] = analysis.confidence(record.get("student_logprobs"))
-        self._writer.submit(record)
-        return record, raw
+        call.record["student_confidence"] = analysis.confidence(call.record.get("student_logprobs"))
+        self._writer.submit(call.record)
+        return call
 
     def _fall_back(
-        self, route: RouteConfig, reason: str, text: str | None, confidence: float | None
+        self, route: RouteConfig, reason: str, student: Output | None, confidence: float | None
     ) -> Fallback:
         self._metrics.fallbacks.labels(route.name, reason).inc()
-        return Fallback(reason, text, confidence)
+        return Fallback(reason, student, confidence)
 
     def _serve(
         self,
@@ -172,26 +151,27 @@ class StudentFirst:
         state: RouteState,
         identity: RowIdentity,
         body: dict[str, Any],
-        record: dict[str, Any],
-        raw: bytes,
+        call: StudentCall,
         fallback_reason: str | None = None,
     ) -> Answer | StreamAnswer:
         """The student's answer to the app; ``fallback_reason`` when it stands in for the teacher
         (then no audit: the teacher has just failed)."""
-        parsed = orjson.loads(raw)  # parsed before: student_half accepted it as a completion
-        if not _app_wants_logprobs(body):
-            parsed = strip_logprobs(parsed)
-        elif identity.endpoint == "chat":
+        endpoint = identity.endpoint
+        parsed = orjson.loads(call.raw)  # parsed before: student_half accepted it as an answer
+        if not _app_wants_logprobs(endpoint, body):
+            parsed = strip_logprobs(endpoint, parsed)
+        else:
             top = body.get("top_logprobs")
             wanted = top if isinstance(top, int) and not isinstance(top, bool) else 0
-            parsed = _keep_top_logprobs(parsed, wanted)
+            parsed = keep_top_logprobs(endpoint, parsed, wanted)
         stream = bool(body.get("stream"))
-        student_latency = (record.get("student_latency_ms") or 0.0) / 1000.0
+        student_latency = (call.record.get("student_latency_ms") or 0.0) / 1000.0
         overhead = time.perf_counter() - ctx.started - student_latency
-        student_text = record["student_output"]
-        confidence = record.get("student_confidence")
+        student = call.output
+        assert student is not None  # only a usable answer is served
+        confidence = call.record.get("student_confidence")
 
-        def after() -> None:
+        def after(client_gone: bool = False) -> None:
             record = student_served(
                 identity,
                 payload=body if self._store_payloads else None,
@@ -200,19 +180,22 @@ class StudentFirst:
                 overhead_s=overhead,
             )
             record["fallback_reason"] = fallback_reason
+            if client_gone:
+                record.update(CLIENT_GONE)
             self._writer.submit(record)
             self._metrics.requests.labels(route.name, "student", "200").inc()
             self._metrics.overhead.labels(route.name).observe(overhead)
             audit = fallback_reason is None
             if audit and shadow_sampled(f"{identity.request_id}:audit", state.audit_sample):
-                self._dispatcher.spawn(self._audit(route, identity, body, student_text, confidence))
+                self._dispatcher.spawn(self._audit(route, identity, body, student, confidence))
 
         headers = {"x-served-by": "student"}
         if fallback_reason:
             headers["x-fallback-reason"] = fallback_reason
         if stream:
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            events = completion_to_sse(identity.endpoint, parsed, include_usage)
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+            events = answer_to_sse(endpoint, parsed, include_usage=include_usage)
 
             async def chunks() -> AsyncIterator[bytes]:
                 try:
@@ -222,8 +205,8 @@ class StudentFirst:
 
             return StreamAnswer(chunks(), "text/event-stream", headers)
 
-        async def after_answer() -> None:
-            after()
+        async def after_answer(client_gone: bool) -> None:
+            after(client_gone)
 
         return Answer(200, orjson.dumps(parsed), JSON_TYPE, after_answer, headers)
 
@@ -232,7 +215,7 @@ class StudentFirst:
         route: RouteConfig,
         identity: RowIdentity,
         body: dict[str, Any],
-        student_text: str,
+        student: Output,
         confidence: float | None,
     ) -> None:
         """Ask the teacher too (in the background) and compare, so served traffic is measured."""
@@ -242,40 +225,41 @@ class StudentFirst:
         started = time.perf_counter()
         try:
             reply = await call_teacher(self._session, upstream, payload)
+            answer = read_answer(identity.endpoint, reply.body)
             record = teacher_audit(
                 identity,
                 teacher_model=route.teacher.model,
                 status=reply.status,
-                body=reply.body,
+                answer=answer,
                 latency_s=time.perf_counter() - started,
                 error=None,
             )
         except GatewayError as exc:
+            answer = None
             record = teacher_audit(
                 identity,
                 teacher_model=route.teacher.model,
                 status=exc.http_status if isinstance(exc, TeacherHTTPError) else None,
-                body=None,
+                answer=None,
                 latency_s=time.perf_counter() - started,
                 error=exc.message,
             )
-        teacher_text = record.get("teacher_output")
-        if teacher_text is not None:
-            await self.judge(route, identity, teacher_text, student_text, confidence, record)
+        if answer is not None and answer.output is not None:
+            await self.judge(route, identity, answer.output, student, confidence, record)
         self._writer.submit(record)
 
     async def judge(
         self,
         route: RouteConfig,
         identity: RowIdentity,
-        teacher_text: str,
-        student_text: str,
+        teacher: Output,
+        student: Output,
         confidence: float | None,
         record: dict[str, Any] | None = None,
     ) -> None:
         """Compare the two answers; the verdict goes into ``record`` or a row half of its own."""
         analysis = self._analyses[route.name]
-        verdict = Verdict(confidence, await analysis.compare(teacher_text, student_text))
+        verdict = Verdict(confidence, await analysis.compare(teacher, student))
         columns = {k: v for k, v in verdict.columns().items() if k != "student_confidence"}
         if record is None:
             self._writer.submit({**identity.columns(), **columns})

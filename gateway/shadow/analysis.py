@@ -25,7 +25,9 @@ from gateway.config import (
 from gateway.core import agreement
 from gateway.core.agreement import Agreement, Comparator
 from gateway.core.confidence import confidence
+from gateway.core.outputs import Output
 from gateway.core.slices import RouteSliceRules, exported_slices
+from gateway.core.toolcalls import compare_structured
 from gateway.errors import ConfigError
 from gateway.metrics import Metrics
 
@@ -107,24 +109,30 @@ class RouteAnalysis:
         self.allowed = allowed_slices(route, metrics)
         self._confidence_method = route.rollout.confidence
         self._compare = comparator(route.agreement)
+        self._threshold = route.agreement.effective_threshold
         self._blocking = route.agreement.comparator in ("semantic", "custom")
 
     def confidence(self, logprobs: list[Mapping[str, Any]] | None) -> float | None:
         return confidence(self._confidence_method, logprobs)
 
-    async def compare(self, teacher_text: str, student_text: str) -> Agreement:
+    async def compare(self, teacher: Output, student: Output) -> Agreement:
+        """Tool calls and refusals by their own rules; two texts by the route's comparator."""
+        structured = compare_structured(teacher, student, self._threshold)
+        if structured is not None:
+            return structured
+        teacher_text, student_text = teacher.text or "", student.text or ""
         if self._blocking:
             return await asyncio.to_thread(self._compare, teacher_text, student_text)
         return self._compare(teacher_text, student_text)
 
     async def judge(
-        self, teacher_text: str | None, student_text: str, logprobs: list[Mapping[str, Any]] | None
+        self, teacher: Output | None, student: Output, logprobs: list[Mapping[str, Any]] | None
     ) -> Verdict:
-        """Confidence from the logprobs; agreement when the teacher's text is known."""
+        """Confidence from the logprobs; agreement when the teacher's answer is known."""
         score = self.confidence(logprobs)
-        if teacher_text is None:
+        if teacher is None:
             return Verdict(score, None)
-        return Verdict(score, await self.compare(teacher_text, student_text))
+        return Verdict(score, await self.compare(teacher, student))
 
     def observe(
         self, metrics: Metrics, route: str, slices: Mapping[str, str], verdict: Verdict

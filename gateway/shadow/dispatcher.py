@@ -22,7 +22,7 @@ import orjson
 from gateway.clients.upstream import Upstream, call_student, make_upstream
 from gateway.config import RouteConfig, StudentConfig
 from gateway.core.breaker import CircuitBreaker, counts_as_failure
-from gateway.core.completions import Endpoint
+from gateway.core.outputs import Endpoint, Output
 from gateway.db.writer import LogWriter
 from gateway.metrics import Metrics
 from gateway.shadow.analysis import RouteAnalysis
@@ -39,7 +39,23 @@ from gateway.shadow.records import (
 
 _log = logging.getLogger("shadow_gateway.shadow")
 
-ENDPOINT_PATHS: Mapping[Endpoint, str] = {"chat": "/chat/completions", "text": "/completions"}
+ENDPOINT_PATHS: Mapping[Endpoint, str] = {
+    "chat": "/chat/completions",
+    "text": "/completions",
+    "responses": "/responses",
+}
+# What the student is asked for on the Responses API to get its token logprobs.
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
+
+
+@dataclass(frozen=True)
+class StudentCall:
+    """One student call: its row half, its answer (None unless it gave a usable one), its
+    raw body."""
+
+    record: Record
+    output: Output | None
+    raw: bytes
 
 
 @dataclass
@@ -55,23 +71,34 @@ class _RouteStudents:
         return candidates[next(self.cursor) % len(candidates)]
 
 
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def student_request(endpoint: Endpoint, body: Mapping[str, Any], student: StudentConfig) -> bytes:
     """The app's request, re-aimed at the student: its model, no streaming, logprobs on.
 
     At least the route's ``top_logprobs`` alternatives are asked for, more if the app asked
-    for more (a served answer then carries what the app wanted).
+    for more (a served answer then carries what the app wanted). On the Responses API the
+    student keeps nothing (``store: false``) and runs in the foreground.
     """
-    request = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    dropped = ("stream", "stream_options", "background")
+    request = {k: v for k, v in body.items() if k not in dropped}
     request["model"] = student.model
     request["stream"] = False
-    asked = body.get("top_logprobs") if endpoint == "chat" else body.get("logprobs")
-    asked = asked if isinstance(asked, int) and not isinstance(asked, bool) else 0
     if endpoint == "chat":
+        top = max(student.top_logprobs, _count(body.get("top_logprobs")))
         request["logprobs"] = True
-        if max(student.top_logprobs, asked):
-            request["top_logprobs"] = max(student.top_logprobs, asked)
+        if top:
+            request["top_logprobs"] = top
+    elif endpoint == "responses":
+        request["store"] = False
+        request["top_logprobs"] = max(student.top_logprobs, _count(body.get("top_logprobs")))
+        include = body.get("include")
+        include = [i for i in include if i != LOGPROBS_INCLUDE] if isinstance(include, list) else []
+        request["include"] = [*include, LOGPROBS_INCLUDE]
     else:
-        request["logprobs"] = max(student.top_logprobs, asked, 1)
+        request["logprobs"] = max(student.top_logprobs, _count(body.get("logprobs")), 1)
     return orjson.dumps(request)
 
 
@@ -112,14 +139,15 @@ class ShadowDispatcher:
             )
 
     def shadow(
-        self, identity: RowIdentity, body: Mapping[str, Any], teacher_text: str | None
+        self, identity: RowIdentity, body: Mapping[str, Any], teacher: Output | None
     ) -> None:
-        """Start a student call for this request, or record why it is skipped."""
+        """Start a student call for this request, or record why it is skipped; ``teacher`` is
+        the teacher's answer, None when it gave none (then nothing is compared)."""
         skipped = self._admit(identity)
         if skipped is not None:
             self._writer.submit(student_skipped(identity, skipped))
             return
-        self.spawn(self._shadow(identity, body, teacher_text))
+        self.spawn(self._shadow(identity, body, teacher))
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run background work that shutdown waits for (and that is never garbage-collected)."""
@@ -145,8 +173,8 @@ class ShadowDispatcher:
 
     async def _ask(
         self, identity: RowIdentity, body: Mapping[str, Any], timeout_s: float | None = None
-    ) -> tuple[Record, bytes]:
-        """One admitted student call: its row half and raw answer; frees the slot after."""
+    ) -> StudentCall:
+        """One admitted student call; frees the slot after."""
         students = self._routes[identity.route]
         upstream = students.next_upstream(identity.endpoint)
         breaker = students.breaker
@@ -159,7 +187,7 @@ class ShadowDispatcher:
         finally:
             students.in_flight -= 1
             self._metrics.shadow_in_flight.labels(identity.route).dec()
-        record = student_half(
+        record, output = student_half(
             identity, student_model=students.config.model, student_url=upstream.url, reply=reply
         )
         outcome = record["student_status"]
@@ -168,11 +196,11 @@ class ShadowDispatcher:
         self._metrics.shadow_calls.labels(identity.route, outcome).inc()
         if outcome == STUDENT_OK:
             self._metrics.student_latency.labels(identity.route).observe(reply.latency_s)
-        return record, reply.body
+        return StudentCall(record, output, reply.body)
 
     async def call_now(
         self, identity: RowIdentity, body: Mapping[str, Any], budget_s: float
-    ) -> tuple[Record, bytes] | str:
+    ) -> StudentCall | str:
         """Ask the student on the response path (rollout): its row half and its raw answer.
 
         A status instead when no call can be made (bound full, breaker open): a chosen
@@ -184,15 +212,14 @@ class ShadowDispatcher:
         return await self._ask(identity, body, budget_s)
 
     async def _shadow(
-        self, identity: RowIdentity, body: Mapping[str, Any], teacher_text: str | None
+        self, identity: RowIdentity, body: Mapping[str, Any], teacher: Output | None
     ) -> None:
         try:
-            record, _ = await self._ask(identity, body)
-            if record["student_status"] == STUDENT_OK:
+            call = await self._ask(identity, body)
+            record = call.record
+            if call.output is not None:
                 analysis = self._analyses[identity.route]
-                verdict = await analysis.judge(
-                    teacher_text, record["student_output"], record["student_logprobs"]
-                )
+                verdict = await analysis.judge(teacher, call.output, record["student_logprobs"])
                 record.update(verdict.columns())
                 analysis.observe(self._metrics, identity.route, identity.slices, verdict)
             self._writer.submit(record)

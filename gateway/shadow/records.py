@@ -25,15 +25,8 @@ import orjson
 
 from gateway.clients.upstream import StudentReply
 from gateway.config import GatewayConfig, LogWriterConfig, RedactionConfig
-from gateway.core.completions import (
-    Endpoint,
-    StreamSummary,
-    finish_reason,
-    response_text,
-    strip_logprobs,
-    token_logprobs,
-    usage,
-)
+from gateway.core.completions import finish_reason, strip_logprobs, token_logprobs, usage
+from gateway.core.outputs import Endpoint, Output, answer_output
 from gateway.core.redact import CustomPattern, Redactor
 from gateway.db.writer import LogWriter
 from gateway.metrics import Metrics
@@ -48,6 +41,14 @@ STUDENT_CIRCUIT_OPEN = "circuit_open"
 STUDENT_NO_STUDENT = "no_student"
 STUDENT_INVALID = "invalid_response"
 STUDENT_SHUTDOWN = "shutdown"
+STUDENT_SERVER_STATE = "server_state"  # the request needs state only the teacher holds
+
+# A complete (non-stream) answer the client no longer waited for: it closed the connection
+# before the answer was sent (a stream that loses its client says so mid-stream).
+CLIENT_GONE: dict[str, Any] = {
+    "error_type": "client_disconnected",
+    "error_message": "the client closed the connection before the answer was sent",
+}
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class RowIdentity:
     mode: str
     slices: dict[str, str]
     sticky_bucket: float | None = None
+    client_request_id: str | None = None
 
     def columns(self) -> Record:
         return {
@@ -69,7 +71,48 @@ class RowIdentity:
             "mode": self.mode,
             "slices": self.slices,
             "sticky_bucket": self.sticky_bucket,
+            "client_request_id": self.client_request_id,
         }
+
+
+@dataclass(frozen=True)
+class Reading:
+    """An upstream's answer read once: its parsed body and what it said (None: not an answer
+    of the request's endpoint)."""
+
+    body: Any
+    output: Output | None
+
+    @classmethod
+    def of(cls, endpoint: Endpoint, body: Any) -> Reading:
+        return cls(body, answer_output(endpoint, body))
+
+
+def read_answer(endpoint: Endpoint, raw: bytes) -> Reading:
+    """A complete (non-stream) body; one that is not JSON is kept, cut short, as ``unparsed``."""
+    parsed = _parse(raw)
+    if parsed is None and raw:
+        parsed = {"unparsed": raw[:4096].decode("utf-8", "replace")}
+    return Reading.of(endpoint, parsed)
+
+
+def _answer_columns(side: str, endpoint: Endpoint, reading: Reading) -> Record:
+    """``{side}_output``, tool calls, refusal, finish reason and token counts of an answer."""
+    output, body = reading.output, reading.body
+    counts = usage(endpoint, body)
+    return {
+        f"{side}_output": output.text if output else None,
+        f"{side}_tool_calls": output.tool_calls_column() if output else None,
+        f"{side}_refusal": output.refusal if output else None,
+        f"{side}_finish_reason": finish_reason(endpoint, body),
+        f"{side}_prompt_tokens": counts.prompt_tokens,
+        f"{side}_completion_tokens": counts.completion_tokens,
+    }
+
+
+def _string(body: Any, key: str) -> str | None:
+    value = body.get(key) if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -91,16 +134,20 @@ def teacher_half(
     stream: bool,
     status_code: int,
     teacher_status: int | None,
-    body: bytes | None,
-    summary: StreamSummary | None,
+    answer: Reading | None,
     teacher_latency_s: float | None,
     overhead_s: float | None,
     completed_at: datetime,
     error_type: str | None = None,
     error_message: str | None = None,
     fallback_reason: str | None = None,
+    stream_error: dict[str, Any] | None = None,
 ) -> Record:
-    """The columns known once the app has the teacher's answer (or its error)."""
+    """The columns known once the app has the teacher's answer (or its error).
+
+    ``answer`` is the teacher's body read once (a stream's rebuilt into the non-stream shape);
+    ``stream_error`` an error event that arrived in-band in a stream.
+    """
     record = identity.columns()
     record.update(
         completed_at=completed_at,
@@ -117,27 +164,21 @@ def teacher_half(
         gateway_overhead_ms=_ms(overhead_s),
         teacher_error=error_message if error_type else None,
     )
-    if summary is not None:
-        record.update(
-            teacher_output=summary.text,
-            teacher_response=summary.body,
-            teacher_finish_reason=summary.finish_reason,
-            teacher_prompt_tokens=summary.usage.prompt_tokens,
-            teacher_completion_tokens=summary.usage.completion_tokens,
-        )
-        if summary.error is not None and error_type is None:
-            record.update(
-                error_type="stream_error", teacher_error=orjson.dumps(summary.error).decode()
-            )
-    elif body is not None:
-        record.update(teacher_columns(identity.endpoint, body))
+    if answer is not None:
+        record.update(teacher_columns(identity.endpoint, answer))
+    if stream_error is not None and error_type is None:
+        record.update(error_type="stream_error", teacher_error=orjson.dumps(stream_error).decode())
     return record
 
 
 def student_half(
     identity: RowIdentity, *, student_model: str, student_url: str, reply: StudentReply
-) -> Record:
-    """The columns the shadow call produced; an unusable answer is a status, not an error."""
+) -> tuple[Record, Output | None]:
+    """The columns the shadow call produced, and the student's answer when it gave one.
+
+    Any answer of the endpoint's shape is a healthy one, tool calls and refusals included; a
+    body that is not one (not JSON, no choices) is ``invalid_response``, a status, not an error.
+    """
     record = identity.columns()
     record.update(
         student_model=student_model,
@@ -148,26 +189,21 @@ def student_half(
         student_error=reply.error,
     )
     if reply.outcome != STUDENT_OK:
-        return record
-    parsed = _parse(reply.body)
-    text = response_text(identity.endpoint, parsed)
-    if not isinstance(parsed, dict) or text is None:
+        return record, None
+    reading = Reading.of(identity.endpoint, _parse(reply.body))
+    if reading.output is None:
         record.update(
             student_status=STUDENT_INVALID,
             student_error="the student's answer is not a completion: "
             + reply.body[:300].decode("utf-8", "replace"),
         )
-        return record
-    counts = usage(parsed)
+        return record, None
+    record.update(_answer_columns("student", identity.endpoint, reading))
     record.update(
-        student_output=text,
-        student_response=strip_logprobs(parsed),
-        student_logprobs=token_logprobs(identity.endpoint, parsed),
-        student_finish_reason=finish_reason(parsed),
-        student_prompt_tokens=counts.prompt_tokens,
-        student_completion_tokens=counts.completion_tokens,
+        student_response=strip_logprobs(identity.endpoint, reading.body),
+        student_logprobs=token_logprobs(identity.endpoint, reading.body),
     )
-    return record
+    return record, reading.output
 
 
 def student_skipped(identity: RowIdentity, status: str, error: str | None = None) -> Record:
@@ -177,18 +213,13 @@ def student_skipped(identity: RowIdentity, status: str, error: str | None = None
     return record
 
 
-def teacher_columns(endpoint: Endpoint, body: bytes) -> Record:
-    """The teacher_* columns parsed from a complete (non-stream) teacher body."""
-    parsed = _parse(body)
-    if parsed is None and body:
-        parsed = {"unparsed": body[:4096].decode("utf-8", "replace")}
-    counts = usage(parsed)
+def teacher_columns(endpoint: Endpoint, answer: Reading) -> Record:
+    """The teacher_* columns of a complete answer (a stream's, rebuilt)."""
     return {
-        "teacher_output": response_text(endpoint, parsed),
-        "teacher_response": parsed,
-        "teacher_finish_reason": finish_reason(parsed),
-        "teacher_prompt_tokens": counts.prompt_tokens,
-        "teacher_completion_tokens": counts.completion_tokens,
+        **_answer_columns("teacher", endpoint, answer),
+        "teacher_response": answer.body,
+        "teacher_model_reported": _string(answer.body, "model"),
+        "teacher_fingerprint": _string(answer.body, "system_fingerprint"),
     }
 
 
@@ -218,7 +249,7 @@ def teacher_audit(
     *,
     teacher_model: str,
     status: int | None,
-    body: bytes | None,
+    answer: Reading | None,
     latency_s: float,
     error: str | None,
 ) -> Record:
@@ -230,8 +261,8 @@ def teacher_audit(
         teacher_latency_ms=_ms(latency_s),
         teacher_error=error,
     )
-    if body is not None:
-        record.update(teacher_columns(identity.endpoint, body))
+    if answer is not None:
+        record.update(teacher_columns(identity.endpoint, answer))
     return record
 
 
@@ -239,12 +270,21 @@ def teacher_audit(
 _TEXT_COLUMNS = (
     "error_message",
     "teacher_output",
+    "teacher_refusal",
     "teacher_error",
     "student_output",
+    "student_refusal",
     "student_error",
     "agreement_reason",
 )
-_JSON_COLUMNS = ("request_payload", "teacher_response", "student_response", "agreement_detail")
+_JSON_COLUMNS = (
+    "request_payload",
+    "teacher_response",
+    "teacher_tool_calls",
+    "student_response",
+    "student_tool_calls",
+    "agreement_detail",
+)
 
 
 def redactor(config: RedactionConfig) -> Redactor:
@@ -285,13 +325,22 @@ def redact_record(record: Record, redactor: Redactor) -> Record:
     if out.get("slices"):
         out["slices"] = redactor.value(out["slices"], cache)
     if out.get("student_logprobs") is not None:
-        if out.get("student_output") != record.get("student_output"):
+        if _answer_redacted("student", record, out):
             out["student_logprobs"] = _tokenless(out["student_logprobs"])
         else:
             out["student_logprobs"] = redactor.value(out["student_logprobs"], cache)
-    if out.get("teacher_output") != record.get("teacher_output"):
-        out["teacher_response"] = _without_logprobs(out.get("teacher_response"))
+    if _answer_redacted("teacher", record, out) and isinstance(out.get("teacher_response"), dict):
+        endpoint = record.get("endpoint", "chat")  # every half carries it (RowIdentity)
+        out["teacher_response"] = strip_logprobs(endpoint, out["teacher_response"])
     return out
+
+
+def _answer_redacted(side: str, before: Record, after: Record) -> bool:
+    """Did redaction change what ``side`` said (its text, tool calls or refusal)?"""
+    return any(
+        after.get(f"{side}_{part}") != before.get(f"{side}_{part}")
+        for part in ("output", "tool_calls", "refusal")
+    )
 
 
 def _tokenless(logprobs: Any) -> Any:
@@ -310,16 +359,6 @@ def _tokenless(logprobs: Any) -> Any:
         for item in logprobs
         if isinstance(item, dict)
     ]
-
-
-def _without_logprobs(response: Any) -> Any:
-    if isinstance(response, dict) and isinstance(response.get("choices"), list):
-        choices = [
-            {**choice, "logprobs": None} if isinstance(choice, dict) else choice
-            for choice in response["choices"]
-        ]
-        return {**response, "choices": choices}
-    return response
 
 
 class RedactingWriter(LogWriter):

@@ -26,12 +26,13 @@ import pytest
 from gateway.core.completions import token_logprobs
 from gateway.core.confidence import confidence
 from gateway.demo.stack import STUDENT_MODEL, demo_model_dir, route_config
-from gateway.demo.task import DEMO_MIX, examples, solve
+from gateway.demo.task import DEMO_MIX, examples, solve, teacher_answer
 from gateway.demo.teacher import ThreadedServer, create_teacher_app
 from tests.integration.conftest import rows
 from tests.support.db import wait_for
 from tests.support.gateway import GatewayServer
 from tests.support.process import BIN
+from tests.support.upstream import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDENT_PYTHON = ROOT / ".venv-student" / "bin" / "python"
@@ -333,3 +334,40 @@ def test_rollout_falls_back_exactly_where_confidence_is_below_the_threshold(
             served["teacher"] += 1
     assert served["student"] > 0, served
     assert served["teacher"] > 0, served
+
+
+def test_the_responses_api_is_shadowed_to_vllm_and_compared(
+    make_gateway: Callable[..., GatewayServer],
+    app_key: str,
+    clean_db: str,
+    teacher: FakeOpenAI,
+    student_url: str,
+) -> None:
+    """vLLM serves the Responses API too: the student's request (no storing, logprobs asked
+    through ``include``) is one vLLM accepts, and its answer is judged like a chat answer."""
+    teacher.reset_behavior(answer=teacher_answer)
+    spec = route_config(teacher.base_url.removesuffix("/v1"), student_url.removesuffix("/v1"), 0.8)
+    spec["teacher"]["model"] = "teacher-model"
+    gateway = make_gateway([spec])
+    prompts = PROMPTS[:6]
+    with openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=app_key, max_retries=0) as client:
+        for index, prompt in enumerate(prompts):
+            if index % 2:
+                with client.responses.stream(model="dates", input=prompt) as stream:
+                    assert stream.get_final_response().output_text == teacher_answer(prompt)
+            else:
+                answer = client.responses.create(model="dates", input=prompt, temperature=0)
+                assert answer.output_text == teacher_answer(prompt)
+    found = logged(clean_db, len(prompts))
+    assert {row["endpoint"] for row in found} == {"responses"}
+    for row in found:
+        prompt = row["request_payload"]["input"]
+        assert row["student_status"] == "ok", row["student_error"]
+        answer, score = vllm_confidence(student_url, prompt)
+        assert row["student_output"] == answer
+        assert row["student_confidence"] == pytest.approx(
+            confidence("min_prob", row["student_logprobs"])
+        )
+        assert row["student_confidence"] == pytest.approx(score, abs=2e-3)
+        assert row["agree"] is (answer == teacher_answer(prompt))
+        assert row["slices"]["style"] in {"iso", "us", "written", "relative"}

@@ -250,3 +250,50 @@ def test_0007_changes_only_the_interval_and_downgrades_to_the_0006_view(scratch_
     assert fetch(scratch_url, VIEW_SHAPE) == shape
     assert fetch(scratch_url, BOUNDS) == new_bounds
 
+
+# --- 0008: tool calls, refusals, the teacher's version, the app's request id -------------------
+
+NEW_COLUMNS = (
+    "client_request_id",
+    "teacher_tool_calls",
+    "teacher_refusal",
+    "teacher_model_reported",
+    "teacher_fingerprint",
+    "student_tool_calls",
+    "student_refusal",
+)
+COLUMNS_OF = (
+    "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 "
+    "AND NOT attisdropped ORDER BY attnum"
+)
+DISAGREEMENTS_DEFINITION = "SELECT pg_get_viewdef('disagreements'::regclass) AS definition"
+
+
+def test_0008_adds_the_answer_columns_and_downgrades_to_the_0007_schema(scratch_url: str) -> None:
+    config = alembic_config(scratch_url)
+    command.upgrade(config, "0007")
+    execute(scratch_url, ROWS)
+    rows_before, views = fetch(scratch_url, SNAPSHOT), fetch(scratch_url, VIEWS)
+    view_before = fetch(scratch_url, DISAGREEMENTS_DEFINITION)
+    view_columns = [r["attname"] for r in fetch(scratch_url, COLUMNS_OF, "disagreements")]
+
+    command.upgrade(config, "0008")
+    columns = [r["attname"] for r in fetch(scratch_url, COLUMNS_OF, "requests")]
+    assert columns[-len(NEW_COLUMNS) :] == list(NEW_COLUMNS)
+    assert fetch(scratch_url, VIEWS) == views  # the same rows in every view
+    widened = [r["attname"] for r in fetch(scratch_url, COLUMNS_OF, "disagreements")]
+    assert widened[: len(view_columns)] == view_columns  # earlier columns kept, in order
+    assert widened[len(view_columns) :] == [
+        "teacher_tool_calls",
+        "student_tool_calls",
+        "teacher_refusal",
+        "student_refusal",
+        "client_request_id",
+    ]
+
+    command.downgrade(config, "0007")
+    assert fetch(scratch_url, SNAPSHOT) == rows_before
+    assert fetch(scratch_url, DISAGREEMENTS_DEFINITION) == view_before
+    assert [r["attname"] for r in fetch(scratch_url, COLUMNS_OF, "disagreements")] == view_columns
+    command.upgrade(config, "head")
+    assert asyncio.run(current_revision(scratch_url)) == head_revision()

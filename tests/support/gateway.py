@@ -50,6 +50,7 @@ class GatewayServer:
     """The real app in a thread (:class:`gateway.demo.teacher.ThreadedServer`)."""
 
     def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
         self.metrics = Metrics(CollectorRegistry())
         self.app = create_app(load_settings(config_path), self.metrics)
         self._server = ThreadedServer(self.app, name="gateway")

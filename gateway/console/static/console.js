@@ -176,7 +176,7 @@ function diffColumn(title, parts, tag) {
 }
 
 function disagreementItem(row) {
-  const [teacher, student] = wordDiff(row.teacher_output, row.student_output);
+  const [teacher, student] = wordDiff(row.teacher_answer, row.student_answer);
   const slices = Object.entries(row.slices ?? {}).map(([k, v]) => `${k}=${v}`).join(", ");
   const fmt = (v) => (v === null || v === undefined ? "–" : Number(v).toFixed(2));
   return el("article", { class: "disagreement", "data-request-id": row.request_id },

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.config import VerifierConfig
 from gateway.core import verify
-from gateway.core.examples import prompt_key, prompt_messages
+from gateway.core.examples import assistant_message, chat_tools, prompt_key, prompt_messages
 from gateway.db.tables import requests
 from gateway.services.export.model import (
     ExportError,
@@ -210,23 +210,37 @@ class Exporter:
                 stratum.examples += 1
 
     def _consider(self, row: Any, result: ExportResult, out: AtomicFile) -> bool:
-        """Write the row's example unless it is dropped (and counted); whether it was written."""
-        messages = prompt_messages(row.endpoint, row.request_payload)
+        """Write the row's example unless it is dropped (and counted); whether it was written.
+
+        A tool-call answer is checked against the tools the request offered
+        (:func:`verify.tool_calls`); the route's verifier judges the other answers' text.
+        """
+        payload = row.request_payload
+        messages = prompt_messages(row.endpoint, payload)
         if messages is None:
             result.no_prompt += 1
             return False
-        if self._verifier is not None:
-            outcome = self._verifier(row.teacher_output, row.request_payload)
-            if not outcome.ok:
-                result.count_failure(row.request_id, outcome)
-                return False
-        key = prompt_key(messages)
+        outcome = None
+        if row.teacher_tool_calls:
+            outcome = verify.tool_calls(row.teacher_tool_calls, payload)
+        elif self._verifier is not None:
+            outcome = self._verifier(row.teacher_output or row.teacher_refusal or "", payload)
+        if outcome is not None and not outcome.ok:
+            result.count_failure(row.request_id, outcome)
+            return False
+        tools = chat_tools(row.endpoint, payload)
+        key = prompt_key(messages, tools)
         if key in self._seen:
             result.duplicates += 1
             return False
         self._seen.add(key)
-        answer = {"role": "assistant", "content": row.teacher_output}
-        out.write(orjson.dumps({"messages": [*messages, answer]}) + b"\n")
+        answer = assistant_message(row.teacher_output, row.teacher_tool_calls, row.teacher_refusal)
+        example: dict[str, Any] = {"messages": [*messages, answer]}
+        if tools:
+            example["tools"] = tools
+            if isinstance(payload.get("parallel_tool_calls"), bool):
+                example["parallel_tool_calls"] = payload["parallel_tool_calls"]
+        out.write(orjson.dumps(example) + b"\n")
         result.examples += 1
         result.per_slice.update((row.slices or {}).items())
         result.first_example = min(result.first_example or row.created_at, row.created_at)

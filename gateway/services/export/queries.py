@@ -19,11 +19,17 @@ COLUMNS = (
     requests.c.slices,
     requests.c.request_payload,
     requests.c.teacher_output,
+    requests.c.teacher_tool_calls,
+    requests.c.teacher_refusal,
 )
+# The teacher gave a whole answer: text, tool calls or a refusal.
 ANSWERED = and_(
     requests.c.teacher_status == 200,
-    requests.c.teacher_output.is_not(None),
-    requests.c.teacher_output != "",
+    or_(
+        requests.c.teacher_output != "",
+        requests.c.teacher_tool_calls.is_not(None),
+        requests.c.teacher_refusal.is_not(None),
+    ),
     requests.c.teacher_error.is_(None),
 )
 USABLE = and_(ANSWERED, requests.c.teacher_finish_reason.is_distinct_from("length"))

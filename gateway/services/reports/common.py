@@ -23,7 +23,8 @@ TEXT_PARTS_COUNTED = 32
 
 
 def last_user_text_sql(payload: str) -> str:
-    """SQL for :func:`gateway.core.slices.last_user_text` of a jsonb column (NULL if NULL).
+    """SQL for :func:`gateway.core.slices.last_user_text` of a jsonb column (NULL if NULL),
+    chat ``messages``, the Responses API's ``input`` and completion prompts alike.
 
     No subqueries, so Postgres can scan in parallel: jsonpath finds the last user message,
     and a content-parts message joins its first :data:`TEXT_PARTS_COUNTED` text parts.
@@ -37,6 +38,9 @@ def last_user_text_sql(payload: str) -> str:
         """'strict $[*] ? (@.text.type() == "string").text', '{}', true)"""
     )
     joined = ", ".join(f"{parts} ->> {i}" for i in range(TEXT_PARTS_COUNTED))
+    responses = last.replace("$.messages", "$.input")
+    responses_parts = parts.replace(last, responses)
+    responses_joined = ", ".join(f"{responses_parts} ->> {i}" for i in range(TEXT_PARTS_COUNTED))
     return (
         f"CASE WHEN {payload} IS NULL THEN NULL"
         # the usual case, a chat whose last message is the user's text: no search
@@ -47,6 +51,13 @@ def last_user_text_sql(payload: str) -> str:
         f" CASE jsonb_typeof({last} -> 'content')"
         f" WHEN 'string' THEN {last} ->> 'content'"
         f" WHEN 'array' THEN concat_ws(' ', {joined})"
+        " ELSE '' END"
+        # the Responses API: an input string, or the last user item of an input list
+        f" WHEN jsonb_typeof({payload} -> 'input') = 'string' THEN {payload} ->> 'input'"
+        f" WHEN jsonb_typeof({payload} -> 'input') = 'array' THEN"
+        f" CASE jsonb_typeof({responses} -> 'content')"
+        f" WHEN 'string' THEN {responses} ->> 'content'"
+        f" WHEN 'array' THEN concat_ws(' ', {responses_joined})"
         " ELSE '' END"
         f" WHEN jsonb_typeof({payload} -> 'prompt') = 'string' THEN {payload} ->> 'prompt'"
         f" WHEN jsonb_typeof({payload} -> 'prompt' -> 0) = 'string'"

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Text, literal_column, select, tuple_
 
+from gateway.core.outputs import Output
 from gateway.db.tables import requests
 from gateway.protocol.reports import Window, encode_cursor, iso_time
 from gateway.services.reports.common import ReportsBase, last_user_text_sql
@@ -40,6 +41,10 @@ class DisagreementReport(ReportsBase):
             prompt,
             r.teacher_output,
             r.student_output,
+            r.teacher_tool_calls,
+            r.student_tool_calls,
+            r.teacher_refusal,
+            r.student_refusal,
             r.student_confidence,
             r.agreement_score,
             r.agreement_reason,
@@ -90,6 +95,17 @@ class DisagreementReport(ReportsBase):
                     "prompt": row.prompt,
                     "teacher_output": row.teacher_output,
                     "student_output": row.student_output,
+                    "teacher_tool_calls": row.teacher_tool_calls,
+                    "student_tool_calls": row.student_tool_calls,
+                    "teacher_refusal": row.teacher_refusal,
+                    "student_refusal": row.student_refusal,
+                    # one readable line each: the text, name(arguments) calls, or the refusal
+                    "teacher_answer": Output.from_columns(
+                        row.teacher_output, row.teacher_tool_calls, row.teacher_refusal
+                    ).describe(),
+                    "student_answer": Output.from_columns(
+                        row.student_output, row.student_tool_calls, row.student_refusal
+                    ).describe(),
                     "student_confidence": row.student_confidence,
                     "agreement_score": row.agreement_score,
                     "agreement_reason": row.agreement_reason,
