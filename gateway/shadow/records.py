@@ -26,7 +26,7 @@ import orjson
 from gateway.clients.upstream import StudentReply
 from gateway.config import GatewayConfig, LogWriterConfig, RedactionConfig
 from gateway.core.completions import finish_reason, strip_logprobs, token_logprobs, usage
-from gateway.core.outputs import Endpoint, Output, answer_output
+from gateway.core.outputs import Endpoint, Output, answer_output, as_dict, as_str
 from gateway.core.redact import CustomPattern, Redactor
 from gateway.db.writer import LogWriter
 from gateway.metrics import Metrics
@@ -108,11 +108,6 @@ def _answer_columns(side: str, endpoint: Endpoint, reading: Reading) -> Record:
         f"{side}_prompt_tokens": counts.prompt_tokens,
         f"{side}_completion_tokens": counts.completion_tokens,
     }
-
-
-def _string(body: Any, key: str) -> str | None:
-    value = body.get(key) if isinstance(body, dict) else None
-    return value if isinstance(value, str) else None
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -218,8 +213,8 @@ def teacher_columns(endpoint: Endpoint, answer: Reading) -> Record:
     return {
         **_answer_columns("teacher", endpoint, answer),
         "teacher_response": answer.body,
-        "teacher_model_reported": _string(answer.body, "model"),
-        "teacher_fingerprint": _string(answer.body, "system_fingerprint"),
+        "teacher_model_reported": as_str(as_dict(answer.body).get("model")),
+        "teacher_fingerprint": as_str(as_dict(answer.body).get("system_fingerprint")),
     }
 
 
