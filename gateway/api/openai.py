@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,6 +49,27 @@ def client_request_id(request: Request) -> str | None:
     headers = request.headers
     found = headers.get("x-request-id") or headers.get("x-client-request-id")
     return found if found is not None and _CLIENT_REQUEST_ID.fullmatch(found) else None
+
+
+def client_gone(request: Request) -> bool:
+    """Whether the app has closed its connection, asked without waiting for anything.
+
+    Once the body is read, an ASGI server's ``receive()`` returns ``http.disconnect`` at once
+    if the client has gone, and otherwise waits for that. So ``receive()`` is started and, if
+    it would wait, closed before it does (its wait is unregistered as it closes): about 5 us,
+    where Starlette's ``is_disconnected`` (an anyio cancel scope around the same call) costs
+    about 70 us, 6 % of a request at full load (measured; docs/benchmarks.md).
+    """
+    pending = request.receive()
+    if not isinstance(pending, Coroutine):
+        return False
+    try:
+        pending.send(None)
+    except StopIteration as done:
+        message = done.value
+        return isinstance(message, dict) and message.get("type") == "http.disconnect"
+    pending.close()
+    return False
 
 
 async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
@@ -115,13 +137,12 @@ async def _proxy(request: Request, endpoint: Endpoint) -> Response:
     headers = {**ids, **answer.headers}
     if isinstance(answer, Answer):
         # An app that gave up (its timeout) before the answer came must not be logged as served.
-        client_gone = await request.is_disconnected()
         return Response(
             answer.body,
             status_code=answer.status,
             media_type=answer.content_type,
             headers=headers,
-            background=BackgroundTask(answer.after, client_gone),
+            background=BackgroundTask(answer.after, client_gone(request)),
         )
     headers["cache-control"] = "no-cache"
     headers["x-accel-buffering"] = "no"  # tell proxies in front of us not to buffer SSE
