@@ -68,7 +68,12 @@ DB_UNAVAILABLE = (
 def _json(value: Any) -> str | None:
     if value is None:
         return None
-    return _JSON_NUL.sub(rb"\1", orjson.dumps(value)).decode()
+    dumped = orjson.dumps(value)
+    # The regex costs ~70 ns a byte (it is tried at every position): ~0.1 ms for an answer
+    # with logprobs. Only the rare document holding an escaped NUL needs it.
+    if b"\\u0000" in dumped:
+        dumped = _JSON_NUL.sub(rb"\1", dumped)
+    return dumped.decode()
 
 
 def _column_arrays(batch: list[Record]) -> list[list[Any]]:
