@@ -23,6 +23,8 @@ from gateway.api.errors import (
 )
 from gateway.api.limits import BodyDeadline
 from gateway.api.state import GatewayState
+from gateway.clients.students import StudentPool
+from gateway.clients.teacher import Teacher
 from gateway.clients.upstream import new_session
 from gateway.config import Settings, load_settings
 from gateway.db.engine import create_engine, plain_dsn
@@ -70,12 +72,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         )
         await writer.start()
         teacher_session = new_session(max_connections=0)  # 0: unlimited; the app bounds it
-        student_session = new_session(
-            max_connections=sum(r.student.max_concurrency for r in config.routes if r.student)
-        )
-        dispatcher = ShadowDispatcher(
-            student_session, config.routes, upstream_keys, writer, metrics, analyses
-        )
+        student_session = new_session(max_connections=StudentPool.connections(config.routes))
+        teacher = Teacher(teacher_session, config.routes, upstream_keys)
+        students = StudentPool(student_session, config.routes, upstream_keys)
+        dispatcher = ShadowDispatcher(students, writer, metrics, analyses)
         control = ControlPlane(engine, config, metrics)
         try:
             await control.seed()
@@ -96,16 +96,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             settings=settings,
             metrics=metrics,
             keys=keys,
-            proxy=ProxyService(
-                config,
-                upstream_keys,
-                teacher_session,
-                dispatcher,
-                writer,
-                metrics,
-                analyses,
-                control,
-            ),
+            proxy=ProxyService(config, teacher, dispatcher, writer, metrics, analyses, control),
             control=control,
             dispatcher=dispatcher,
             writer=writer,

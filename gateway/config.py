@@ -29,7 +29,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.core import verify
-from gateway.errors import ConfigError
+from gateway.core.routing import Mode
+from gateway.errors import ConfigError, RouteNotFound
 
 DEFAULT_CONFIG_PATH = "shadow-gateway.yaml"
 Scope = Literal["app", "sre", "analyst"]
@@ -245,7 +246,7 @@ class RouteConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     teacher: TeacherConfig
     student: StudentConfig | None = None
-    mode: Literal["teacher", "shadow", "rollout"] = "shadow"
+    mode: Mode = "shadow"
     shadow_sample: float = Field(default=1.0, ge=0.0, le=1.0)
     rollout: RolloutConfig = RolloutConfig()
     agreement: AgreementConfig = AgreementConfig()
@@ -386,6 +387,19 @@ class GatewayConfig(_Strict):
 
     def route(self, name: str) -> RouteConfig | None:
         return self._routes_by_name.get(name)
+
+    def find_route(self, name: str, *, param: str = "route") -> RouteConfig:
+        """The route called ``name``; else RouteNotFound naming the routes there are (apps
+        know routes as models: ``param="model"`` says it in their words)."""
+        found = self._routes_by_name.get(name)
+        if found is not None:
+            return found
+        known = ", ".join(sorted(self._routes_by_name))
+        if param == "model":
+            message = f"The model '{name}' does not exist. Models (routes) served here: {known}."
+        else:
+            message = f"Unknown route '{name}'. Routes: {known}."
+        raise RouteNotFound(message, param=param)
 
     @cached_property
     def _routes_by_name(self) -> dict[str, RouteConfig]:

@@ -245,9 +245,6 @@ class Metrics:
         )
 
 
-MODES = ("teacher", "shadow", "rollout")
-
-
 def describe_routes(config: GatewayConfig, metrics: Metrics) -> None:
     """Export each route's critical-slice bars (mode and percent come from the control plane)."""
     for route in config.routes:

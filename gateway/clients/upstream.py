@@ -15,9 +15,16 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from gateway.core.outputs import Endpoint
 from gateway.errors import TeacherHTTPError, TeacherTimeout, TeacherUnreachable
 
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+# Where each endpoint lives below an upstream's base URL (``…/v1``).
+ENDPOINT_PATHS: Mapping[Endpoint, str] = {
+    "chat": "/chat/completions",
+    "text": "/completions",
+    "responses": "/responses",
+}
 # Headers of a teacher's error that tell the app when to retry; relayed so the app's client
 # backs off on the teacher's timer. Nothing else is (never its cookies or auth challenges).
 _RELAYED_ERROR_HEADERS = ("retry-after", "retry-after-ms")

@@ -36,7 +36,6 @@ from gateway.services.reports import (
     DEFAULT_PSI_THRESHOLD,
     Reports,
     reference_dataset,
-    route_config,
 )
 
 Handler = Callable[[argparse.Namespace], int]
@@ -59,7 +58,7 @@ def _arguments_checked(handler: Handler) -> Handler:
 def _run(args: argparse.Namespace, work: Callable[[Reports], Any]) -> dict[str, Any]:
     settings = load_settings(args.config)
     try:
-        route_config(settings.config, args.route)
+        settings.config.find_route(args.route)
     except GatewayError as exc:
         raise CommandError(exc.message) from exc
 

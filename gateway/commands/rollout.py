@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.commands.common import CommandError, default_actor, with_engine
 from gateway.config import load_settings
 from gateway.core.confidence import METHODS
-from gateway.metrics import MODES, Metrics
+from gateway.core.routing import MODES
+from gateway.metrics import Metrics
 from gateway.services.control import ControlPlane
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, get_args
 
 from gateway.core.sampling import unit_hash
 
 Mode = Literal["teacher", "shadow", "rollout"]
+MODES: tuple[Mode, ...] = get_args(Mode)
 Decision = Literal["teacher_only", "shadow", "student_first"]
 FallbackReason = Literal[
     "low_confidence",

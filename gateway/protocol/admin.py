@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.config import ConfidenceMethod
+from gateway.core.routing import Mode
 
 
 class _Body(BaseModel):
@@ -16,7 +15,7 @@ class _Body(BaseModel):
 class RouteChange(_Body):
     """Any subset of a route's knobs, and a required reason (it goes into route_events)."""
 
-    mode: Literal["teacher", "shadow", "rollout"] | None = None
+    mode: Mode | None = None
     rollout_percent: float | None = Field(default=None, ge=0, le=100)
     confidence_threshold: float | None = Field(default=None, ge=0, le=1)
     confidence_method: ConfidenceMethod | None = None

@@ -23,11 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import GatewayConfig, RouteConfig
 from gateway.core.confidence import METHODS
-from gateway.core.routing import RouteState
+from gateway.core.routing import MODES, RouteState
 from gateway.db.notify import ROUTES_CHANNEL
 from gateway.db.tables import rollout_plans, route_events, route_state
 from gateway.errors import InvalidRequest, RouteNotFound
-from gateway.metrics import MODES, Metrics
+from gateway.metrics import Metrics
 
 _log = logging.getLogger("shadow_gateway.control")
 KNOBS = ("mode", "rollout_percent", "confidence_threshold", "confidence_method", "audit_sample")
@@ -93,7 +93,7 @@ def validate_change(route: RouteConfig, changes: dict[str, Any]) -> None:
 class ControlPlane:
     def __init__(self, engine: AsyncEngine, config: GatewayConfig, metrics: Metrics) -> None:
         self._engine = engine
-        self._routes = {route.name: route for route in config.routes}
+        self._config = config
         self._metrics = metrics
         self._states = {route.name: seed_state(route) for route in config.routes}
         self._export_all()
@@ -104,11 +104,7 @@ class ControlPlane:
         return self._states[route]
 
     def route(self, name: str) -> RouteConfig:
-        found = self._routes.get(name)
-        if found is None:
-            known = ", ".join(sorted(self._routes))
-            raise RouteNotFound(f"Unknown route '{name}'. Routes: {known}.", param="route")
-        return found
+        return self._config.find_route(name)
 
     # -- keeping the copy current ------------------------------------------------------------
 
@@ -139,7 +135,7 @@ class ControlPlane:
         async with self._engine.connect() as connection:
             rows = (await connection.execute(select(route_state))).all()
         for row in rows:
-            if row.route in self._routes:
+            if row.route in self._states:
                 self._states[row.route] = _from_row(row)
         self._export_all()
 

@@ -16,29 +16,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import orjson
 
-from gateway.clients.upstream import Upstream, call_teacher
-from gateway.config import RouteConfig
+from gateway.clients.teacher import Teacher
 from gateway.core.completions import keep_top_logprobs, strip_logprobs
 from gateway.core.outputs import Endpoint, Output
-from gateway.core.routing import RouteState, fallback_reason
+from gateway.core.routing import fallback_reason
 from gateway.core.sampling import shadow_sampled
 from gateway.core.synthesis import answer_to_sse
 from gateway.db.writer import LogWriter
 from gateway.errors import GatewayError, TeacherHTTPError
 from gateway.metrics import Metrics
-from gateway.services.answers import Answer, RequestContext, StreamAnswer
+from gateway.services.answers import Answer, StreamAnswer
+from gateway.services.exchange import Exchange, Fallback
 from gateway.shadow.analysis import RouteAnalysis, Verdict
 from gateway.shadow.dispatcher import ShadowDispatcher, StudentCall
 from gateway.shadow.records import (
     CLIENT_GONE,
-    RowIdentity,
+    Reading,
     read_answer,
     student_served,
     student_skipped,
@@ -46,15 +44,6 @@ from gateway.shadow.records import (
 )
 
 JSON_TYPE = "application/json"
-
-
-@dataclass(frozen=True)
-class Fallback:
-    """The teacher must answer; the student's answer (if it gave one) is judged against it."""
-
-    reason: str
-    student: Output | None
-    confidence: float | None
 
 
 def _app_wants_logprobs(endpoint: Endpoint, body: Mapping[str, Any]) -> bool:
@@ -74,89 +63,62 @@ class StudentFirst:
     def __init__(
         self,
         dispatcher: ShadowDispatcher,
-        session: aiohttp.ClientSession,
-        teachers: Mapping[tuple[str, Endpoint], Upstream],
+        teacher: Teacher,
         writer: LogWriter,
         metrics: Metrics,
         analyses: Mapping[str, RouteAnalysis],
         store_payloads: bool,
     ) -> None:
         self._dispatcher = dispatcher
-        self._session = session
-        self._teachers = teachers
+        self._teacher = teacher
         self._writer = writer
         self._metrics = metrics
         self._analyses = analyses
         self._store_payloads = store_payloads
 
-    async def answer(
-        self,
-        ctx: RequestContext,
-        route: RouteConfig,
-        state: RouteState,
-        identity: RowIdentity,
-        body: dict[str, Any],
-    ) -> Answer | StreamAnswer | Fallback:
-        call = await self._ask(route, identity, body)
+    async def answer(self, ex: Exchange) -> Answer | StreamAnswer | Fallback:
+        """The student's answer for a chosen request, or why the teacher must answer."""
+        call = await self._ask(ex)
         if call is None:  # no call could be made: bound full or breaker open
-            return self._fall_back(route, "student_unavailable", None, None)
-        confidence = call.record["student_confidence"]
+            return self._fall_back(ex, Fallback("student_unavailable"))
+        confidence = call.record.get("student_confidence")
         status = call.record["student_status"]
-        reason = fallback_reason(status, confidence, state.confidence_threshold)
+        reason = fallback_reason(status, confidence, ex.state.confidence_threshold)
         if reason is not None:
-            return self._fall_back(route, reason, call.output, confidence)
-        return self._serve(ctx, route, state, identity, body, call)
+            return self._fall_back(ex, Fallback(reason, True, call.output, confidence))
+        return self._serve(ex, call)
 
-    async def rescue(
-        self,
-        ctx: RequestContext,
-        route: RouteConfig,
-        state: RouteState,
-        identity: RowIdentity,
-        body: dict[str, Any],
-    ) -> Answer | StreamAnswer | None:
+    async def rescue(self, ex: Exchange) -> Answer | StreamAnswer | None:
         """The student's answer in place of a failed teacher's; None if it has none either."""
-        call = await self._ask(route, identity, body)
+        call = await self._ask(ex)
         if call is None or call.output is None:
             return None
-        self._metrics.fallbacks.labels(route.name, "teacher_error").inc()
-        return self._serve(ctx, route, state, identity, body, call, "teacher_error")
+        self._metrics.fallbacks.labels(ex.route.name, "teacher_error").inc()
+        return self._serve(ex, call, stands_in=True)
 
-    async def _ask(
-        self, route: RouteConfig, identity: RowIdentity, body: dict[str, Any]
-    ) -> StudentCall | None:
+    async def _ask(self, ex: Exchange) -> StudentCall | None:
         """Ask the student on the response path within the route's budget; its row half (with
         its confidence) is submitted here. None when no call could be made."""
-        assert route.student is not None
-        budget = route.rollout.student_budget_s or route.student.timeout_s
-        call = await self._dispatcher.call_now(identity, body, budget)
+        student = ex.route.student
+        assert student is not None
+        budget = ex.route.rollout.student_budget_s or student.timeout_s
+        call = await self._dispatcher.call_now(ex.identity, ex.body, budget)
         if isinstance(call, str):
-            self._writer.submit(student_skipped(identity, call))
+            self._writer.submit(student_skipped(ex.identity, call))
             return None
-        analysis = self._analyses[route.name]
-        call.record["student_confidence"] = analysis.confidence(call.record.get("student_logprobs"))
         self._writer.submit(call.record)
         return call
 
-    def _fall_back(
-        self, route: RouteConfig, reason: str, student: Output | None, confidence: float | None
-    ) -> Fallback:
-        self._metrics.fallbacks.labels(route.name, reason).inc()
-        return Fallback(reason, student, confidence)
+    def _fall_back(self, ex: Exchange, fallback: Fallback) -> Fallback:
+        self._metrics.fallbacks.labels(ex.route.name, fallback.reason).inc()
+        return fallback
 
     def _serve(
-        self,
-        ctx: RequestContext,
-        route: RouteConfig,
-        state: RouteState,
-        identity: RowIdentity,
-        body: dict[str, Any],
-        call: StudentCall,
-        fallback_reason: str | None = None,
+        self, ex: Exchange, call: StudentCall, stands_in: bool = False
     ) -> Answer | StreamAnswer:
-        """The student's answer to the app; ``fallback_reason`` when it stands in for the teacher
-        (then no audit: the teacher has just failed)."""
-        endpoint = identity.endpoint
+        """The student's answer to the app; ``stands_in`` when it answers for a failed teacher
+        (``teacher_error``; then no audit: the teacher has just failed)."""
+        endpoint, body, identity = ex.endpoint, ex.body, ex.identity
         parsed = orjson.loads(call.raw)  # parsed before: student_half accepted it as an answer
         if not _app_wants_logprobs(endpoint, body):
             parsed = strip_logprobs(endpoint, parsed)
@@ -164,35 +126,35 @@ class StudentFirst:
             top = body.get("top_logprobs")
             wanted = top if isinstance(top, int) and not isinstance(top, bool) else 0
             parsed = keep_top_logprobs(endpoint, parsed, wanted)
-        stream = bool(body.get("stream"))
         student_latency = (call.record.get("student_latency_ms") or 0.0) / 1000.0
-        overhead = time.perf_counter() - ctx.started - student_latency
+        overhead = time.perf_counter() - ex.ctx.started - student_latency
         student = call.output
         assert student is not None  # only a usable answer is served
         confidence = call.record.get("student_confidence")
+        reason = "teacher_error" if stands_in else None
 
         def after(client_gone: bool = False) -> None:
             record = student_served(
                 identity,
                 payload=body if self._store_payloads else None,
-                stream=stream,
+                stream=ex.stream,
                 completed_at=datetime.now(UTC),
                 overhead_s=overhead,
+                fallback_reason=reason,
             )
-            record["fallback_reason"] = fallback_reason
             if client_gone:
                 record.update(CLIENT_GONE)
             self._writer.submit(record)
-            self._metrics.requests.labels(route.name, "student", "200").inc()
-            self._metrics.overhead.labels(route.name).observe(overhead)
-            audit = fallback_reason is None
-            if audit and shadow_sampled(f"{identity.request_id}:audit", state.audit_sample):
-                self._dispatcher.spawn(self._audit(route, identity, body, student, confidence))
+            self._metrics.requests.labels(ex.route.name, "student", "200").inc()
+            self._metrics.overhead.labels(ex.route.name).observe(overhead)
+            audited = shadow_sampled(f"{identity.request_id}:audit", ex.state.audit_sample)
+            if not stands_in and audited:
+                self._dispatcher.spawn(self._audit(ex, student, confidence))
 
         headers = {"x-served-by": "student"}
-        if fallback_reason:
-            headers["x-fallback-reason"] = fallback_reason
-        if stream:
+        if reason:
+            headers["x-fallback-reason"] = reason
+        if ex.stream:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             events = answer_to_sse(endpoint, parsed, include_usage=include_usage)
@@ -210,59 +172,48 @@ class StudentFirst:
 
         return Answer(200, orjson.dumps(parsed), JSON_TYPE, after_answer, headers)
 
-    async def _audit(
-        self,
-        route: RouteConfig,
-        identity: RowIdentity,
-        body: dict[str, Any],
-        student: Output,
-        confidence: float | None,
-    ) -> None:
+    async def _audit(self, ex: Exchange, student: Output, confidence: float | None) -> None:
         """Ask the teacher too (in the background) and compare, so served traffic is measured."""
-        upstream = self._teachers[route.name, identity.endpoint]
-        request = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        route, identity = ex.route, ex.identity
+        request = {k: v for k, v in ex.body.items() if k not in ("stream", "stream_options")}
         payload = orjson.dumps({**request, "model": route.teacher.model, "stream": False})
         started = time.perf_counter()
+        answer: Reading | None = None
+        status: int | None = None
+        error: str | None = None
         try:
-            reply = await call_teacher(self._session, upstream, payload)
-            answer = read_answer(identity.endpoint, reply.body)
-            record = teacher_audit(
-                identity,
-                teacher_model=route.teacher.model,
-                status=reply.status,
-                answer=answer,
-                latency_s=time.perf_counter() - started,
-                error=None,
-            )
+            reply = await self._teacher.call(route.name, ex.endpoint, payload)
+            answer = read_answer(ex.endpoint, reply.body)
+            status, error = reply.status, None
         except GatewayError as exc:
-            answer = None
-            record = teacher_audit(
-                identity,
-                teacher_model=route.teacher.model,
-                status=exc.http_status if isinstance(exc, TeacherHTTPError) else None,
-                answer=None,
-                latency_s=time.perf_counter() - started,
-                error=exc.message,
-            )
+            status = exc.http_status if isinstance(exc, TeacherHTTPError) else None
+            error = exc.message
+        record = teacher_audit(
+            identity,
+            teacher_model=route.teacher.model,
+            status=status,
+            answer=answer,
+            latency_s=time.perf_counter() - started,
+            error=error,
+        )
         if answer is not None and answer.output is not None:
-            await self.judge(route, identity, answer.output, student, confidence, record)
+            await self.judge(ex, answer.output, student, confidence, record)
         self._writer.submit(record)
 
     async def judge(
         self,
-        route: RouteConfig,
-        identity: RowIdentity,
+        ex: Exchange,
         teacher: Output,
         student: Output,
         confidence: float | None,
         record: dict[str, Any] | None = None,
     ) -> None:
         """Compare the two answers; the verdict goes into ``record`` or a row half of its own."""
-        analysis = self._analyses[route.name]
+        analysis = self._analyses[ex.route.name]
         verdict = Verdict(confidence, await analysis.compare(teacher, student))
         columns = {k: v for k, v in verdict.columns().items() if k != "student_confidence"}
         if record is None:
-            self._writer.submit({**identity.columns(), **columns})
+            self._writer.submit({**ex.identity.columns(), **columns})
         else:
             record.update(columns)
-        analysis.observe(self._metrics, route.name, identity.slices, verdict)
+        analysis.observe(self._metrics, ex.route.name, ex.identity.slices, verdict)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,7 +112,7 @@ class RouteAnalysis:
         self._threshold = route.agreement.effective_threshold
         self._blocking = route.agreement.comparator in ("semantic", "custom")
 
-    def confidence(self, logprobs: list[Mapping[str, Any]] | None) -> float | None:
+    def confidence(self, logprobs: Sequence[Mapping[str, Any]] | None) -> float | None:
         return confidence(self._confidence_method, logprobs)
 
     async def compare(self, teacher: Output, student: Output) -> Agreement:
@@ -125,14 +125,8 @@ class RouteAnalysis:
             return await asyncio.to_thread(self._compare, teacher_text, student_text)
         return self._compare(teacher_text, student_text)
 
-    async def judge(
-        self, teacher: Output | None, student: Output, logprobs: list[Mapping[str, Any]] | None
-    ) -> Verdict:
-        """Confidence from the logprobs; agreement when the teacher's answer is known."""
-        score = self.confidence(logprobs)
-        if teacher is None:
-            return Verdict(score, None)
-        return Verdict(score, await self.compare(teacher, student))
+    async def verdict(self, teacher: Output, student: Output, confidence: float | None) -> Verdict:
+        return Verdict(confidence, await self.compare(teacher, student))
 
     def observe(
         self, metrics: Metrics, route: str, slices: Mapping[str, str], verdict: Verdict

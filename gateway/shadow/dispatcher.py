@@ -9,19 +9,17 @@ or teacher latency. Every task is referenced until done (a set plus ``add_done_c
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
-from gateway.clients.upstream import Upstream, call_student, make_upstream
-from gateway.config import RouteConfig, StudentConfig
-from gateway.core.breaker import CircuitBreaker, counts_as_failure
+from gateway.clients.students import Student, StudentPool
+from gateway.config import StudentConfig
+from gateway.core.breaker import counts_as_failure
 from gateway.core.outputs import Endpoint, Output
 from gateway.db.writer import LogWriter
 from gateway.metrics import Metrics
@@ -39,36 +37,18 @@ from gateway.shadow.records import (
 
 _log = logging.getLogger("shadow_gateway.shadow")
 
-ENDPOINT_PATHS: Mapping[Endpoint, str] = {
-    "chat": "/chat/completions",
-    "text": "/completions",
-    "responses": "/responses",
-}
 # What the student is asked for on the Responses API to get its token logprobs.
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 
 @dataclass(frozen=True)
 class StudentCall:
-    """One student call: its row half, its answer (None unless it gave a usable one), its
-    raw body."""
+    """One student call: its row half (with its confidence), its answer (None unless it gave
+    a usable one), its raw body."""
 
     record: Record
     output: Output | None
     raw: bytes
-
-
-@dataclass
-class _RouteStudents:
-    config: StudentConfig
-    upstreams: dict[Endpoint, list[Upstream]]
-    cursor: Iterator[int]
-    breaker: CircuitBreaker
-    in_flight: int = 0
-
-    def next_upstream(self, endpoint: Endpoint) -> Upstream:
-        candidates = self.upstreams[endpoint]
-        return candidates[next(self.cursor) % len(candidates)]
 
 
 def _count(value: object) -> int:
@@ -105,49 +85,27 @@ def student_request(endpoint: Endpoint, body: Mapping[str, Any], student: Studen
 class ShadowDispatcher:
     def __init__(
         self,
-        session: aiohttp.ClientSession,
-        routes: list[RouteConfig],
-        api_keys: Mapping[str, str],
+        students: StudentPool,
         writer: LogWriter,
         metrics: Metrics,
         analyses: Mapping[str, RouteAnalysis],
     ) -> None:
-        self._session = session
+        self._students = students
         self._analyses = analyses
         self._writer = writer
         self._metrics = metrics
         self._tasks: set[asyncio.Task[None]] = set()
-        self._routes: dict[str, _RouteStudents] = {}
-        for route in routes:
-            student = route.student
-            if student is None:
-                continue
-            key = api_keys.get(student.api_key_env) if student.api_key_env else None
-            self._routes[route.name] = _RouteStudents(
-                config=student,
-                upstreams={
-                    endpoint: [
-                        make_upstream(
-                            str(url), path, key, student.timeout_s, student.connect_timeout_s
-                        )
-                        for url in student.base_urls
-                    ]
-                    for endpoint, path in ENDPOINT_PATHS.items()
-                },
-                cursor=itertools.count(),
-                breaker=CircuitBreaker(student.breaker_failures, student.breaker_cooldown_s),
-            )
 
     def shadow(
         self, identity: RowIdentity, body: Mapping[str, Any], teacher: Output | None
     ) -> None:
         """Start a student call for this request, or record why it is skipped; ``teacher`` is
         the teacher's answer, None when it gave none (then nothing is compared)."""
-        skipped = self._admit(identity)
-        if skipped is not None:
-            self._writer.submit(student_skipped(identity, skipped))
+        admitted = self._admit(identity)
+        if isinstance(admitted, str):
+            self._writer.submit(student_skipped(identity, admitted))
             return
-        self.spawn(self._shadow(identity, body, teacher))
+        self.spawn(self._shadow(admitted, identity, body, teacher))
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run background work that shutdown waits for (and that is never garbage-collected)."""
@@ -156,39 +114,50 @@ class ShadowDispatcher:
         task.add_done_callback(self._tasks.discard)
 
     def has_student(self, route: str) -> bool:
-        return route in self._routes
+        return self._students.of(route) is not None
 
-    def _admit(self, identity: RowIdentity) -> str | None:
-        """Take a call slot; or the reason there is none (bound full, breaker open)."""
-        students = self._routes[identity.route]
-        if students.in_flight >= students.config.max_concurrency:
+    def _admit(self, identity: RowIdentity) -> Student | str:
+        """Take a call slot of the route's student; or the reason there is none (bound full,
+        breaker open)."""
+        student = self._students.of(identity.route)
+        assert student is not None  # callers check has_student
+        if student.full:
             self._metrics.shadow_dropped.labels(identity.route).inc()
             return STUDENT_DROPPED
-        if not students.breaker.allow(time.monotonic()):
+        if not student.allowed_now():
             self._metrics.circuit_skipped.labels(identity.route).inc()
             return STUDENT_CIRCUIT_OPEN
-        students.in_flight += 1
+        student.in_flight += 1
         self._metrics.shadow_in_flight.labels(identity.route).inc()
-        return None
+        return student
 
     async def _ask(
-        self, identity: RowIdentity, body: Mapping[str, Any], timeout_s: float | None = None
+        self,
+        student: Student,
+        identity: RowIdentity,
+        body: Mapping[str, Any],
+        timeout_s: float | None = None,
     ) -> StudentCall:
-        """One admitted student call; frees the slot after."""
-        students = self._routes[identity.route]
-        upstream = students.next_upstream(identity.endpoint)
-        breaker = students.breaker
+        """One admitted student call, with its confidence; frees the slot after."""
+        breaker = student.breaker
         try:
-            payload = student_request(identity.endpoint, body, students.config)
-            reply = await call_student(self._session, upstream, payload, timeout_s=timeout_s)
+            payload = student_request(identity.endpoint, body, student.config)
+            upstream, reply = await student.call(
+                self._students.session, identity.endpoint, payload, timeout_s
+            )
         except asyncio.CancelledError:
             breaker.probe_in_flight = False  # a cancelled probe proved nothing
             raise
         finally:
-            students.in_flight -= 1
+            student.in_flight -= 1
             self._metrics.shadow_in_flight.labels(identity.route).dec()
+        analysis = self._analyses[identity.route]
         record, output = student_half(
-            identity, student_model=students.config.model, student_url=upstream.url, reply=reply
+            identity,
+            student_model=student.config.model,
+            student_url=upstream.url,
+            reply=reply,
+            confidence=analysis.confidence,
         )
         outcome = record["student_status"]
         breaker.record(not counts_as_failure(outcome, reply.status), time.monotonic())
@@ -206,20 +175,24 @@ class ShadowDispatcher:
         A status instead when no call can be made (bound full, breaker open): a chosen
         student that cannot take the call is unavailable, never waited for.
         """
-        skipped = self._admit(identity)
-        if skipped is not None:
-            return skipped
-        return await self._ask(identity, body, budget_s)
+        admitted = self._admit(identity)
+        if isinstance(admitted, str):
+            return admitted
+        return await self._ask(admitted, identity, body, budget_s)
 
     async def _shadow(
-        self, identity: RowIdentity, body: Mapping[str, Any], teacher: Output | None
+        self,
+        student: Student,
+        identity: RowIdentity,
+        body: Mapping[str, Any],
+        teacher: Output | None,
     ) -> None:
         try:
-            call = await self._ask(identity, body)
+            call = await self._ask(student, identity, body)
             record = call.record
-            if call.output is not None:
+            if call.output is not None and teacher is not None:
                 analysis = self._analyses[identity.route]
-                verdict = await analysis.judge(teacher, call.output, record["student_logprobs"])
+                verdict = await analysis.verdict(teacher, call.output, record["student_confidence"])
                 record.update(verdict.columns())
                 analysis.observe(self._metrics, identity.route, identity.slices, verdict)
             self._writer.submit(record)

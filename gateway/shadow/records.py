@@ -15,7 +15,7 @@ queued, journaled on disk or written to Postgres.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -137,21 +137,21 @@ def teacher_half(
     error_message: str | None = None,
     fallback_reason: str | None = None,
     stream_error: dict[str, Any] | None = None,
+    served: bool = True,
 ) -> Record:
     """The columns known once the app has the teacher's answer (or its error).
 
     ``answer`` is the teacher's body read once (a stream's rebuilt into the non-stream shape);
-    ``stream_error`` an error event that arrived in-band in a stream.
+    ``stream_error`` an error event that arrived in-band in a stream. ``served`` is False when
+    the teacher failed and the student stood in: then what the app got (``served_by``,
+    ``status_code``, its error) comes with the student's served half, and the failure stays in
+    the teacher's columns.
     """
     record = identity.columns()
     record.update(
         completed_at=completed_at,
-        served_by="teacher",
         fallback_reason=fallback_reason,
         stream=stream,
-        status_code=status_code,
-        error_type=error_type,
-        error_message=error_message,
         request_payload=payload,
         teacher_model=teacher_model,
         teacher_status=teacher_status,
@@ -159,6 +159,13 @@ def teacher_half(
         gateway_overhead_ms=_ms(overhead_s),
         teacher_error=error_message if error_type else None,
     )
+    if served:
+        record.update(
+            served_by="teacher",
+            status_code=status_code,
+            error_type=error_type,
+            error_message=error_message,
+        )
     if answer is not None:
         record.update(teacher_columns(identity.endpoint, answer))
     if stream_error is not None and error_type is None:
@@ -167,9 +174,15 @@ def teacher_half(
 
 
 def student_half(
-    identity: RowIdentity, *, student_model: str, student_url: str, reply: StudentReply
+    identity: RowIdentity,
+    *,
+    student_model: str,
+    student_url: str,
+    reply: StudentReply,
+    confidence: Callable[[list[dict[str, Any]] | None], float | None],
 ) -> tuple[Record, Output | None]:
-    """The columns the shadow call produced, and the student's answer when it gave one.
+    """The columns the student call produced (its confidence from its logprobs, by the route's
+    method), and the student's answer when it gave one.
 
     Any answer of the endpoint's shape is a healthy one, tool calls and refusals included; a
     body that is not one (not JSON, no choices) is ``invalid_response``, a status, not an error.
@@ -194,9 +207,11 @@ def student_half(
         )
         return record, None
     record.update(_answer_columns("student", identity.endpoint, reading))
+    logprobs = token_logprobs(identity.endpoint, reading.body)
     record.update(
         student_response=strip_logprobs(identity.endpoint, reading.body),
-        student_logprobs=token_logprobs(identity.endpoint, reading.body),
+        student_logprobs=logprobs,
+        student_confidence=confidence(logprobs),
     )
     return record, reading.output
 
@@ -225,11 +240,14 @@ def student_served(
     stream: bool,
     completed_at: datetime,
     overhead_s: float,
+    fallback_reason: str | None = None,
 ) -> Record:
-    """The columns of a request the student answered (rollout)."""
+    """The columns of a request the student answered (rollout; ``fallback_reason``
+    ``teacher_error`` when it stood in for a failed teacher)."""
     record = identity.columns()
     record.update(
         served_by="student",
+        fallback_reason=fallback_reason,
         status_code=200,
         stream=stream,
         completed_at=completed_at,

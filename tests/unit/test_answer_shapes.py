@@ -122,12 +122,17 @@ def reply(body: object) -> StudentReply:
     return StudentReply("ok", 200, orjson.dumps(body), 0.01)
 
 
+def no_confidence(logprobs: object) -> None:
+    return None
+
+
 def test_a_student_that_calls_tools_or_refuses_is_healthy() -> None:
     record, output = student_half(
         IDENTITY,
         student_model="s",
         student_url="u",
         reply=reply(chat_body({"content": None, "tool_calls": [CALL]}, "tool_calls")),
+        confidence=no_confidence,
     )
     assert record["student_status"] == "ok"
     assert record["student_output"] is None
@@ -137,12 +142,20 @@ def test_a_student_that_calls_tools_or_refuses_is_healthy() -> None:
     assert record["student_finish_reason"] == "tool_calls"
     assert output is not None
     record, _ = student_half(
-        IDENTITY, student_model="s", student_url="u", reply=reply(chat_body({"refusal": "no"}))
+        IDENTITY,
+        student_model="s",
+        student_url="u",
+        reply=reply(chat_body({"refusal": "no"})),
+        confidence=no_confidence,
     )
     assert record["student_status"] == "ok"
     assert record["student_refusal"] == "no"
     record, output = student_half(
-        IDENTITY, student_model="s", student_url="u", reply=reply({"object": "error"})
+        IDENTITY,
+        student_model="s",
+        student_url="u",
+        reply=reply({"object": "error"}),
+        confidence=no_confidence,
     )
     assert record["student_status"] == "invalid_response"
     assert output is None

@@ -24,7 +24,6 @@ from gateway.services.reports.common import (
     TEXT_PARTS_COUNTED,
     configured_dimensions,
     last_user_text_sql,
-    route_config,
 )
 from gateway.services.reports.disagreements import DisagreementReport
 from gateway.services.reports.drift import DriftReport, reference_dataset
@@ -41,7 +40,6 @@ __all__ = [
     "configured_dimensions",
     "last_user_text_sql",
     "reference_dataset",
-    "route_config",
 ]
 
 

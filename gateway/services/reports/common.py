@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.config import GatewayConfig, RouteConfig
-from gateway.errors import NoData, NotEnoughData, RouteNotFound, UnknownDimension
+from gateway.errors import NoData, NotEnoughData, UnknownDimension
 from gateway.protocol.reports import Window
 
 DEFAULT_PSI_THRESHOLD = 0.2
@@ -84,14 +84,6 @@ _HAS_DIMENSION = text(
 )
 
 
-def route_config(config: GatewayConfig, name: str) -> RouteConfig:
-    found = config.route(name)
-    if found is None:
-        known = ", ".join(sorted(route.name for route in config.routes))
-        raise RouteNotFound(f"Unknown route '{name}'. Routes: {known}.", param="route")
-    return found
-
-
 def configured_dimensions(route: RouteConfig) -> set[str]:
     """Dimensions the route's config knows of (critical slices, rules, length, defaults)."""
     found = {c.dimension for c in route.slices.critical}
@@ -125,7 +117,7 @@ class ReportsBase:
         self._config = config
 
     def route(self, name: str) -> RouteConfig:
-        return route_config(self._config, name)
+        return self._config.find_route(name)
 
     @contextlib.asynccontextmanager
     async def _reading(self) -> AsyncIterator[AsyncConnection]:
