@@ -48,8 +48,14 @@ class TeacherConfig(_Strict):
     connect_timeout_s: float = Field(default=5.0, gt=0)
 
 
+SLICE_NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+DEFAULT_STUDENT = "default"  # the name of a route's one-student form, ``student:``
+
+
 class StudentConfig(_Strict):
-    base_urls: list[HttpUrl] = Field(min_length=1)
+    # Names a student in rows, metrics labels, headers and the CLI: lower-case, like slices.
+    name: str = Field(default=DEFAULT_STUDENT, pattern=SLICE_NAME)
+    base_urls: list[HttpUrl] = Field(min_length=1)  # HttpUrl: http and https only
     model: str = Field(min_length=1)
     api_key_env: str | None = None
     timeout_s: float = Field(default=10.0, gt=0)
@@ -59,11 +65,12 @@ class StudentConfig(_Strict):
     # Circuit breaker: this many failures in a row stop calls for cooldown_s, then one probe.
     breaker_failures: int = Field(default=5, ge=1)
     breaker_cooldown_s: float = Field(default=10.0, gt=0)
+    # The share of the route's requests this student is shadowed on; None: the route's.
+    shadow_sample: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 Comparator = Literal["exact", "normalized", "json", "label", "numeric", "semantic", "custom"]
 ConfidenceMethod = Literal["mean_prob", "min_prob", "first_token", "margin"]
-SLICE_NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 
 
 def _check_regex(pattern: str | None) -> str | None:
@@ -245,7 +252,14 @@ class RateLimitsConfig(_Strict):
 class RouteConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     teacher: TeacherConfig
-    student: StudentConfig | None = None
+    # The route's students: a list (``students``, with the ``champion`` a rollout serves, by
+    # default the first) or one (``student``, named "default"). Either way, once validated,
+    # ``students`` holds them all and ``student`` is the champion's entry, so code that knows
+    # one student per route keeps working. ``student`` is left out of dumps: a dump holds the
+    # list form, which validates again as it is.
+    student: StudentConfig | None = Field(default=None, exclude=True)
+    students: list[StudentConfig] = Field(default_factory=list)
+    champion: str | None = None
     mode: Mode = "shadow"
     shadow_sample: float = Field(default=1.0, ge=0.0, le=1.0)
     rollout: RolloutConfig = RolloutConfig()
@@ -258,11 +272,62 @@ class RouteConfig(_Strict):
     # teacher_error), whatever its confidence. Off by default.
     on_teacher_error: Literal["error", "student"] = "error"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_list_of_students(cls, data: Any) -> Any:
+        """Read either form as ``students`` and ``champion``; fill ``student`` with the champion.
+
+        The model is frozen, so the normalised values go into the input here rather than being
+        patched in after validation. The entries are validated first, so that ``student`` and
+        the champion's place in ``students`` are one object; if one is invalid the input is left
+        as written and field validation reports it where the file has it (``student.model``,
+        not ``students.0.model``). Names and the champion are checked after, on typed values.
+        """
+        if not isinstance(data, dict):
+            return data
+        single, listed = data.get("student"), data.get("students")
+        if single is not None and listed is not None:
+            raise ValueError("give either student or students")
+        entries = [single] if single is not None else listed
+        if not isinstance(entries, list):
+            return data
+        try:
+            students = [StudentConfig.model_validate(entry) for entry in entries]
+        except ValidationError:
+            return data
+        champion = data.get("champion")
+        if champion is None and students:
+            champion = students[0].name
+        chosen = next((s for s in students if s.name == champion), None)
+        return {**data, "student": chosen, "students": students, "champion": champion}
+
+    @model_validator(mode="after")
+    def _champion_among_students(self) -> RouteConfig:
+        names = [student.name for student in self.students]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ValueError(f"duplicate student name {name!r}")
+        if self.champion is not None and self.champion not in names:
+            raise ValueError(
+                f"champion {self.champion!r} is not among the route's students: "
+                f"{', '.join(names) or '(none)'}"
+            )
+        return self
+
     @model_validator(mode="after")
     def _teacher_fallback_needs_a_student(self) -> RouteConfig:
         if self.on_teacher_error == "student" and self.student is None:
             raise ValueError("on_teacher_error: student needs a student for the route")
         return self
+
+    @property
+    def champion_student(self) -> StudentConfig | None:
+        """The champion's config (the student a rollout serves); None without students."""
+        return next((s for s in self.students if s.name == self.champion), None)
+
+    def sample_share(self, student: StudentConfig) -> float:
+        """The share of requests ``student`` is shadowed on: its own, else the route's."""
+        return self.shadow_sample if student.shadow_sample is None else student.shadow_sample
 
 
 class KeyConfig(_Strict):
@@ -290,7 +355,8 @@ class ServerConfig(_Strict):
 
 
 class PartitionsConfig(_Strict):
-    """Time partitions of ``requests`` (gateway.db.partitions; docs/deploy.md)."""
+    """Time partitions of ``requests`` and ``student_answers`` (gateway.db.partitions;
+    docs/deploy.md)."""
 
     # day: retention is kept to the day and a day's reports read only its partitions; month:
     # 12 partitions a year, for keeping data for years (thousands of partitions slow planning)
@@ -466,10 +532,8 @@ class Settings:
 
 
 def _upstream_key_vars(route: RouteConfig) -> list[str]:
-    found = [route.teacher.api_key_env]
-    if route.student is not None:
-        found.append(route.student.api_key_env)
-    return [var for var in found if var]
+    found = [route.teacher.api_key_env, *(student.api_key_env for student in route.students)]
+    return list(dict.fromkeys(var for var in found if var))
 
 
 def _require_env(var: str, what: str) -> SecretStr:
