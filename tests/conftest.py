@@ -45,7 +45,11 @@ def database_url() -> Iterator[str]:
 
 @pytest.fixture
 def clean_db(database_url: str) -> str:
-    execute(database_url, "TRUNCATE requests, route_state, route_events, rollout_plans, api_keys")
+    execute(
+        database_url,
+        "TRUNCATE requests, student_answers, route_state, route_students, route_events, "
+        "rollout_plans, api_keys",
+    )
     return database_url
 
 

@@ -1,4 +1,5 @@
-"""``partitions``: create ``requests``'s time partitions ahead, drop those past the retention.
+"""``partitions``: create the time partitions of ``requests`` and ``student_answers`` ahead,
+drop those past the retention (both tables alike; the report names each one's partitions).
 
 The gateway does the same at start-up and every ``database.partitions.check_interval_s``; the
 command is for a cron job, for a database no gateway is running against, and for a look at
@@ -16,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.commands.common import CommandError, with_engine
 from gateway.config import load_settings
-from gateway.core.partitions import DEFAULT_PARTITION
 from gateway.db.partitions import Maintenance, PartitionError, maintain
 
 
@@ -39,55 +39,81 @@ def cmd_partitions(args: argparse.Namespace) -> int:
 
 
 def _json(result: Maintenance) -> dict[str, Any]:
-    plan = result.plan
+    """One document for every table: partitions and steps name their table; the counts are
+    totals, with each table's under ``tables``."""
+    cutoff = result.cutoff
+    tables = result.tables
     return {
         "dry_run": result.dry_run,
         "partitions": [
-            {"name": p.name, "from": p.span.start.isoformat(), "to": p.span.end.isoformat()}
-            for p in result.partitions
+            {
+                "table": t.table,
+                "name": p.name,
+                "from": p.span.start.isoformat(),
+                "to": p.span.end.isoformat(),
+            }
+            for t in tables
+            for p in t.partitions
         ],
-        "default_rows": result.default_rows,
-        "retention_cutoff": plan.cutoff.isoformat() if plan.cutoff else None,
+        "default_rows": sum(t.default_rows for t in tables),
+        "retention_cutoff": cutoff.isoformat() if cutoff else None,
         "create": [
-            {"name": s.name, "from": s.start.isoformat(), "to": s.end.isoformat()}
-            for s in plan.create
+            {
+                "table": t.table,
+                "name": p.name,
+                "from": p.span.start.isoformat(),
+                "to": p.span.end.isoformat(),
+            }
+            for t in tables
+            for p in t.plan.create
         ],
-        "drop": [p.name for p in plan.drop],
+        "drop": [p.name for t in tables for p in t.plan.drop],
         "created": result.created,
         "dropped": result.dropped,
-        "rows_moved_from_default": result.moved,
-        "default_rows_expired": result.expired,
+        "rows_moved_from_default": sum(t.moved for t in tables),
+        "default_rows_expired": sum(t.expired for t in tables),
         "failed": [{"step": step, "error": why} for step, why in result.failed],
+        "tables": {
+            t.table: {
+                "partitions": len(t.partitions),
+                "default_partition": t.default_partition,
+                "default_rows": t.default_rows,
+                "rows_moved_from_default": t.moved,
+                "default_rows_expired": t.expired,
+            }
+            for t in tables
+        },
     }
 
 
 def _text(result: Maintenance) -> str:
-    plan = result.plan
+    cutoff = result.cutoff
+    tables = result.tables
     verb = ("would create", "would drop") if result.dry_run else ("created", "dropped")
-    created = [s.name for s in plan.create] if result.dry_run else result.created
-    dropped = [p.name for p in plan.drop] if result.dry_run else result.dropped
-    kept = (
-        "every row kept"
-        if plan.cutoff is None
-        else f"rows before {plan.cutoff:%Y-%m-%d %H:%M} UTC go"
-    )
+    created = [p.name for t in tables for p in t.plan.create] if result.dry_run else result.created
+    dropped = [p.name for t in tables for p in t.plan.drop] if result.dry_run else result.dropped
+    kept = "every row kept" if cutoff is None else f"rows before {cutoff:%Y-%m-%d %H:%M} UTC go"
     lines = [
-        f"{len(result.partitions)} partition(s) of requests before this run, "
-        f"{result.default_rows} row(s) in {DEFAULT_PARTITION}",
+        f"{len(t.partitions)} partition(s) of {t.table} before this run, "
+        f"{t.default_rows} row(s) in {t.default_partition}"
+        for t in tables
+    ]
+    lines += [
         f"retention: {kept}",
         f"{verb[0]}: {', '.join(created) or 'nothing'}",
         f"{verb[1]}: {', '.join(dropped) or 'nothing'}",
     ]
-    if result.moved:
-        lines.append(
-            f"rows {'to move' if result.dry_run else 'moved'} out of the default "
-            f"partition: {result.moved}"
-        )
-    if result.expired:
-        lines.append(
-            f"rows of the default partition past the retention"
-            f"{' (to delete)' if result.dry_run else ' deleted'}: {result.expired}"
-        )
+    for t in tables:
+        if t.moved:
+            lines.append(
+                f"rows {'to move' if result.dry_run else 'moved'} out of {t.default_partition}: "
+                f"{t.moved}"
+            )
+        if t.expired:
+            lines.append(
+                f"rows of {t.default_partition} past the retention"
+                f"{' (to delete)' if result.dry_run else ' deleted'}: {t.expired}"
+            )
     lines += [f"FAILED {step}: {why}" for step, why in result.failed]
     return "\n".join(lines)
 
@@ -96,10 +122,11 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     parser = commands.add_parser(
         "partitions",
         parents=[parent],
-        help="Create requests' time partitions ahead; drop those past the retention.",
-        description="Create the partitions of the requests table for the current period and "
-        "database.partitions.ahead more, move rows out of the default partition into "
-        "partitions of their own, and drop partitions wholly older than "
+        help="Create the time partitions of requests and student_answers ahead; drop those "
+        "past the retention.",
+        description="Create the partitions of the requests and student_answers tables for the "
+        "current period and database.partitions.ahead more, move rows out of their default "
+        "partitions into partitions of their own, and drop partitions wholly older than "
         "database.partitions.retention_days. The gateway does this by itself too.",
     )
     parser.add_argument(

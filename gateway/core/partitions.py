@@ -1,11 +1,13 @@
-"""Which time partitions of ``requests`` should exist: a pure plan, no I/O.
+"""Which time partitions of a partitioned table should exist: a pure plan, no I/O.
 
-``requests`` is range-partitioned on ``created_at`` (UTC). Partitions are created *ahead*
-(the current period and the next ``ahead`` ones), partitions wholly older than the retention
-are dropped, and periods that hold rows in the default partition (a replayed journal, a
-skewed clock) get a partition of their own so the default stays small. The plan works from
-the partitions that really exist, whatever their bounds: switching ``interval`` from month to
-day (or back) only fills the gaps after what is there, it never overlaps it.
+``requests`` and ``student_answers`` are range-partitioned on ``created_at`` (UTC), and kept
+alike: the same interval, ahead-count and retention, each table planned on its own from its
+own partitions. Partitions are created *ahead* (the current period and the next ``ahead``
+ones), partitions wholly older than the retention are dropped, and periods that hold rows in
+the default partition (a replayed journal, a skewed clock) get a partition of their own so the
+default stays small. The plan works from the partitions that really exist, whatever their
+bounds: switching ``interval`` from month to day (or back) only fills the gaps after what is
+there, it never overlaps it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from typing import Literal
 
 Interval = Literal["day", "month"]
 
-PARENT = "requests"
-DEFAULT_PARTITION = "requests_default"
+
+def default_partition(parent: str) -> str:
+    """The DEFAULT partition of ``parent`` (rows outside every range): ``requests_default``."""
+    return f"{parent}_default"
 
 
 @dataclass(frozen=True, order=True)
@@ -31,19 +35,18 @@ class Span:
     def overlaps(self, other: Span) -> bool:
         return self.start < other.end and other.start < self.end
 
-    @property
-    def name(self) -> str:
-        """The partition's table name: ``requests_p20261201`` (a day), ``requests_p202612``
-        (a month), else ``requests_p20261215_20270101``."""
+    def name_in(self, parent: str) -> str:
+        """The table name of ``parent``'s partition for this span: ``requests_p20261201`` (a
+        day), ``requests_p202612`` (a month), else ``requests_p20261215_20270101``."""
         if self.end == next_period(self.start, "day") and self.start == period_start(
             self.start, "day"
         ):
-            return f"{PARENT}_p{self.start:%Y%m%d}"
+            return f"{parent}_p{self.start:%Y%m%d}"
         if self.end == next_period(self.start, "month") and self.start == period_start(
             self.start, "month"
         ):
-            return f"{PARENT}_p{self.start:%Y%m}"
-        return f"{PARENT}_p{_stamp(self.start)}_{_stamp(self.end)}"
+            return f"{parent}_p{self.start:%Y%m}"
+        return f"{parent}_p{_stamp(self.start)}_{_stamp(self.end)}"
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,9 @@ class Partition:
 
 @dataclass(frozen=True)
 class Plan:
-    create: list[Span] = field(default_factory=list)
+    """What to change in one table's partitions (``create``: named and not there yet)."""
+
+    create: list[Partition] = field(default_factory=list)
     drop: list[Partition] = field(default_factory=list)
     cutoff: datetime | None = None  # rows before it are past the retention (None: keep all)
 
@@ -98,15 +103,17 @@ def plan(
     now: datetime,
     existing: Iterable[Partition],
     *,
+    parent: str,
     interval: Interval,
     ahead: int,
     retention_days: int | None,
     strays: Iterable[datetime] = (),
 ) -> Plan:
-    """What to create and drop so that the current period and ``ahead`` more are covered,
-    nothing wholly older than ``retention_days`` is kept, and each period with rows in the
-    default partition (``strays``: their ``created_at`` values, or any moment in the period)
-    has a partition, unless it is past the retention.
+    """What to create and drop among ``parent``'s partitions (``existing``) so that the
+    current period and ``ahead`` more are covered, nothing wholly older than
+    ``retention_days`` is kept, and each period with rows in the default partition
+    (``strays``: their ``created_at`` values, or any moment in the period) has a partition,
+    unless it is past the retention.
     """
     if ahead < 0:
         raise ValueError(f"ahead must be 0 or more, not {ahead}")
@@ -128,4 +135,8 @@ def plan(
     create: list[Span] = []
     for span in sorted(wanted):
         create.extend(_gaps(span, kept + create))
-    return Plan(create=create, drop=sorted(drop, key=lambda p: p.span), cutoff=cutoff)
+    return Plan(
+        create=[Partition(span.name_in(parent), span) for span in create],
+        drop=sorted(drop, key=lambda p: p.span),
+        cutoff=cutoff,
+    )

@@ -1,13 +1,19 @@
-"""Keeping ``requests``'s time partitions: created ahead, dropped past the retention.
+"""Keeping the time partitions of ``requests`` and ``student_answers``: created ahead,
+dropped past the retention.
 
-:func:`maintain` reads the partitions that exist, asks :func:`gateway.core.partitions.plan`
-what should change, and does it, each step in its own short transaction:
+Both tables are kept alike (:data:`PARTITIONED`): the same ``database.partitions`` interval,
+ahead-count and retention, in one run under one advisory lock, so a request and its students'
+answers (which carry the request's ``created_at``) live and go together. For each table in
+turn, :func:`maintain` reads the partitions that exist, asks
+:func:`gateway.core.partitions.plan` what should change, and does it, each step in its own
+short transaction:
 
 - *create* a partition as a plain table (``LIKE requests``), move into it any rows of its
-  range that sit in ``requests_default``, then ``ATTACH PARTITION``. Attaching locks the parent
-  only in SHARE UPDATE EXCLUSIVE mode, so the log writer and the reports carry on meanwhile;
-  the brief ACCESS EXCLUSIVE lock is on the default partition, which stays small for this
-  very reason (periods with rows in it get their own partition at the next run);
+  range that sit in the default partition (``requests_default``), then ``ATTACH PARTITION``.
+  Attaching locks the parent only in SHARE UPDATE EXCLUSIVE mode, so the log writer and the
+  reports carry on meanwhile; the brief ACCESS EXCLUSIVE lock is on the default partition,
+  which stays small for this very reason (periods with rows in it get their own partition at
+  the next run);
 - *drop* a partition wholly older than ``retention_days`` (this one does lock the parent,
   briefly), and delete the default partition's rows older than that.
 
@@ -20,7 +26,7 @@ advisory lock, and the plan is made after taking it, from what is there then.
 ``database.partitions.check_interval_s``.
 """
 
-# ruff: noqa: S608  (identifiers below are partition names we make, quoted; values are bound)
+# ruff: noqa: S608  (identifiers below are table and partition names we made, quoted; values bound)
 
 from __future__ import annotations
 
@@ -30,20 +36,24 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import text
+from sqlalchemy import Table, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.background import BackgroundLoop, RecurringFailure
 from gateway.config import PartitionsConfig
-from gateway.core.partitions import DEFAULT_PARTITION, PARENT, Partition, Plan, Span, plan
-from gateway.db.tables import requests
+from gateway.core.partitions import Partition, Plan, Span, default_partition, plan
+from gateway.db.tables import requests, student_answers
 
 _log = logging.getLogger("shadow_gateway.partitions")
 
+# The partitioned tables, kept alike and in this order; with the migration that made each one
+# partitioned, for the error that asks for it.
+PARTITIONED: tuple[Table, ...] = (requests, student_answers)
+_MIGRATION = {requests.name: "0006", student_answers.name: "0009"}
+
 # pg_advisory_lock key: "sgw-part" as a 64-bit integer, shared by every replica and the CLI
 ADVISORY_KEY = int.from_bytes(b"sgw-part", "big") & 0x7FFF_FFFF_FFFF_FFFF
-_COLUMNS = ", ".join(column.name for column in requests.columns)
 _BOUND = re.compile(r"FOR VALUES FROM \((.+)\) TO \((.+)\)")
 _NAME = re.compile(r"^[a-z0-9_]+$")
 _RETRY_S = 60.0  # after a failed run, the next one comes this soon (or check_interval_s)
@@ -54,7 +64,6 @@ _PARTITIONS = text(
     "FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
     "WHERE i.inhparent = to_regclass(:parent) ORDER BY 1"
 )
-_STRAY_DAYS = text(f"SELECT DISTINCT date_trunc('day', created_at, 'UTC') FROM {DEFAULT_PARTITION}")
 
 
 class PartitionError(Exception):
@@ -62,19 +71,59 @@ class PartitionError(Exception):
 
 
 @dataclass
-class Maintenance:
-    """What a run planned and did (``dry_run``: planned only)."""
+class TableMaintenance:
+    """What a run planned and did for one partitioned table."""
 
+    table: str
     plan: Plan
-    dry_run: bool
     partitions: list[Partition] = field(default_factory=list)  # before the run
-    has_default: bool = True  # whether requests_default exists
+    has_default: bool = True  # whether the table's default partition exists
     created: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     moved: int = 0  # rows moved from the default partition into new partitions
     expired: int = 0  # rows of the default partition deleted, past the retention
     default_rows: int = 0  # rows in the default partition (before the run)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (step, why)
+
+    @property
+    def default_partition(self) -> str:
+        return default_partition(self.table)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.dropped or self.moved or self.expired)
+
+
+@dataclass
+class Maintenance:
+    """What a run planned and did (``dry_run``: planned only), table by table in the order
+    of :data:`PARTITIONED`; ``maintenance["requests"]`` is one table's part."""
+
+    dry_run: bool
+    tables: list[TableMaintenance] = field(default_factory=list)
+
+    def __getitem__(self, table: str) -> TableMaintenance:
+        for found in self.tables:
+            if found.table == table:
+                return found
+        raise KeyError(table)
+
+    @property
+    def cutoff(self) -> datetime | None:
+        """Rows before it are past the retention (the same for every table; None: keep all)."""
+        return self.tables[0].plan.cutoff if self.tables else None
+
+    @property
+    def created(self) -> list[str]:
+        return [name for table in self.tables for name in table.created]
+
+    @property
+    def dropped(self) -> list[str]:
+        return [name for table in self.tables for name in table.dropped]
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        return [step for table in self.tables for step in table.failed]
 
 
 def _moment(bound: str) -> datetime:
@@ -99,18 +148,23 @@ def _quoted(name: str) -> str:
     return f'"{name}"'
 
 
-async def _state(connection: AsyncConnection) -> tuple[list[Partition], bool]:
-    """The range partitions of ``requests``, and whether it has a default partition."""
+def _columns(table: Table) -> str:
+    return ", ".join(_quoted(column.name) for column in table.columns)
+
+
+async def _state(connection: AsyncConnection, parent: str) -> tuple[list[Partition], bool]:
+    """The range partitions of ``parent``, and whether it has a default partition."""
     await connection.execute(text("SET LOCAL TimeZone = 'UTC'"))
-    kind = (await connection.execute(_KIND, {"parent": PARENT})).scalar()
+    kind = (await connection.execute(_KIND, {"parent": parent})).scalar()
     if kind is None:
-        raise PartitionError("there is no requests table: run `shadow-gateway migrate`")
+        raise PartitionError(f"there is no {parent} table: run `shadow-gateway migrate`")
     if kind != "p":
         raise PartitionError(
-            "the requests table is not partitioned: run `shadow-gateway migrate` (revision 0006)"
+            f"the {parent} table is not partitioned: run `shadow-gateway migrate` "
+            f"(revision {_MIGRATION[parent]})"
         )
     partitions, has_default = [], False
-    for row in await connection.execute(_PARTITIONS, {"parent": PARENT}):
+    for row in await connection.execute(_PARTITIONS, {"parent": parent}):
         span = parse_bound(row.bound)
         if span is None:
             has_default = True
@@ -120,38 +174,56 @@ async def _state(connection: AsyncConnection) -> tuple[list[Partition], bool]:
 
 
 async def _survey(
-    connection: AsyncConnection, config: PartitionsConfig, now: datetime, dry_run: bool
-) -> Maintenance:
-    partitions, has_default = await _state(connection)
+    connection: AsyncConnection,
+    table: Table,
+    config: PartitionsConfig,
+    now: datetime,
+    dry_run: bool,
+) -> TableMaintenance:
+    partitions, has_default = await _state(connection, table.name)
+    default = _quoted(default_partition(table.name))
     strays: list[datetime] = []
     default_rows = 0
     if has_default:
         default_rows = int(
-            (await connection.execute(text(f"SELECT count(*) FROM {DEFAULT_PARTITION}"))).scalar()
-            or 0
+            (await connection.execute(text(f"SELECT count(*) FROM {default}"))).scalar() or 0
         )
         if default_rows:
-            strays = list((await connection.execute(_STRAY_DAYS)).scalars())
+            strays = list(
+                (
+                    await connection.execute(
+                        text(f"SELECT DISTINCT date_trunc('day', created_at, 'UTC') FROM {default}")
+                    )
+                ).scalars()
+            )
     found = plan(
         now,
         partitions,
+        parent=table.name,
         interval=config.interval,
         ahead=config.ahead,
         retention_days=config.retention_days,
         strays=strays,
     )
-    result = Maintenance(found, dry_run, partitions, has_default, default_rows=default_rows)
+    # str(): Table.name is a str subclass, which orjson takes for no dict key
+    result = TableMaintenance(
+        str(table.name), found, partitions, has_default, default_rows=default_rows
+    )
     if dry_run and has_default:
-        for span in found.create:
-            result.moved += await _count_default(connection, span.start, span.end)
+        for partition in found.create:
+            result.moved += await _count_default(
+                connection, default, partition.span.start, partition.span.end
+            )
         if found.cutoff is not None:
-            result.expired = await _count_default(connection, None, found.cutoff)
+            result.expired = await _count_default(connection, default, None, found.cutoff)
     return result
 
 
-async def _count_default(connection: AsyncConnection, start: datetime | None, end: datetime) -> int:
+async def _count_default(
+    connection: AsyncConnection, default: str, start: datetime | None, end: datetime
+) -> int:
     query = text(
-        f"SELECT count(*) FROM {DEFAULT_PARTITION} "
+        f"SELECT count(*) FROM {default} "
         "WHERE created_at >= coalesce(CAST(:start AS timestamptz), '-infinity') "
         "AND created_at < :end"
     )
@@ -159,26 +231,31 @@ async def _count_default(connection: AsyncConnection, start: datetime | None, en
 
 
 async def _create(
-    connection: AsyncConnection, span: Span, has_default: bool, lock_timeout_s: float
+    connection: AsyncConnection,
+    table: Table,
+    partition: Partition,
+    has_default: bool,
+    lock_timeout_s: float,
 ) -> int:
-    """Make the partition for ``span``, with the default partition's rows of that range."""
-    name = _quoted(span.name)
+    """Make ``partition`` of ``table``, with the default partition's rows of its range."""
+    parent, name, span = _quoted(table.name), _quoted(partition.name), partition.span
     bounds = {"start": span.start, "end": span.end}
     async with connection.begin():
         await _lock_timeout(connection, lock_timeout_s)
         await connection.execute(
             text(
-                f"CREATE TABLE {name} (LIKE {PARENT} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
+                f"CREATE TABLE {name} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS "
                 "INCLUDING STORAGE INCLUDING COMPRESSION)"
             )
         )
         moved = 0
         if has_default:
+            default, columns = _quoted(default_partition(table.name)), _columns(table)
             result = await connection.execute(
                 text(
-                    f"WITH moved AS (DELETE FROM {DEFAULT_PARTITION} "
-                    f"WHERE created_at >= :start AND created_at < :end RETURNING {_COLUMNS}) "
-                    f"INSERT INTO {name} ({_COLUMNS}) SELECT {_COLUMNS} FROM moved"
+                    f"WITH moved AS (DELETE FROM {default} "
+                    f"WHERE created_at >= :start AND created_at < :end RETURNING {columns}) "
+                    f"INSERT INTO {name} ({columns}) SELECT {columns} FROM moved"
                 ),
                 bounds,
             )
@@ -186,7 +263,7 @@ async def _create(
         # the bounds as literals: ATTACH takes no parameters; both are datetimes we computed
         await connection.execute(
             text(
-                f"ALTER TABLE {PARENT} ATTACH PARTITION {name} FOR VALUES "
+                f"ALTER TABLE {parent} ATTACH PARTITION {name} FOR VALUES "
                 f"FROM ('{span.start.isoformat()}') TO ('{span.end.isoformat()}')"
             )
         )
@@ -199,11 +276,13 @@ async def _drop(connection: AsyncConnection, partition: Partition, lock_timeout_
         await connection.execute(text(f"DROP TABLE {_quoted(partition.name)}"))
 
 
-async def _expire(connection: AsyncConnection, cutoff: datetime, lock_timeout_s: float) -> int:
+async def _expire(
+    connection: AsyncConnection, parent: str, cutoff: datetime, lock_timeout_s: float
+) -> int:
     async with connection.begin():
         await _lock_timeout(connection, lock_timeout_s)
         result = await connection.execute(
-            text(f"DELETE FROM {DEFAULT_PARTITION} WHERE created_at < :cutoff"),
+            text(f"DELETE FROM {_quoted(default_partition(parent))} WHERE created_at < :cutoff"),
             {"cutoff": cutoff},
         )
     return result.rowcount
@@ -225,27 +304,37 @@ async def maintain(
     dry_run: bool = False,
     lock_timeout_s: float = 5.0,
 ) -> Maintenance:
-    """Create the partitions ``config`` asks for ahead and drop those past its retention.
+    """Create the partitions ``config`` asks for ahead and drop those past its retention, in
+    every table of :data:`PARTITIONED`.
 
-    Raises :class:`PartitionError` when ``requests`` is missing or not partitioned, or when
-    another run holds the advisory lock for longer than ``lock_timeout_s``.
+    Raises :class:`PartitionError` when one of them is missing or not partitioned (before
+    changing anything), or when another run holds the advisory lock for longer than
+    ``lock_timeout_s``.
     """
     now = now or datetime.now(UTC)
     async with engine.connect() as connection:
         if dry_run:
             async with connection.begin():
-                return await _survey(connection, config, now, dry_run=True)
+                return await _survey_all(connection, config, now, dry_run=True)
         await _advisory_lock(connection, lock_timeout_s)
         try:
             async with connection.begin():
-                result = await _survey(connection, config, now, dry_run=False)
-            await _apply(connection, result, lock_timeout_s)
+                result = await _survey_all(connection, config, now, dry_run=False)
+            for table, done in zip(PARTITIONED, result.tables, strict=True):
+                await _apply(connection, table, done, lock_timeout_s)
         finally:
             async with connection.begin():
                 await connection.execute(
                     text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY}
                 )
     return result
+
+
+async def _survey_all(
+    connection: AsyncConnection, config: PartitionsConfig, now: datetime, dry_run: bool
+) -> Maintenance:
+    tables = [await _survey(connection, table, config, now, dry_run) for table in PARTITIONED]
+    return Maintenance(dry_run, tables)
 
 
 async def _advisory_lock(connection: AsyncConnection, lock_timeout_s: float) -> None:
@@ -262,16 +351,18 @@ async def _advisory_lock(connection: AsyncConnection, lock_timeout_s: float) -> 
         raise
 
 
-async def _apply(connection: AsyncConnection, result: Maintenance, lock_timeout_s: float) -> None:
+async def _apply(
+    connection: AsyncConnection, table: Table, result: TableMaintenance, lock_timeout_s: float
+) -> None:
     has_default = result.has_default
-    for span in result.plan.create:
+    for partition in result.plan.create:
         try:
-            result.moved += await _create(connection, span, has_default, lock_timeout_s)
+            result.moved += await _create(connection, table, partition, has_default, lock_timeout_s)
         except DBAPIError as exc:
-            result.failed.append((f"create {span.name}", _why(exc)))
-            _log.warning("cannot create partition %s: %s", span.name, _why(exc))
+            result.failed.append((f"create {partition.name}", _why(exc)))
+            _log.warning("cannot create partition %s: %s", partition.name, _why(exc))
         else:
-            result.created.append(span.name)
+            result.created.append(partition.name)
     for partition in result.plan.drop:
         try:
             await _drop(connection, partition, lock_timeout_s)
@@ -282,9 +373,11 @@ async def _apply(connection: AsyncConnection, result: Maintenance, lock_timeout_
             result.dropped.append(partition.name)
     if result.plan.cutoff is not None and has_default:
         try:
-            result.expired = await _expire(connection, result.plan.cutoff, lock_timeout_s)
+            result.expired = await _expire(
+                connection, table.name, result.plan.cutoff, lock_timeout_s
+            )
         except DBAPIError as exc:
-            result.failed.append(("expire default rows", _why(exc)))
+            result.failed.append((f"expire {result.default_partition} rows", _why(exc)))
 
 
 class PartitionMaintainer(BackgroundLoop):
@@ -311,13 +404,16 @@ class PartitionMaintainer(BackgroundLoop):
                 self._failure.succeeded()
                 if done.failed:  # a lock not granted in time: the next round finishes it
                     pause = min(pause, _RETRY_S)
-                if done.created or done.dropped or done.moved or done.expired:
-                    _log.info(
-                        "partitions: created %s, dropped %s; %d row(s) moved out of the "
-                        "default partition, %d expired",
-                        ", ".join(done.created) or "none",
-                        ", ".join(done.dropped) or "none",
-                        done.moved,
-                        done.expired,
-                    )
+                for table in done.tables:
+                    if table.changed:
+                        _log.info(
+                            "partitions of %s: created %s, dropped %s; %d row(s) moved out of "
+                            "%s, %d expired",
+                            table.table,
+                            ", ".join(table.created) or "none",
+                            ", ".join(table.dropped) or "none",
+                            table.moved,
+                            table.default_partition,
+                            table.expired,
+                        )
             await asyncio.sleep(pause)

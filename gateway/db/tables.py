@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Float,
@@ -95,6 +96,80 @@ requests = Table(
     postgresql_partition_by="RANGE (created_at)",
 )
 
+# One row per (request, student, source): every candidate's answer, live or replayed
+# (migration 0009). ``requests`` keeps describing the champion (or the student that served);
+# this table holds every student's, the champion's included. ``created_at`` is the request's
+# (a replayed answer's too), so a row sits in the same time partition as its request and the
+# two join on (request_id, created_at); replaying a request again rewrites its row.
+student_answers = Table(
+    "student_answers",
+    metadata,
+    Column("request_id", Text, primary_key=True),
+    Column("student", Text, primary_key=True),
+    Column("source", Text, primary_key=True),  # live | replay
+    Column("created_at", DateTime(timezone=True), primary_key=True, nullable=False),
+    Column("answered_at", DateTime(timezone=True)),
+    Column("route", Text, nullable=False),
+    Column("endpoint", Text, nullable=False),
+    Column("slices", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("student_model", Text),
+    Column("student_url", Text),
+    Column("student_status", Text),
+    Column("student_http_status", Integer),
+    Column("student_error", Text),
+    Column("student_output", Text),
+    Column("student_tool_calls", JSONB),
+    Column("student_refusal", Text),
+    Column("student_response", JSONB),
+    Column("student_logprobs", JSONB),
+    Column("student_finish_reason", Text),
+    Column("student_latency_ms", Float),
+    Column("student_prompt_tokens", Integer),
+    Column("student_completion_tokens", Integer),
+    Column("student_confidence", Float),
+    Column("agreement_score", Float),
+    Column("agree", Boolean),
+    Column("agreement_reason", Text),
+    Column("agreement_detail", JSONB),
+    CheckConstraint("source IN ('live', 'replay')", name="student_answers_source"),
+    Index("ix_student_answers_route_created_at", "route", "created_at"),
+    # partitions: gateway.db.partitions creates and drops them, with requests's (migration 0009)
+    postgresql_partition_by="RANGE (created_at)",
+)
+
+# Each route's students, live state like route_state: the config seeds them on a route's first
+# start; the CLI and admin API change them (audited in route_events), every replica reloads.
+route_students = Table(
+    "route_students",
+    metadata,
+    Column("route", Text, primary_key=True),
+    Column("name", Text, primary_key=True),
+    Column("status", Text, nullable=False),  # champion | candidate | retired
+    Column("base_urls", ARRAY(Text), nullable=False),
+    Column("model", Text, nullable=False),
+    Column("api_key_env", Text),
+    Column("timeout_s", Float, nullable=False),
+    Column("connect_timeout_s", Float, nullable=False),
+    Column("shadow_sample", Float, nullable=False),
+    Column("max_concurrency", Integer, nullable=False),
+    Column("top_logprobs", Integer, nullable=False),
+    Column("breaker_failures", Integer, nullable=False),
+    Column("breaker_cooldown_s", Float, nullable=False),
+    Column("version", Integer, nullable=False, server_default=text("1")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_by", Text, nullable=False),
+    CheckConstraint("status IN ('champion', 'candidate', 'retired')", name="route_students_status"),
+    CheckConstraint("shadow_sample BETWEEN 0 AND 1", name="route_students_shadow_sample"),
+    # at most one champion per route
+    Index(
+        "ux_route_students_champion",
+        "route",
+        unique=True,
+        postgresql_where=text("status = 'champion'"),
+    ),
+)
+
 route_state = Table(
     "route_state",
     metadata,
@@ -156,7 +231,8 @@ rollout_plans = Table(
 def declared(name: str | None, type_: str, parent_names: object) -> bool:
     """Alembic's ``include_name`` filter: tables not declared here are left alone.
 
-    The partitions of ``requests`` are made at run time (:mod:`gateway.db.partitions`), so
-    autogenerate must not propose dropping them.
+    The partitions of ``requests`` and ``student_answers`` (``requests_p…``,
+    ``student_answers_default``, …) are made at run time (:mod:`gateway.db.partitions`), so
+    autogenerate must not propose dropping them: only the tables named here are compared.
     """
     return type_ != "table" or name in metadata.tables

@@ -1,6 +1,7 @@
 """The migrations and the table definitions in gateway.db.tables describe the same schema;
 0006 (partitioning ``requests``) keeps every row on the way up and on the way down; 0007
-changes only agreement_daily's interval, and back."""
+changes only agreement_daily's interval, and back; 0009 adds the students' registry and their
+answers (partitioned like ``requests``), and takes them away."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.db.engine import plain_dsn, sqlalchemy_url
 from gateway.db.migrate import alembic_config, current_revision, head_revision
-from gateway.db.tables import declared, metadata
+from gateway.db.tables import declared, metadata, route_students, student_answers
 from tests.support.db import execute, fetch
 
 ADMIN_URL = os.environ.get("SGW_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -297,3 +298,100 @@ def test_0008_adds_the_answer_columns_and_downgrades_to_the_0007_schema(scratch_
     assert [r["attname"] for r in fetch(scratch_url, COLUMNS_OF, "disagreements")] == view_columns
     command.upgrade(config, "head")
     assert asyncio.run(current_revision(scratch_url)) == head_revision()
+
+
+# --- 0009: route_students and student_answers ---------------------------------------------------
+
+CONSTRAINTS_OF = (
+    "SELECT conname, contype::text FROM pg_constraint WHERE conrelid = $1::regclass ORDER BY 1"
+)
+UNCOMMENTED = (
+    "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 "
+    "AND NOT attisdropped AND col_description(attrelid, attnum) IS NULL"
+)
+STUDENT = (
+    "INSERT INTO route_students (route, name, status, base_urls, model, timeout_s, "
+    "connect_timeout_s, shadow_sample, max_concurrency, top_logprobs, breaker_failures, "
+    "breaker_cooldown_s, updated_by) VALUES ('{route}', '{name}', '{status}', "
+    "ARRAY['http://127.0.0.1:9/v1'], 'm', 10, 2, {sample}, 64, 5, 5, 10, 'test')"
+)
+ANSWER = (
+    "INSERT INTO student_answers (request_id, student, source, created_at, route, endpoint) "
+    "VALUES ('req', 's', '{source}', '{at}', 'r', 'chat')"
+)
+
+
+def _student(url: str, route: str, name: str, status: str, sample: float = 1.0) -> None:
+    execute(url, STUDENT.format(route=route, name=name, status=status, sample=sample))
+
+
+def test_0009_adds_students_and_answers_and_takes_them_away(scratch_url: str) -> None:
+    config = alembic_config(scratch_url)
+    command.upgrade(config, "0008")
+    command.upgrade(config, "0009")
+    for table in (route_students, student_answers):
+        columns = [r["attname"] for r in fetch(scratch_url, COLUMNS_OF, table.name)]
+        assert columns == [c.name for c in table.columns]
+        assert fetch(scratch_url, UNCOMMENTED, table.name) == []  # every column explained
+    assert fetch(scratch_url, CONSTRAINTS_OF, "route_students") == [
+        {"conname": "route_students_pkey", "contype": "p"},
+        {"conname": "route_students_shadow_sample", "contype": "c"},
+        {"conname": "route_students_status", "contype": "c"},
+    ]
+    assert fetch(scratch_url, CONSTRAINTS_OF, "student_answers") == [
+        {"conname": "student_answers_pkey", "contype": "p"},
+        {"conname": "student_answers_source", "contype": "c"},
+    ]
+
+    # partitioned like requests: by range of created_at, the current month and a default
+    [kind] = fetch(
+        scratch_url,
+        "SELECT p.partstrat::text, a.attname FROM pg_partitioned_table AS p "
+        "JOIN pg_attribute AS a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0] "
+        "WHERE p.partrelid = 'student_answers'::regclass",
+    )
+    assert kind == {"partstrat": "r", "attname": "created_at"}
+    names = fetch(
+        scratch_url,
+        "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'student_answers'::regclass ORDER BY 1",
+    )
+    [month] = fetch(scratch_url, "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYYMM') AS m")
+    assert [n["relname"] for n in names] == [
+        "student_answers_default",
+        f"student_answers_p{month['m']}",
+    ]
+
+    # one champion per route, any number of candidates; the vocabularies are enforced
+    _student(scratch_url, "r", "a", "champion")
+    _student(scratch_url, "r", "b", "candidate", 0.25)
+    _student(scratch_url, "r", "c", "retired", 0)
+    _student(scratch_url, "other", "a", "champion")
+    with pytest.raises(asyncpg.UniqueViolationError, match="ux_route_students_champion"):
+        _student(scratch_url, "r", "d", "champion")
+    with pytest.raises(asyncpg.CheckViolationError, match="route_students_status"):
+        _student(scratch_url, "r", "e", "shadow")
+    with pytest.raises(asyncpg.CheckViolationError, match="route_students_shadow_sample"):
+        _student(scratch_url, "r", "f", "candidate", 1.5)
+    with pytest.raises(asyncpg.CheckViolationError, match="student_answers_source"):
+        execute(scratch_url, ANSWER.format(source="guess", at="2026-01-01Z"))
+    execute(scratch_url, ANSWER.format(source="live", at="1999-01-01Z"))  # outside: the default
+    execute(scratch_url, ANSWER.format(source="replay", at="1999-01-01Z"))  # one per source
+    with pytest.raises(asyncpg.UniqueViolationError):
+        execute(scratch_url, ANSWER.format(source="replay", at="1999-01-01Z"))
+    rows = fetch(scratch_url, "SELECT tableoid::regclass::text AS part FROM student_answers")
+    assert rows == [{"part": "student_answers_default"}] * 2
+
+    command.downgrade(config, "0008")
+    assert asyncio.run(current_revision(scratch_url)) == "0008"
+    gone = fetch(
+        scratch_url,
+        "SELECT to_regclass('route_students') AS students, "
+        "to_regclass('student_answers') AS answers, "
+        "to_regclass('student_answers_default') AS default_partition",
+    )
+    assert gone == [{"students": None, "answers": None, "default_partition": None}]
+
+    command.upgrade(config, "0009")  # and up again
+    assert fetch(scratch_url, "SELECT count(*) AS n FROM route_students") == [{"n": 0}]
+    _student(scratch_url, "r", "a", "champion")

@@ -1,10 +1,12 @@
-"""Time partitions of ``requests`` against the real Postgres: created ahead, rows moved out of
-the default partition, dropped past the retention, two keepers at once, the writer's upserts
-into partitions, and the ``partitions`` command."""
+"""Time partitions of ``requests`` and ``student_answers`` against the real Postgres: created
+ahead, rows moved out of the default partition, dropped past the retention, both tables alike
+and each on its own, two keepers at once, the writer's upserts into partitions, and the
+``partitions`` command."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import subprocess
@@ -30,6 +32,7 @@ from tests.support.process import BIN
 
 ADMIN_URL = os.environ.get("SGW_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 NOW = datetime(2027, 3, 10, 15, 30, tzinfo=UTC)  # past the month the migration made
+TABLES = ("requests", "student_answers")
 T = TypeVar("T")
 
 
@@ -52,12 +55,13 @@ def _scratch(revision: str = "head") -> Iterator[str]:
 
 @pytest.fixture
 def url() -> Iterator[str]:
-    """A database of its own, with only the default partition (the migration's month for
-    today is dropped, so what the tests expect does not move with the calendar)."""
+    """A database of its own, with only the default partitions (the migrations' months for
+    today are dropped, so what the tests expect does not move with the calendar)."""
     for fresh in _scratch():
-        for name in partitions(fresh):
-            if name != "requests_default":
-                execute(fresh, f"DROP TABLE {name}")
+        for table in TABLES:
+            for name in partitions(fresh, table):
+                if name != f"{table}_default":
+                    execute(fresh, f"DROP TABLE {name}")
         yield fresh
 
 
@@ -84,18 +88,19 @@ def keep(url: str, now: datetime = NOW, **config: Any) -> Maintenance:
     )
 
 
-def partitions(url: str) -> list[str]:
+def partitions(url: str, table: str = "requests") -> list[str]:
     rows = fetch(
         url,
         "SELECT c.relname AS name FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = 'requests'::regclass ORDER BY 1",
+        "WHERE i.inhparent = $1::regclass ORDER BY 1",
+        table,
     )
     return [row["name"] for row in rows]
 
 
-def where(url: str) -> dict[str, str]:
+def where(url: str, table: str = "requests") -> dict[str, str]:
     """request_id → the partition holding it."""
-    rows = fetch(url, "SELECT request_id, tableoid::regclass::text AS part FROM requests")
+    rows = fetch(url, f"SELECT request_id, tableoid::regclass::text AS part FROM {table}")
     return {row["request_id"]: row["part"] for row in rows}
 
 
@@ -107,12 +112,24 @@ def insert(url: str, *rows: tuple[str, str]) -> None:
     )
 
 
+def answer(url: str, *rows: tuple[str, str]) -> None:
+    """Students' answers to the requests ``rows`` name, at the requests' times."""
+    values = ", ".join(f"('{rid}', 's', 'live', '{at}', 'r', 'chat')" for rid, at in rows)
+    execute(
+        url,
+        "INSERT INTO student_answers (request_id, student, source, created_at, route, endpoint) "
+        f"VALUES {values}",
+    )
+
+
 def test_creates_the_current_day_and_the_days_ahead_once(url: str) -> None:
-    before = set(partitions(url))
+    before = {table: set(partitions(url, table)) for table in TABLES}
     done = keep(url, ahead=3)
-    assert done.created == [f"requests_p2027031{d}" for d in range(4)]
+    for table in TABLES:  # both tables alike
+        assert done[table].created == [f"{table}_p2027031{d}" for d in range(4)]
+        assert set(partitions(url, table)) == before[table] | set(done[table].created)
+    assert done.created == done["requests"].created + done["student_answers"].created
     assert not done.failed
-    assert set(partitions(url)) == before | set(done.created)
     insert(
         url,
         ("first", "2027-03-10 00:00Z"),
@@ -126,17 +143,26 @@ def test_creates_the_current_day_and_the_days_ahead_once(url: str) -> None:
         "next": "requests_p20270311",
         "local": "requests_p20270310",
     }
+    answer(url, ("first", "2027-03-10 00:00Z"), ("next", "2027-03-11 00:00Z"))
+    assert where(url, "student_answers") == {
+        "first": "student_answers_p20270310",
+        "next": "student_answers_p20270311",
+    }
     again = keep(url, ahead=3)
     assert again.created == []
-    assert again.plan.create == []
+    assert [t.plan.create for t in again.tables] == [[], []]
 
 
 def test_month_interval_and_a_switch_to_days_fills_only_the_gaps(url: str) -> None:
     done = keep(url, interval="month", ahead=2)
-    assert done.created == ["requests_p202703", "requests_p202704", "requests_p202705"]
+    assert done["requests"].created == ["requests_p202703", "requests_p202704", "requests_p202705"]
     # days ahead of May's end are new; the days inside the months are already covered
     switched = keep(url, now=datetime(2027, 5, 29, tzinfo=UTC), interval="day", ahead=4)
-    assert switched.created == ["requests_p20270601", "requests_p20270602"]
+    assert switched["requests"].created == ["requests_p20270601", "requests_p20270602"]
+    assert switched["student_answers"].created == [
+        "student_answers_p20270601",
+        "student_answers_p20270602",
+    ]
 
 
 def test_indexes_and_key_reach_new_partitions(url: str) -> None:
@@ -150,12 +176,27 @@ def test_indexes_and_key_reach_new_partitions(url: str) -> None:
     insert(url, ("a", "2027-03-10 01:00Z"))
     with pytest.raises(asyncpg.UniqueViolationError):
         insert(url, ("a", "2027-03-10 01:00Z"))
+    answers = fetch(
+        url,
+        "SELECT indexrelid::regclass::text AS name FROM pg_index "
+        "WHERE indrelid = 'student_answers_p20270310'::regclass",
+    )
+    assert len(answers) == 2  # the key and ix_student_answers_route_created_at
+    answer(url, ("a", "2027-03-10 01:00Z"))
+    with pytest.raises(asyncpg.UniqueViolationError):
+        answer(url, ("a", "2027-03-10 01:00Z"))
+    with pytest.raises(asyncpg.CheckViolationError):  # the parent's CHECK reached it too
+        execute(
+            url,
+            "INSERT INTO student_answers_p20270310 (request_id, student, source, created_at, "
+            "route, endpoint) VALUES ('b', 's', 'guess', '2027-03-10 02:00Z', 'r', 'chat')",
+        )
 
 
 def test_rows_in_the_default_partition_get_a_partition_of_their_own(url: str) -> None:
     insert(url, ("future", "2027-06-01 08:00Z"), ("skewed", "2027-03-12 23:59:59Z"))
     assert where(url) == {"future": "requests_default", "skewed": "requests_default"}
-    preview = keep(url, ahead=1, dry_run=True)
+    preview = keep(url, ahead=1, dry_run=True)["requests"]
     assert preview.default_rows == 2
     assert preview.moved == 2
     assert [s.name for s in preview.plan.create] == [
@@ -165,10 +206,41 @@ def test_rows_in_the_default_partition_get_a_partition_of_their_own(url: str) ->
         "requests_p20270601",
     ]
     assert where(url)["future"] == "requests_default"  # a dry run changes nothing
-    done = keep(url, ahead=2)
+    done = keep(url, ahead=2)["requests"]
     assert done.moved == 2
     assert where(url) == {"future": "requests_p20270601", "skewed": "requests_p20270312"}
     assert fetch(url, "SELECT count(*) AS n FROM requests_default") == [{"n": 0}]
+
+
+def test_answers_in_their_default_partition_get_a_partition_of_their_own(url: str) -> None:
+    """Each table by its own strays: an answer's period gets a partition in student_answers
+    even where requests has none (its request's row lies elsewhere, or is gone)."""
+    answer(url, ("future", "2027-06-01 08:00Z"), ("replayed", "2027-03-12 23:59:59Z"))
+    assert where(url, "student_answers") == {
+        "future": "student_answers_default",
+        "replayed": "student_answers_default",
+    }
+    preview = keep(url, ahead=1, dry_run=True)
+    assert preview["student_answers"].default_rows == 2
+    assert preview["student_answers"].moved == 2
+    assert [p.name for p in preview["student_answers"].plan.create] == [
+        "student_answers_p20270310",
+        "student_answers_p20270311",
+        "student_answers_p20270312",
+        "student_answers_p20270601",
+    ]
+    assert [p.name for p in preview["requests"].plan.create] == [
+        "requests_p20270310",
+        "requests_p20270311",
+    ]
+    done = keep(url, ahead=1)
+    assert done["student_answers"].moved == 2
+    assert done["requests"].moved == 0
+    assert where(url, "student_answers") == {
+        "future": "student_answers_p20270601",
+        "replayed": "student_answers_p20270312",
+    }
+    assert fetch(url, "SELECT count(*) AS n FROM student_answers_default") == [{"n": 0}]
 
 
 def test_retention_drops_whole_old_partitions_and_old_default_rows(url: str) -> None:
@@ -180,18 +252,30 @@ def test_retention_drops_whole_old_partitions_and_old_default_rows(url: str) -> 
         ("kept", "2027-02-09 00:00Z"),
         ("ancient", "1999-01-01 00:00Z"),  # below every partition: in the default
     )
-    preview = keep(url, retention_days=30, dry_run=True)
-    assert preview.plan.cutoff == datetime(2027, 2, 8, 15, 30, tzinfo=UTC)
+    answer(url, ("old", "2027-01-02 10:00Z"), ("kept", "2027-02-09 00:00Z"))
+    answer(url, ("ancient", "1999-01-01 00:00Z"), ("older", "1998-01-01 00:00Z"))
+    planned = keep(url, retention_days=30, dry_run=True)
+    assert planned.cutoff == datetime(2027, 2, 8, 15, 30, tzinfo=UTC)
+    preview = planned["requests"]
+    assert preview.plan.cutoff == planned.cutoff
     assert preview.plan.drop[0].name == "requests_p20270101"
     assert preview.plan.drop[-1].name == "requests_p20270207"
     assert preview.expired == 1  # "ancient"
+    assert planned["student_answers"].expired == 2
+    assert [p.name for p in planned["student_answers"].plan.drop] == [
+        p.name.replace("requests", "student_answers") for p in preview.plan.drop
+    ]
     assert len(where(url)) == 4
     done = keep(url, retention_days=30)
-    assert done.dropped == [p.name for p in preview.plan.drop]
-    assert done.expired == 1
+    assert done["requests"].dropped == [p.name for p in preview.plan.drop]
+    assert done["requests"].expired == 1
+    assert done["student_answers"].expired == 2
+    assert done.dropped == [p.name for t in planned.tables for p in t.plan.drop]
     assert set(where(url)) == {"edge", "kept"}
-    assert "requests_p20270208" in partitions(url)
-    assert "requests_p20270207" not in partitions(url)
+    assert set(where(url, "student_answers")) == {"kept"}
+    for table in TABLES:
+        assert f"{table}_p20270208" in partitions(url, table)
+        assert f"{table}_p20270207" not in partitions(url, table)
 
 
 def test_two_keepers_at_once_share_the_work(url: str) -> None:
@@ -211,7 +295,9 @@ def test_two_keepers_at_once_share_the_work(url: str) -> None:
     assert not first.failed
     assert not second.failed
     created = first.created + second.created
-    assert sorted(created) == [f"requests_p202703{day}" for day in range(10, 31)]  # once each
+    assert sorted(created) == [  # once each
+        f"{table}_p202703{day}" for table in TABLES for day in range(10, 31)
+    ]
     assert [] in (first.created, second.created)  # the second found the work done
 
 
@@ -251,12 +337,17 @@ def test_a_step_whose_lock_is_not_granted_is_reported_not_fatal(url: str) -> Non
             await holder.close()
 
     done = asyncio.run(run())
-    assert done.created == []
+    assert done["requests"].created == []
     assert [step for step, _ in done.failed] == [
         "create requests_p20270310",
         "create requests_p20270311",
     ]
     assert "lock timeout" in done.failed[0][1]
+    # the other table is not held up by the one that is
+    assert done["student_answers"].created == [
+        "student_answers_p20270310",
+        "student_answers_p20270311",
+    ]
     assert keep(url, ahead=1).created == ["requests_p20270310", "requests_p20270311"]
 
 
@@ -264,6 +355,14 @@ def test_an_unpartitioned_table_is_a_clear_error() -> None:
     for old in _scratch("0005"):
         with pytest.raises(PartitionError, match="not partitioned"):
             keep(old)
+
+
+def test_a_missing_student_answers_table_is_a_clear_error_and_changes_nothing() -> None:
+    for old in _scratch("0008"):
+        before = partitions(old)
+        with pytest.raises(PartitionError, match=r"no student_answers table.*migrate"):
+            keep(old, ahead=3)
+        assert partitions(old) == before
 
 
 # --- the writer ---------------------------------------------------------------------------------
@@ -337,8 +436,12 @@ def test_the_gateway_keeps_the_partitions_at_start_up(
     gateway = GatewayServer(config).start()
     try:
         today = datetime.now(UTC)
-        wanted = {f"requests_p{today + timedelta(days=d):%Y%m%d}" for d in range(3)}
-        wait_for(lambda: wanted <= set(partitions(url)), what="partitions made at start-up")
+        for table in TABLES:
+            wanted = {f"{table}_p{today + timedelta(days=d):%Y%m%d}" for d in range(3)}
+            wait_for(
+                lambda: wanted <= set(partitions(url, table)),  # noqa: B023  (waited on here)
+                what=f"partitions of {table} made at start-up",
+            )
         wait_for(lambda: where(url) == {"stray": "requests_p20261128"}, what="the stray moved")
     finally:
         gateway.stop()
@@ -372,14 +475,35 @@ def cli(tmp_path: Path, url: str, partitions: str, *args: str) -> subprocess.Com
 def test_the_command_dry_run_then_run_then_nothing_left(url: str, tmp_path: Path) -> None:
     settings = "{interval: day, ahead: 40, retention_days: 365}"  # 40 days: past this month
     before = set(partitions(url))
+    answer(url, ("stray", "2031-01-01 00:00Z"))  # beyond every partition: in the default
     dry = cli(tmp_path, url, settings, "--dry-run")
     assert dry.returncode == 0, dry.stderr
+    assert "0 partition(s) of requests before this run, 0 row(s) in requests_default" in dry.stdout
+    assert (
+        "0 partition(s) of student_answers before this run, 1 row(s) in student_answers_default"
+        in dry.stdout
+    )
     assert "would create: requests_p" in dry.stdout
+    assert ", student_answers_p" in dry.stdout
+    assert "rows to move out of student_answers_default: 1" in dry.stdout
+    assert "requests_default:" not in dry.stdout  # nothing to move there
     assert set(partitions(url)) == before
     done = cli(tmp_path, url, settings, "--format", "json")
     assert done.returncode == 0, done.stderr
-    assert '"created": [' in done.stdout
+    report = json.loads(done.stdout)
+    assert len(report["created"]) == 2 * 41 + 1  # 41 days each, and the stray's day
+    assert {p["table"] for p in report["create"]} == set(TABLES)
+    assert report["rows_moved_from_default"] == 1
+    assert report["tables"]["student_answers"] == {
+        "partitions": 0,
+        "default_partition": "student_answers_default",
+        "default_rows": 1,
+        "rows_moved_from_default": 1,
+        "default_rows_expired": 0,
+    }
+    assert report["tables"]["requests"]["rows_moved_from_default"] == 0
     assert set(partitions(url)) > before
+    assert "student_answers_p20310101" in partitions(url, "student_answers")
     again = cli(tmp_path, url, settings, "--dry-run")
     assert "would create: nothing" in again.stdout
 
