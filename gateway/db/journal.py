@@ -6,6 +6,19 @@ worker left behind are picked up by whichever worker runs next. Lines are writte
 fsync'd per batch; a torn last line (power loss, SIGKILL mid-write) is skipped on replay and
 counted, never fatal.
 
+The format: one JSON object per line, one record (a row or a half of one), its columns by
+name; timestamps as ISO 8601 strings (read back as ``datetime``). A line's table is named by
+its ``"_table"`` key (:data:`TABLE_KEY`), which is not a column and is never inserted::
+
+    {"request_id": "req_1", "created_at": "…", "route": "r", "teacher_output": "…"}
+    {"request_id": "req_1", "student": "s1", "source": "live", "created_at": "…", …,
+     "_table": "student_answers"}
+
+A line without ``_table`` is a ``requests`` record: that is how every line was written before
+``student_answers`` existed, so older journals replay unchanged. A line whose ``_table`` this
+version does not know is replayed into ``rejected.jsonl``, not dropped; one that is not a JSON
+object with a ``request_id`` (and, if any, a string ``_table``) counts as unreadable.
+
 A journal the disk refuses (directory unwritable, disk full) is not fatal either: the journal
 records the failure in ``error`` (None while writable), the caller keeps serving, and one line
 is logged when it breaks and one when it recovers, not one per batch.
@@ -24,11 +37,26 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+from sqlalchemy import DateTime
+
+from gateway.db.tables import requests, student_answers
 
 _log = logging.getLogger("shadow_gateway.journal")
-_DATETIME_COLUMNS = ("created_at", "completed_at")
 
 Record = dict[str, Any]
+
+TABLE_KEY = "_table"  # a record's table, where it is not ``requests``; never a column
+# Read back as datetimes: asyncpg binds timestamptz from those, not from strings.
+_DATETIME_COLUMNS = tuple(
+    sorted(
+        {
+            column.name
+            for table in (requests, student_answers)
+            for column in table.columns
+            if isinstance(column.type, DateTime)
+        }
+    )
+)
 
 
 def _decode(line: bytes) -> Record | None:
@@ -37,6 +65,8 @@ def _decode(line: bytes) -> Record | None:
     except orjson.JSONDecodeError:
         return None
     if not isinstance(record, dict) or "request_id" not in record:
+        return None
+    if not isinstance(record.get(TABLE_KEY, ""), str):
         return None
     for column in _DATETIME_COLUMNS:
         value = record.get(column)

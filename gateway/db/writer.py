@@ -1,15 +1,23 @@
 """The batched log writer: request path → memory → Postgres, or the journal when it is down.
 
-``submit`` never blocks and never does I/O: it merges the record into a pending map keyed by
-request id (so the two halves of one row usually become one write). A single background task
-flushes on size or time with one ``INSERT … SELECT FROM unnest(…) ON CONFLICT DO UPDATE``
-statement per batch, which merges halves already in the table and makes every write idempotent.
+It fills two tables the same way: ``requests`` (:meth:`LogWriter.submit`, one row per request,
+written in halves) and ``student_answers`` (:meth:`LogWriter.submit_answer`, one row per
+request, student and source). Neither call blocks or does I/O: each merges the record into one
+pending map, keyed by the row's primary key less ``created_at`` (every half of a row carries
+the same one): a bare request id for ``requests`` (the request path's key, as before answers
+existed), ``("student_answers", (request_id, student, source))`` for answers, so the halves
+of one row usually become one write. A single background task flushes on size or time; a
+batch may hold both tables and is written with one ``INSERT … SELECT FROM unnest(…) ON
+CONFLICT DO UPDATE SET c = COALESCE(EXCLUDED.c, t.c)`` statement per table, derived from the
+table's definition, which merges halves already in the table and makes every write idempotent.
 
-When Postgres is unreachable, batches are appended to the local journal instead, and the task
-probes Postgres every ``retry_interval_s``; once it answers, the journal (this process's file
-and any orphaned files of dead processes) is replayed before new batches. A row Postgres
-rejects for its content (not its availability) is retried alone and, if still refused, kept
-in ``rejected.jsonl`` next to the journal: it is never silently dropped.
+When Postgres is unreachable, batches are appended to the local journal instead (an answer
+record carries its table's name, see :mod:`gateway.db.journal`), and the task probes Postgres
+every ``retry_interval_s``; once it answers, the journal (this process's file and any orphaned
+files of dead processes) is replayed before new batches. A row Postgres rejects for its
+content (not its availability) is retried alone and, if still refused, kept in
+``rejected.jsonl`` next to the journal: it is never silently dropped. ``queue_max`` and
+``memory_max`` count the records of both tables.
 """
 
 from __future__ import annotations
@@ -18,39 +26,104 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import operator
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
+from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql
 
 from gateway.config import LogWriterConfig
-from gateway.db.journal import Journal, Record
-from gateway.db.tables import requests
+from gateway.db.journal import TABLE_KEY, Journal, Record
+from gateway.db.tables import requests, student_answers
 from gateway.metrics import Metrics
 
 _log = logging.getLogger("shadow_gateway.writer")
 
-_COLUMNS = [column.name for column in requests.columns]
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
-_TYPES = {column.name: column.type.compile(dialect=_DIALECT) for column in requests.columns}
-_JSON_COLUMNS = {name for name, pg_type in _TYPES.items() if pg_type == "JSONB"}
-# The primary key (request_id, created_at): created_at is the partition key (migration 0006).
-# Every half of a row carries the request's one created_at (RowIdentity), so halves meet here.
-_KEY = [column.name for column in requests.primary_key.columns]
-# Built from our own table definition, never from input: no injection surface.
-_UPSERT = (
-    f"INSERT INTO requests ({', '.join(_COLUMNS)}) "  # noqa: S608
-    f"SELECT * FROM unnest({', '.join(f'${i}::{_TYPES[c]}[]' for i, c in enumerate(_COLUMNS, 1))}) "
-    f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
-    + ", ".join(f"{c} = COALESCE(EXCLUDED.{c}, requests.{c})" for c in _COLUMNS if c not in _KEY)
-)
+# The partition key (migration 0006): part of each primary key, and the same on every half of
+# a row (RowIdentity), so the pending map leaves it out of its keys and halves meet there.
+_PARTITION_KEY = "created_at"
 # Postgres text and jsonb cannot hold NUL; an escaped \u0000 (not an escaped backslash) is cut.
 _JSON_NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def upsert_statement(table: Table) -> str:
+    """``INSERT … SELECT FROM unnest(…) ON CONFLICT (primary key) DO UPDATE … COALESCE``.
+
+    One array parameter per column, in the table's order. Built from our own table definition,
+    never from input: no injection surface.
+    """
+    columns = [column.name for column in table.columns]
+    types = [column.type.compile(dialect=_DIALECT) for column in table.columns]
+    key = [column.name for column in table.primary_key.columns]
+    arrays = ", ".join(f"${i}::{pg_type}[]" for i, pg_type in enumerate(types, 1))
+    return (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) "  # noqa: S608
+        f"SELECT * FROM unnest({arrays}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET "
+        + ", ".join(
+            f"{c} = COALESCE(EXCLUDED.{c}, {table.name}.{c})" for c in columns if c not in key
+        )
+    )
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A table the writer fills: its upsert, how to lay a batch out for it, a row's key."""
+
+    name: str
+    upsert: str
+    columns: tuple[tuple[str, str], ...]  # (name, "json" | "text" | "") in the table's order
+    key: Callable[[Record], Hashable]  # the pending map's key of a record of this table
+
+    @classmethod
+    def of(cls, table: Table) -> _Target:
+        kinds = []
+        for column in table.columns:
+            pg_type = column.type.compile(dialect=_DIALECT)
+            kinds.append(
+                (column.name, "json" if pg_type == "JSONB" else "text" if pg_type == "TEXT" else "")
+            )
+        get = operator.itemgetter(
+            *(c.name for c in table.primary_key.columns if c.name != _PARTITION_KEY)
+        )
+
+        def named(record: Record) -> Hashable:  # a tuple with the table's name: never a str
+            return (table.name, get(record))
+
+        # requests: a bare request id, what submit() uses inline
+        key: Callable[[Record], Hashable] = get if table is requests else named
+        return cls(table.name, upsert_statement(table), tuple(kinds), key)
+
+    def arrays(self, batch: list[Record]) -> list[list[Any]]:
+        """The batch as one array per column, the upsert's parameters."""
+        arrays = []
+        for column, kind in self.columns:
+            values = [record.get(column) for record in batch]
+            if kind == "json":
+                values = [_json(value) for value in values]
+            elif kind == "text":
+                values = [v.replace("\x00", "") if isinstance(v, str) else v for v in values]
+            arrays.append(values)
+        return arrays
+
+
+_REQUESTS = _Target.of(requests)
+_ANSWERS = _Target.of(student_answers)
+# A record's TABLE_KEY value → its table; no marker is a requests record (journals before
+# student_answers existed hold only those).
+_TARGETS: dict[str | None, _Target] = {
+    None: _REQUESTS,
+    _REQUESTS.name: _REQUESTS,
+    _ANSWERS.name: _ANSWERS,
+}
 
 _ORPHAN_SCAN_INTERVAL_S = 60.0
 _WRITTEN, _DOWN = object(), object()
@@ -76,18 +149,6 @@ def _json(value: Any) -> str | None:
     return dumped.decode()
 
 
-def _column_arrays(batch: list[Record]) -> list[list[Any]]:
-    arrays = []
-    for column in _COLUMNS:
-        values = [record.get(column) for record in batch]
-        if column in _JSON_COLUMNS:
-            values = [_json(value) for value in values]
-        elif _TYPES[column] == "TEXT":
-            values = [v.replace("\x00", "") if isinstance(v, str) else v for v in values]
-        arrays.append(values)
-    return arrays
-
-
 def merge(into: Record, update: Record) -> None:
     """Fold a later half into a pending record: set values win over missing ones."""
     for key, value in update.items():
@@ -111,7 +172,8 @@ class LogWriter:
         self._connect_timeout_s = connect_timeout_s
         self.journal = Journal(journal_dir)
         self._rejected_path = journal_dir / "rejected.jsonl"
-        self._pending: dict[str, Record] = {}
+        # One map for both tables, in arrival order; see the module docstring for its keys.
+        self._pending: dict[Hashable, Record] = {}
         self._wake = asyncio.Event()
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
@@ -125,12 +187,41 @@ class LogWriter:
     # -- request path -----------------------------------------------------------------------
 
     def submit(self, record: Record) -> None:
-        pending = self._pending.get(record["request_id"])
+        """Queue a ``requests`` row, or a half of one; the writer owns ``record`` from here."""
+        # _enqueue's body, inlined: this runs on the request path, twice per request.
+        key = record["request_id"]
+        pending = self._pending.get(key)
         if pending is not None:
             merge(pending, record)
         else:
-            self._pending[record["request_id"]] = record
+            self._pending[key] = record
         size = len(self._pending)
+        if size >= self._config.batch_size or size >= self._config.queue_max:
+            self._queued(size)
+
+    def submit_answer(self, record: Record) -> None:
+        """Queue a ``student_answers`` row, or a half of one; ``record`` is copied.
+
+        As with ``requests``, every half carries the row's whole key (``request_id``,
+        ``student``, ``source``, the request's ``created_at``) and its NOT NULL columns
+        (``route``, ``endpoint``, ``slices``): Postgres checks those before it merges, and
+        refuses (into ``rejected.jsonl``) a half without them.
+        """
+        record = {**record, TABLE_KEY: _ANSWERS.name}
+        self._enqueue(_ANSWERS.key(record), record)
+
+    def _enqueue(self, key: Hashable, record: Record) -> None:
+        pending = self._pending.get(key)
+        if pending is not None:
+            merge(pending, record)
+        else:
+            self._pending[key] = record
+        size = len(self._pending)
+        if size >= self._config.batch_size or size >= self._config.queue_max:
+            self._queued(size)
+
+    def _queued(self, size: int) -> None:
+        """A batch is ready: wake the writer; past ``queue_max``, journal the backlog now."""
         if size >= self._config.batch_size:
             self._wake.set()
         if size >= self._config.queue_max and self.journal.writable:
@@ -261,9 +352,10 @@ class LogWriter:
             # Disk refused too (the journal logs that once): keep the records in memory, merged
             # with any half that arrived meanwhile; the next cycle tries again.
             for record in batch:
-                pending = self._pending.get(record["request_id"])
+                key = _pending_key(record)
+                pending = self._pending.get(key)
                 if pending is None:
-                    self._pending[record["request_id"]] = record
+                    self._pending[key] = record
                 else:
                     merge(pending, record)
         finally:
@@ -271,8 +363,29 @@ class LogWriter:
             self._metrics.journal_records.set(self.journal.records)
 
     async def _write(self, batch: list[Record]) -> bool:
-        """Upsert ``batch``; False (and Postgres marked down) if it could not be written."""
-        outcome = await self._upsert(batch)
+        """Upsert ``batch``, one statement per table; False (and Postgres marked down) if it
+        could not all be written (the caller journals it whole: upserts make that safe)."""
+        by_table: dict[str | None, list[Record]] = {}
+        for record in batch:
+            marker = record.get(TABLE_KEY)
+            rows = by_table.get(marker)
+            if rows is None:
+                by_table[marker] = [record]
+            else:
+                rows.append(record)
+        unknown: list[Record] = []
+        for marker, rows in by_table.items():
+            target = _TARGETS.get(marker)
+            if target is None:  # a journal line of a table this version does not know
+                unknown.extend({**r, "_rejected_because": "unknown table"} for r in rows)
+            elif not await self._write_rows(target, rows):
+                return False
+        if unknown:  # last: a batch journaled again (Postgres gone meanwhile) sets none aside
+            self._keep_rejected(unknown)
+        return True
+
+    async def _write_rows(self, target: _Target, batch: list[Record]) -> bool:
+        outcome = await self._upsert(target, batch)
         if outcome is _WRITTEN:
             return True
         if outcome is _DOWN:
@@ -283,7 +396,7 @@ class LogWriter:
         )
         refused: list[Record] = []
         for record in batch:
-            outcome = await self._upsert([record])
+            outcome = await self._upsert(target, [record])
             if outcome is _DOWN:
                 return False  # the caller journals the whole batch; upserts make that safe
             if outcome is not _WRITTEN:
@@ -292,11 +405,11 @@ class LogWriter:
             self._keep_rejected(refused)
         return True
 
-    async def _upsert(self, batch: list[Record]) -> object:
+    async def _upsert(self, target: _Target, batch: list[Record]) -> object:
         """``_WRITTEN``, ``_DOWN``, or the error with which Postgres refused the content."""
         assert self._conn is not None
         try:
-            await self._conn.execute(_UPSERT, *_column_arrays(batch), timeout=30)
+            await self._conn.execute(target.upsert, *target.arrays(batch), timeout=30)
         except ValueError as exc:  # refused by the driver before sending (out of range, …)
             return exc
         except DB_UNAVAILABLE as exc:
@@ -361,13 +474,24 @@ class LogWriter:
         return written
 
 
+def _pending_key(record: Record) -> Hashable:
+    return _TARGETS[record.get(TABLE_KEY)].key(record)
+
+
 def _dedupe(records: list[Record]) -> list[Record]:
-    """One entry per request id, halves merged: one upsert may not touch a row twice."""
-    merged: dict[str, Record] = {}
-    for record in records:
-        existing = merged.get(record["request_id"])
+    """One entry per row, halves merged: one upsert may not touch a row twice."""
+    merged: dict[Hashable, Record] = {}
+    for index, record in enumerate(records):
+        try:
+            key = _pending_key(record)
+            hash(key)
+        except (KeyError, TypeError):
+            # A journal line of an unknown table, or without its key: kept as it is, for
+            # _write to set aside (Postgres refuses a row without its primary key).
+            key = ("unkeyed", index)
+        existing = merged.get(key)
         if existing is None:
-            merged[record["request_id"]] = dict(record)
+            merged[key] = dict(record)
         else:
             merge(existing, record)
     return list(merged.values())

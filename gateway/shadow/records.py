@@ -377,8 +377,10 @@ def _tokenless(logprobs: Any) -> Any:
 class RedactingWriter(LogWriter):
     """The log writer, redacting each record of a route that has redactors before queueing it.
 
-    ``submit`` is the one door to storage (queue, journal, Postgres, rejected rows), so
-    nothing unredacted is ever written anywhere.
+    ``submit`` (``requests``) and ``submit_answer`` (``student_answers``) are the only doors to
+    storage (queue, journal, Postgres, rejected rows), so nothing unredacted is ever written
+    anywhere. An answer is redacted as a request's student columns are: the same columns by
+    name, its token strings dropped when its text changed.
     """
 
     def __init__(
@@ -397,3 +399,7 @@ class RedactingWriter(LogWriter):
     def submit(self, record: Record) -> None:
         redactor = self._redactors.get(record["route"]) if self._redactors else None
         super().submit(record if redactor is None else redact_record(record, redactor))
+
+    def submit_answer(self, record: Record) -> None:
+        redactor = self._redactors.get(record["route"]) if self._redactors else None
+        super().submit_answer(record if redactor is None else redact_record(record, redactor))

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
+from gateway.config import LogWriterConfig
 from gateway.db.embedded import EmbeddedPostgres
+from gateway.db.engine import plain_dsn
+from gateway.db.writer import LogWriter
+from gateway.metrics import Metrics
 from tests.integration.conftest import ROUTE
 from tests.support.db import fetch, wait_for
 from tests.support.gateway import GatewayServer, route, write_config
@@ -111,6 +118,88 @@ def test_gateway_starts_and_journals_when_postgres_is_down(
         wait_for(lambda: count_complete(url) == (5, 5, 5), timeout_s=30, what="5 replayed rows")
     finally:
         gateway.stop()
+
+
+def test_an_outage_journals_both_tables_and_the_replay_completes_them_once(
+    tmp_path: Path, private_postgres: tuple[EmbeddedPostgres, str]
+) -> None:
+    """Requests and student answers, halves written before, during and after an outage."""
+    server, url = private_postgres
+    created = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+    ids = [f"req_{n}" for n in range(40)]
+    students = ("champion", "candidate")
+
+    def request_half(request_id: str, **columns: object) -> dict[str, object]:
+        identity = {"route": ROUTE, "endpoint": "chat", "created_at": created, "mode": "shadow"}
+        return {"request_id": request_id, **identity, "slices": {}, **columns}
+
+    def answer(request_id: str, student: str, **columns: object) -> dict[str, object]:
+        return {
+            "request_id": request_id,
+            "student": student,
+            "source": "live",
+            "created_at": created,
+            "route": ROUTE,
+            "endpoint": "chat",
+            "slices": {},  # NOT NULL, so on every half, as route and endpoint
+            **columns,
+        }
+
+    registry = CollectorRegistry()
+
+    async def run() -> LogWriter:
+        config = LogWriterConfig(batch_size=16, flush_interval_s=0.05, retry_interval_s=0.2)
+        log = LogWriter(plain_dsn(url), tmp_path / "journal", config, Metrics(registry))
+        await log.start()
+        for request_id in ids[:10]:  # written while Postgres is up
+            log.submit(request_half(request_id, teacher_output="t"))
+            log.submit_answer(answer(request_id, "champion", student_output="s"))
+        await wait_async(lambda: log.queue_depth == 0, "the first records written")
+        await asyncio.to_thread(server.stop)
+        for request_id in ids:  # the outage: every other half, journaled
+            if request_id not in ids[:10]:
+                log.submit(request_half(request_id, teacher_output="t"))
+            log.submit(request_half(request_id, student_output="s", student_status="ok"))
+            for student in students:
+                log.submit_answer(answer(request_id, student, student_output="s"))
+        await wait_async(lambda: log.journal.records > 0 and log.queue_depth == 0, "journaled")
+        await asyncio.to_thread(server.start)
+        for request_id in ids:  # the verdicts come after the outage
+            for student in students:
+                log.submit_answer(answer(request_id, student, agree=True))
+        await wait_async(lambda: log.journal.records == 0, "the journal replayed")
+        await log.close()
+        return log
+
+    log = asyncio.run(run())
+    assert not (tmp_path / "journal" / "rejected.jsonl").exists()
+    assert log.journal.records == 0
+    assert (registry.get_sample_value("shadow_gateway_journal_replayed_total") or 0) > 0
+    requests_rows = fetch(
+        url,
+        "SELECT count(*) AS n, count(DISTINCT request_id) AS ids, count(*) FILTER "
+        "(WHERE teacher_output IS NOT NULL AND student_status IS NOT NULL) AS complete "
+        "FROM requests",
+    )
+    assert requests_rows == [{"n": 40, "ids": 40, "complete": 40}]
+    answers_rows = fetch(
+        url,
+        "SELECT student, count(*) AS n, count(DISTINCT request_id) AS ids, count(*) FILTER "
+        "(WHERE student_output IS NOT NULL AND agree) AS complete "
+        "FROM student_answers GROUP BY student ORDER BY student",
+    )
+    assert answers_rows == [
+        {"student": "candidate", "n": 40, "ids": 40, "complete": 40},
+        {"student": "champion", "n": 40, "ids": 40, "complete": 40},
+    ]
+
+
+async def wait_async(predicate: Any, what: str, timeout_s: float = 30.0) -> None:
+    for _ in range(int(timeout_s / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def orphan_journal(data_dir: Path, records: list[dict[str, Any]]) -> Path:

@@ -1,3 +1,5 @@
+"""The journal's format and the writer's pending map, for both tables; no Postgres here."""
+
 from __future__ import annotations
 
 import json
@@ -8,11 +10,30 @@ from pathlib import Path
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
-from gateway.config import StudentConfig
-from gateway.db.journal import Journal
-from gateway.db.writer import _dedupe, merge
+from gateway.config import LogWriterConfig, StudentConfig
+from gateway.core.redact import EMAIL, Redactor
+from gateway.db.journal import TABLE_KEY, Journal
+from gateway.db.tables import student_answers
+from gateway.db.writer import LogWriter, _dedupe, merge, upsert_statement
+from gateway.metrics import Metrics
 from gateway.shadow.dispatcher import student_request
+from gateway.shadow.records import RedactingWriter
+
+CREATED = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+
+
+def answer(request_id: str, student: str = "s1", **columns: object) -> dict[str, object]:
+    key = {"request_id": request_id, "student": student, "source": "live"}
+    return {**key, "created_at": CREATED, "route": "r", "endpoint": "chat", **columns}
+
+
+def offline_writer(tmp_path: Path, **config: int) -> tuple[LogWriter, CollectorRegistry]:
+    """A writer never started: submit() and the journal work, nothing talks to Postgres."""
+    registry = CollectorRegistry()
+    settings = LogWriterConfig(**config)
+    return LogWriter("postgresql://unused", tmp_path, settings, Metrics(registry)), registry
 
 
 def test_journal_round_trip_with_torn_tail(tmp_path: Path) -> None:
@@ -136,3 +157,141 @@ def test_an_unwritable_journal_directory_is_reported_and_retried(tmp_path: Path)
     assert journal.writable
     assert [r["request_id"] for r in journal.read_own()] == ["a"]
     journal.close()
+
+
+def test_answer_lines_carry_their_table_and_old_lines_are_requests(tmp_path: Path) -> None:
+    log, _ = offline_writer(tmp_path)
+    log.journal.open()
+    log.submit({"request_id": "a", "created_at": CREATED, "teacher_output": "t"})
+    log.submit_answer(answer("a", answered_at=CREATED, student_output="s"))
+    log._spill(log._take(10))
+    path = next(tmp_path.glob("journal-*.jsonl"))
+    lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert TABLE_KEY not in lines[0]  # requests lines are written as before answers existed
+    assert lines[1][TABLE_KEY] == "student_answers"
+    assert lines[1]["answered_at"] == CREATED.isoformat()
+    read = list(log.journal.read_own())
+    assert read[1]["answered_at"] == CREATED  # a datetime again, as asyncpg binds it
+    assert [r.get(TABLE_KEY) for r in read] == [None, "student_answers"]
+    log.journal.close()
+
+
+def test_a_line_whose_table_marker_is_not_a_name_is_unreadable(tmp_path: Path) -> None:
+    dead = tmp_path / "journal-1-dead.jsonl"
+    lines = [{"request_id": "a"}, {"request_id": "b", TABLE_KEY: ["x"]}, {"request_id": "c"}]
+    dead.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    assert [r["request_id"] for r in Journal(tmp_path).read(dead)] == ["a", "c"]
+
+
+def test_dedupe_merges_each_tables_rows_by_their_own_key() -> None:
+    marker = {TABLE_KEY: "student_answers"}
+    merged = _dedupe(
+        [
+            {"request_id": "a", "teacher_output": "t"},
+            {**answer("a"), **marker, "student_output": "s"},
+            {**answer("a", "s2"), **marker},
+            {**answer("a", source="replay"), **marker},
+            {**answer("a"), **marker, "agree": True},
+            {"request_id": "a", "student_output": "champion"},
+            {"request_id": "x", TABLE_KEY: "not_a_table_yet"},  # kept, for _write to set aside
+            {"request_id": "y", TABLE_KEY: "student_answers"},  # no key: kept, Postgres refuses
+        ]
+    )
+    assert len(merged) == 6
+    assert merged[0] == {"request_id": "a", "teacher_output": "t", "student_output": "champion"}
+    assert merged[1]["student_output"] == "s"
+    assert merged[1]["agree"] is True
+    assert [(m.get("student"), m.get("source")) for m in merged[2:4]] == [
+        ("s2", "live"),
+        ("s1", "replay"),
+    ]
+
+
+def test_submit_answer_merges_halves_apart_from_requests_and_copies(tmp_path: Path) -> None:
+    log, _ = offline_writer(tmp_path)
+    mine = answer("a", student_output="s")
+    log.submit_answer(mine)
+    log.submit_answer(answer("a", agree=False, student_output=None))
+    log.submit_answer(answer("a", "s2"))
+    log.submit({"request_id": "a", "created_at": CREATED, "student_output": "champion"})
+    assert TABLE_KEY not in mine  # the caller's record is left alone
+    assert log.queue_depth == 3
+    first, second, request = log._take(10)
+    assert first == {**answer("a", student_output="s", agree=False), TABLE_KEY: "student_answers"}
+    assert second["student"] == "s2"
+    assert TABLE_KEY not in request
+
+
+def test_the_queue_bound_counts_both_tables(tmp_path: Path) -> None:
+    log, _ = offline_writer(tmp_path, queue_max=4, memory_max=6)
+    log.journal.open()
+    for n in range(3):
+        log.submit_answer(answer(f"r{n}"))
+    assert log.queue_depth == 3
+    log.submit({"request_id": "r0", "created_at": CREATED})  # the 4th: the backlog goes to disk
+    assert log.queue_depth == 0
+    assert log.journal.records == 4
+    log.journal.close()
+
+
+def test_the_memory_bound_counts_both_tables(tmp_path: Path) -> None:
+    blocked = tmp_path / "journal"
+    blocked.write_text("a file where the journal's directory should be")  # the disk refuses
+    log, registry = offline_writer(blocked, queue_max=3, memory_max=4)
+    log.journal.open()
+    for n in range(3):
+        log.submit({"request_id": f"r{n}", "created_at": CREATED})
+        log.submit_answer(answer(f"r{n}"))
+    log._spill(log._take(6))  # the journal refuses: all six stay in memory, in order
+    assert log.queue_depth == 6
+    log._shed_overflow()
+    assert log.queue_depth == 4
+    assert registry.get_sample_value("shadow_gateway_log_records_dropped_total") == 2
+    kept = log._take(10)
+    assert [(r["request_id"], TABLE_KEY in r) for r in kept] == [
+        ("r1", False),
+        ("r1", True),
+        ("r2", False),
+        ("r2", True),
+    ]
+
+
+def test_the_answers_upsert_merges_on_its_primary_key() -> None:
+    sql = upsert_statement(student_answers)
+    assert sql.startswith("INSERT INTO student_answers (request_id, student, source, created_at")
+    assert "ON CONFLICT (request_id, student, source, created_at) DO UPDATE SET " in sql
+    assert "agree = COALESCE(EXCLUDED.agree, student_answers.agree)" in sql
+    assert "student = COALESCE" not in sql
+    assert TABLE_KEY not in sql
+
+
+def test_answers_are_redacted_like_a_requests_student_columns(tmp_path: Path) -> None:
+    log = RedactingWriter(
+        "postgresql://unused",
+        tmp_path,
+        LogWriterConfig(),
+        Metrics(CollectorRegistry()),
+        redactors={"r": Redactor(emails=True)},
+    )
+    mail = "write to ann@example.com"
+    logprobs = [{"token": "ann@example.com", "logprob": -0.5, "top_logprobs": []}]
+    log.submit_answer(
+        answer(
+            "a",
+            student_output=mail,
+            student_error=mail,
+            agreement_reason=mail,
+            student_response={"choices": [{"message": {"content": mail}}]},
+            agreement_detail={"student": mail},
+            slices={"user": "ann@example.com"},
+            student_logprobs=logprobs,
+        )
+    )
+    log.submit_answer({**answer("b", "s1"), "route": "unredacted", "student_output": mail})
+    (stored, plain) = log._take(10)
+    text = orjson.dumps(stored).decode()
+    assert "ann@example.com" not in text
+    assert stored["student_output"] == f"write to {EMAIL}"
+    assert stored["student_logprobs"] == [{"token": None, "logprob": -0.5, "top_logprobs": []}]
+    assert stored[TABLE_KEY] == "student_answers"
+    assert plain["student_output"] == mail  # a route without redactors is stored as sent
