@@ -28,7 +28,7 @@ from gateway.clients.teacher import Teacher
 from gateway.clients.upstream import new_session
 from gateway.config import Settings, load_settings
 from gateway.db.engine import create_engine, plain_dsn
-from gateway.db.notify import KEYS_CHANNEL, ROUTES_CHANNEL, ChangeListener
+from gateway.db.notify import KEYS_CHANNEL, ROUTES_CHANNEL, STUDENTS_CHANNEL, ChangeListener
 from gateway.db.partitions import PartitionMaintainer
 from gateway.errors import ConfigError, GatewayError
 from gateway.metrics import Metrics, describe_routes, forget_dead_workers
@@ -37,6 +37,7 @@ from gateway.services.control import ControlPlane
 from gateway.services.guardian import Guardian
 from gateway.services.proxy import ProxyService
 from gateway.services.reports import DriftMonitor
+from gateway.services.students import StudentRegistry, StudentState
 from gateway.shadow.analysis import build_analyses
 from gateway.shadow.dispatcher import ShadowDispatcher
 from gateway.shadow.records import RedactingWriter, route_redactors
@@ -71,19 +72,37 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             connect_timeout_s=config.database.connect_timeout_s,
         )
         await writer.start()
-        teacher_session = new_session(max_connections=0)  # 0: unlimited; the app bounds it
-        student_session = new_session(max_connections=StudentPool.connections(config.routes))
+        # 0: unlimited. The app bounds the teacher's calls, and each student its own
+        # (max_concurrency), which also bounds the students' connections in all.
+        teacher_session = new_session(max_connections=0)
+        student_session = new_session(max_connections=0)
         teacher = Teacher(teacher_session, config.routes, upstream_keys)
-        students = StudentPool(student_session, config.routes, upstream_keys)
-        dispatcher = ShadowDispatcher(students, writer, metrics, analyses)
+
+        def secret(name: str) -> str | None:  # a student added later may name a new variable
+            return upstream_keys.get(name) or os.environ.get(name)
+
+        pool = StudentPool(student_session, secret)
+
+        def students_changed(route: str, live: list[StudentState]) -> None:
+            pool.update(route, [(student.name, student.config) for student in live])
+
+        students = StudentRegistry(engine, config, students_changed)
+        for route in config.routes:
+            students_changed(route.name, students.live(route.name))
+        dispatcher = ShadowDispatcher(pool, writer, metrics, analyses)
         control = ControlPlane(engine, config, metrics)
         try:
             await control.seed()
+            await students.seed()
         except Exception as exc:  # Postgres down: serve the config's knobs until it is back
             _log.warning("cannot load route state from Postgres (%s); using the config's", exc)
         listener = ChangeListener(
             plain_dsn(database_url),
-            {ROUTES_CHANNEL: control.refresh, KEYS_CHANNEL: lambda: keys.refresh(engine)},
+            {
+                ROUTES_CHANNEL: control.refresh,
+                STUDENTS_CHANNEL: students.refresh,
+                KEYS_CHANNEL: lambda: keys.refresh(engine),
+            },
         )
         listener.start()
         guardian = Guardian(engine, control, config, metrics)
@@ -98,6 +117,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             keys=keys,
             proxy=ProxyService(config, teacher, dispatcher, writer, metrics, analyses, control),
             control=control,
+            students=students,
             dispatcher=dispatcher,
             writer=writer,
             engine=engine,

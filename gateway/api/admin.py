@@ -21,11 +21,14 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 def route_view(state: GatewayState, name: str) -> dict[str, Any]:
     route = state.control.route(name)
     live = asdict(state.control.state(name))
+    champion = state.students.champion(name)
     return {
         "name": name,
         **live,
         "teacher_model": route.teacher.model,
-        "student_model": route.student.model if route.student else None,
+        "student_model": champion.config.model if champion else None,
+        "champion": champion.name if champion else None,
+        "students": [student.view() for student in state.students.all(name)],
         "critical_slices": [critical.model_dump() for critical in route.slices.critical],
     }
 

@@ -13,6 +13,7 @@ from gateway.metrics import Metrics
 from gateway.services.auth import KeyRing
 from gateway.services.control import ControlPlane
 from gateway.services.proxy import ProxyService
+from gateway.services.students import StudentRegistry
 from gateway.shadow.dispatcher import ShadowDispatcher
 
 
@@ -23,6 +24,7 @@ class GatewayState:
     keys: KeyRing
     proxy: ProxyService
     control: ControlPlane
+    students: StudentRegistry
     dispatcher: ShadowDispatcher
     writer: LogWriter
     engine: AsyncEngine

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -22,11 +22,9 @@ from gateway.clients.upstream import (
     call_student,
     make_upstream,
 )
-from gateway.config import RouteConfig, StudentConfig
+from gateway.config import StudentConfig
 from gateway.core.breaker import CircuitBreaker
 from gateway.core.outputs import Endpoint
-
-DEFAULT_STUDENT = "default"  # the name of a route's single ``student:``
 
 
 @dataclass
@@ -59,8 +57,11 @@ class Student:
         return upstream, await call_student(session, upstream, body, timeout_s=timeout_s)
 
 
-def make_student(name: str, config: StudentConfig, api_keys: Mapping[str, str]) -> Student:
-    key = api_keys.get(config.api_key_env) if config.api_key_env else None
+Secret = Callable[[str], str | None]  # an api_key_env's value, if the process has it
+
+
+def make_student(name: str, config: StudentConfig, secret: Secret) -> Student:
+    key = secret(config.api_key_env) if config.api_key_env else None
     return Student(
         name=name,
         config=config,
@@ -76,25 +77,33 @@ def make_student(name: str, config: StudentConfig, api_keys: Mapping[str, str]) 
 
 
 class StudentPool:
-    """Each route's student, by route name; routes without one are absent."""
+    """Each route's live students, the champion first; routes without one have none.
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        routes: list[RouteConfig],
-        api_keys: Mapping[str, str],
-    ) -> None:
+    The set changes while the gateway runs (students are added, promoted, retired: see
+    :mod:`gateway.services.students`): :meth:`update` swaps a route's list in one assignment,
+    and a student whose knobs did not change keeps its object, so its breaker, its calls in
+    flight and its replica rotation carry on. Calls already running on a replaced student
+    finish on the object they started with.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, secret: Secret) -> None:
         self.session = session
-        self._students = {
-            route.name: make_student(DEFAULT_STUDENT, route.student, api_keys)
-            for route in routes
-            if route.student is not None
-        }
+        self._secret = secret
+        self._students: dict[str, tuple[Student, ...]] = {}
 
-    def of(self, route: str) -> Student | None:
-        return self._students.get(route)
+    def update(self, route: str, students: Sequence[tuple[str, StudentConfig]]) -> None:
+        """The route's live students, champion first."""
+        kept = {student.name: student for student in self._students.get(route, ())}
+        self._students[route] = tuple(
+            kept[name]
+            if name in kept and kept[name].config == config
+            else make_student(name, config, self._secret)
+            for name, config in students
+        )
 
-    @staticmethod
-    def connections(routes: list[RouteConfig]) -> int:
-        """The pool's size: every student's calls in flight at once."""
-        return sum(route.student.max_concurrency for route in routes if route.student)
+    def of(self, route: str) -> tuple[Student, ...]:
+        return self._students.get(route, ())
+
+    def champion(self, route: str) -> Student | None:
+        students = self._students.get(route)
+        return students[0] if students else None

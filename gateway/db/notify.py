@@ -24,6 +24,7 @@ _log = logging.getLogger("shadow_gateway.notify")
 Refresh = Callable[[], Awaitable[None]]
 ROUTES_CHANNEL = "shadow_gateway_routes"
 KEYS_CHANNEL = "shadow_gateway_keys"
+STUDENTS_CHANNEL = "shadow_gateway_students"
 
 
 class ChangeListener:

@@ -25,6 +25,7 @@ class Fallback:
 
     reason: str
     asked: bool = True
+    asker: str | None = None  # the student asked (the champion)
     student: Output | None = None
     confidence: float | None = None
 

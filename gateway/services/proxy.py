@@ -29,7 +29,6 @@ from gateway.core.routing import (
     student_may_answer,
     teacher_failure_rescuable,
 )
-from gateway.core.sampling import shadow_sampled
 from gateway.core.slices import last_user_text, slice_labels
 from gateway.core.streams import summarise_stream
 from gateway.db.writer import LogWriter
@@ -44,7 +43,6 @@ from gateway.shadow.dispatcher import ShadowDispatcher
 from gateway.shadow.records import (
     CLIENT_GONE,
     STUDENT_NO_STUDENT,
-    STUDENT_NOT_SAMPLED,
     STUDENT_SERVER_STATE,
     Reading,
     RowIdentity,
@@ -144,18 +142,22 @@ class ProxyService:
         """
         fallback = ex.fallback
         if fallback is not None and fallback.asked:
+            # The champion answered already (and was not served): judge it; the candidates
+            # are compared with the same teacher answer.
             if teacher is not None and fallback.student is not None:
                 self._dispatcher.spawn(
-                    self._student_first.judge(ex, teacher, fallback.student, fallback.confidence)
+                    self._student_first.judge(
+                        ex, fallback.asker, teacher, fallback.student, fallback.confidence
+                    )
                 )
+            if teacher is not None:
+                self._dispatcher.shadow(ex.identity, ex.body, teacher, asked=fallback.asker)
             return
         error = None
         if ex.decision == "teacher_only":
             status = STUDENT_DISABLED
         elif not self._dispatcher.has_student(ex.route.name):
             status = STUDENT_NO_STUDENT
-        elif not shadow_sampled(ex.identity.request_id, ex.route.shadow_sample):
-            status = STUDENT_NOT_SAMPLED
         elif (field := server_state(ex.endpoint, ex.body)) is not None:
             status = STUDENT_SERVER_STATE
             error = f"the request's {field} names state only the teacher's server holds"

@@ -33,6 +33,7 @@ from gateway.metrics import Metrics
 from gateway.services.answers import Answer, StreamAnswer
 from gateway.services.exchange import Exchange, Fallback
 from gateway.shadow.analysis import RouteAnalysis, Verdict
+from gateway.shadow.answers import answer_row
 from gateway.shadow.dispatcher import ShadowDispatcher, StudentCall
 from gateway.shadow.records import (
     CLIENT_GONE,
@@ -80,12 +81,15 @@ class StudentFirst:
         """The student's answer for a chosen request, or why the teacher must answer."""
         call = await self._ask(ex)
         if call is None:  # no call could be made: bound full or breaker open
-            return self._fall_back(ex, Fallback("student_unavailable"))
+            champion = self._dispatcher.champion(ex.route.name)
+            return self._fall_back(ex, Fallback("student_unavailable", asker=champion))
         confidence = call.record.get("student_confidence")
         status = call.record["student_status"]
         reason = fallback_reason(status, confidence, ex.state.confidence_threshold)
         if reason is not None:
-            return self._fall_back(ex, Fallback(reason, True, call.output, confidence))
+            return self._fall_back(
+                ex, Fallback(reason, True, call.student, call.output, confidence)
+            )
         return self._serve(ex, call)
 
     async def rescue(self, ex: Exchange) -> Answer | StreamAnswer | None:
@@ -99,14 +103,14 @@ class StudentFirst:
     async def _ask(self, ex: Exchange) -> StudentCall | None:
         """Ask the student on the response path within the route's budget; its row half (with
         its confidence) is submitted here. None when no call could be made."""
-        student = ex.route.student
-        assert student is not None
-        budget = ex.route.rollout.student_budget_s or student.timeout_s
+        budget = ex.route.rollout.student_budget_s
         call = await self._dispatcher.call_now(ex.identity, ex.body, budget)
+        champion = self._dispatcher.champion(ex.route.name)
+        assert champion is not None  # call_now needs one
         if isinstance(call, str):
-            self._writer.submit(student_skipped(ex.identity, call))
+            self._dispatcher.record(champion, True, student_skipped(ex.identity, call))
             return None
-        self._writer.submit(call.record)
+        self._dispatcher.record(champion, True, call.record)
         return call
 
     def _fall_back(self, ex: Exchange, fallback: Fallback) -> Fallback:
@@ -149,9 +153,9 @@ class StudentFirst:
             self._metrics.overhead.labels(ex.route.name).observe(overhead)
             audited = shadow_sampled(f"{identity.request_id}:audit", ex.state.audit_sample)
             if not stands_in and audited:
-                self._dispatcher.spawn(self._audit(ex, student, confidence))
+                self._dispatcher.spawn(self._audit(ex, call.student, student, confidence))
 
-        headers = {"x-served-by": "student"}
+        headers = {"x-served-by": "student", "x-student": call.student}
         if reason:
             headers["x-fallback-reason"] = reason
         if ex.stream:
@@ -172,8 +176,11 @@ class StudentFirst:
 
         return Answer(200, orjson.dumps(parsed), JSON_TYPE, after_answer, headers)
 
-    async def _audit(self, ex: Exchange, student: Output, confidence: float | None) -> None:
-        """Ask the teacher too (in the background) and compare, so served traffic is measured."""
+    async def _audit(
+        self, ex: Exchange, name: str, student: Output, confidence: float | None
+    ) -> None:
+        """Ask the teacher too (in the background) and compare, so served traffic is measured;
+        with the teacher's answer known, the candidates are compared on the request as well."""
         route, identity = ex.route, ex.identity
         request = {k: v for k, v in ex.body.items() if k not in ("stream", "stream_options")}
         payload = orjson.dumps({**request, "model": route.teacher.model, "stream": False})
@@ -197,23 +204,31 @@ class StudentFirst:
             error=error,
         )
         if answer is not None and answer.output is not None:
-            await self.judge(ex, answer.output, student, confidence, record)
+            await self.judge(ex, name, answer.output, student, confidence, record)
         self._writer.submit(record)
+        if answer is not None and answer.output is not None:
+            self._dispatcher.shadow(identity, ex.body, answer.output, asked=name)
 
     async def judge(
         self,
         ex: Exchange,
+        name: str | None,
         teacher: Output,
         student: Output,
         confidence: float | None,
         record: dict[str, Any] | None = None,
     ) -> None:
-        """Compare the two answers; the verdict goes into ``record`` or a row half of its own."""
+        """Compare the champion's answer (``name``'s) with the teacher's; the verdict goes into
+        ``record`` (the teacher's audit half) or a row half of its own, and into the champion's
+        row of ``student_answers``."""
         analysis = self._analyses[ex.route.name]
         verdict = Verdict(confidence, await analysis.compare(teacher, student))
         columns = {k: v for k, v in verdict.columns().items() if k != "student_confidence"}
+        half = {**ex.identity.columns(), **columns}
         if record is None:
-            self._writer.submit({**ex.identity.columns(), **columns})
+            self._writer.submit(half)
         else:
             record.update(columns)
+        if name is not None:
+            self._writer.submit_answer(answer_row(half, name))
         analysis.observe(self._metrics, ex.route.name, ex.identity.slices, verdict)

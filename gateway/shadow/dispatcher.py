@@ -21,12 +21,15 @@ from gateway.clients.students import Student, StudentPool
 from gateway.config import StudentConfig
 from gateway.core.breaker import counts_as_failure
 from gateway.core.outputs import Endpoint, Output
+from gateway.core.sampling import shadow_sampled
 from gateway.db.writer import LogWriter
 from gateway.metrics import Metrics
 from gateway.shadow.analysis import RouteAnalysis
+from gateway.shadow.answers import answer_row
 from gateway.shadow.records import (
     STUDENT_CIRCUIT_OPEN,
     STUDENT_DROPPED,
+    STUDENT_NOT_SAMPLED,
     STUDENT_OK,
     STUDENT_SHUTDOWN,
     Record,
@@ -43,9 +46,10 @@ LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 @dataclass(frozen=True)
 class StudentCall:
-    """One student call: its row half (with its confidence), its answer (None unless it gave
-    a usable one), its raw body."""
+    """One student call: whose, its row half (with its confidence), its answer (None unless
+    it gave a usable one), its raw body."""
 
+    student: str
     record: Record
     output: Output | None
     raw: bytes
@@ -97,15 +101,44 @@ class ShadowDispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def shadow(
-        self, identity: RowIdentity, body: Mapping[str, Any], teacher: Output | None
+        self,
+        identity: RowIdentity,
+        body: Mapping[str, Any],
+        teacher: Output | None,
+        *,
+        asked: str | None = None,
     ) -> None:
-        """Start a student call for this request, or record why it is skipped; ``teacher`` is
-        the teacher's answer, None when it gave none (then nothing is compared)."""
-        admitted = self._admit(identity)
-        if isinstance(admitted, str):
-            self._writer.submit(student_skipped(identity, admitted))
-            return
-        self.spawn(self._shadow(admitted, identity, body, teacher))
+        """Shadow the request on the route's live students, each on its sample share.
+
+        ``teacher`` is the teacher's answer (None when it gave none: then nothing is compared);
+        ``asked`` names a student already asked on the response path, not asked again. The
+        shares nest (one hash of the request id for every student), so a candidate sampled
+        at 10 % is compared with a champion at 100 % on every request it answers. The
+        champion's half completes the ``requests`` row (``not_sampled`` when its share left the
+        request out); each sampled student's call, made or refused, is its row of
+        ``student_answers``.
+        """
+        students = self._students.of(identity.route)
+        for student in students:
+            if student.name == asked:
+                continue
+            champion = student is students[0]
+            if not shadow_sampled(identity.request_id, student.config.shadow_sample or 0.0):
+                if champion:
+                    self._writer.submit(student_skipped(identity, STUDENT_NOT_SAMPLED))
+                continue
+            admitted = self._admit(student, identity, champion)
+            if admitted is not None:
+                self.record(student.name, champion, student_skipped(identity, admitted))
+                continue
+            self.spawn(self._shadow(student, champion, identity, body, teacher))
+
+    def record(self, student: str, champion: bool, half: Record) -> None:
+        """A student's half: of the ``requests`` row if it is the champion, and its row of
+        ``student_answers``."""
+        if champion:
+            self._writer.submit(half)
+        self._writer.submit_answer(answer_row(half, student))
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run background work that shutdown waits for (and that is never garbage-collected)."""
@@ -114,26 +147,32 @@ class ShadowDispatcher:
         task.add_done_callback(self._tasks.discard)
 
     def has_student(self, route: str) -> bool:
-        return self._students.of(route) is not None
+        return self._students.champion(route) is not None
 
-    def _admit(self, identity: RowIdentity) -> Student | str:
-        """Take a call slot of the route's student; or the reason there is none (bound full,
-        breaker open)."""
-        student = self._students.of(identity.route)
-        assert student is not None  # callers check has_student
+    def champion(self, route: str) -> str | None:
+        found = self._students.champion(route)
+        return None if found is None else found.name
+
+    def _admit(self, student: Student, identity: RowIdentity, champion: bool) -> str | None:
+        """Take one of the student's call slots; or the reason there is none (bound full,
+        breaker open). Only the champion's calls are in the route's metrics for now."""
         if student.full:
-            self._metrics.shadow_dropped.labels(identity.route).inc()
+            if champion:
+                self._metrics.shadow_dropped.labels(identity.route).inc()
             return STUDENT_DROPPED
         if not student.allowed_now():
-            self._metrics.circuit_skipped.labels(identity.route).inc()
+            if champion:
+                self._metrics.circuit_skipped.labels(identity.route).inc()
             return STUDENT_CIRCUIT_OPEN
         student.in_flight += 1
-        self._metrics.shadow_in_flight.labels(identity.route).inc()
-        return student
+        if champion:
+            self._metrics.shadow_in_flight.labels(identity.route).inc()
+        return None
 
     async def _ask(
         self,
         student: Student,
+        champion: bool,
         identity: RowIdentity,
         body: Mapping[str, Any],
         timeout_s: float | None = None,
@@ -150,7 +189,8 @@ class ShadowDispatcher:
             raise
         finally:
             student.in_flight -= 1
-            self._metrics.shadow_in_flight.labels(identity.route).dec()
+            if champion:
+                self._metrics.shadow_in_flight.labels(identity.route).dec()
         analysis = self._analyses[identity.route]
         record, output = student_half(
             identity,
@@ -161,51 +201,61 @@ class ShadowDispatcher:
         )
         outcome = record["student_status"]
         breaker.record(not counts_as_failure(outcome, reply.status), time.monotonic())
-        self._metrics.circuit_open.labels(identity.route).set(1 if breaker.is_open else 0)
-        self._metrics.shadow_calls.labels(identity.route, outcome).inc()
-        if outcome == STUDENT_OK:
-            self._metrics.student_latency.labels(identity.route).observe(reply.latency_s)
-        return StudentCall(record, output, reply.body)
+        if champion:
+            self._metrics.circuit_open.labels(identity.route).set(1 if breaker.is_open else 0)
+            self._metrics.shadow_calls.labels(identity.route, outcome).inc()
+            if outcome == STUDENT_OK:
+                self._metrics.student_latency.labels(identity.route).observe(reply.latency_s)
+        return StudentCall(student.name, record, output, reply.body)
 
     async def call_now(
-        self, identity: RowIdentity, body: Mapping[str, Any], budget_s: float
+        self, identity: RowIdentity, body: Mapping[str, Any], budget_s: float | None
     ) -> StudentCall | str:
-        """Ask the student on the response path (rollout): its row half and its raw answer.
+        """Ask the champion on the response path (rollout) within ``budget_s`` (default: its
+        own ``timeout_s``): its row half and its raw answer.
 
         A status instead when no call can be made (bound full, breaker open): a chosen
         student that cannot take the call is unavailable, never waited for.
         """
-        admitted = self._admit(identity)
-        if isinstance(admitted, str):
-            return admitted
-        return await self._ask(admitted, identity, body, budget_s)
+        champion = self._students.champion(identity.route)
+        assert champion is not None  # callers check has_student
+        refused = self._admit(champion, identity, True)
+        if refused is not None:
+            return refused
+        budget = budget_s or champion.config.timeout_s
+        return await self._ask(champion, True, identity, body, budget)
 
     async def _shadow(
         self,
         student: Student,
+        champion: bool,
         identity: RowIdentity,
         body: Mapping[str, Any],
         teacher: Output | None,
     ) -> None:
         try:
-            call = await self._ask(student, identity, body)
+            call = await self._ask(student, champion, identity, body)
             record = call.record
             if call.output is not None and teacher is not None:
                 analysis = self._analyses[identity.route]
                 verdict = await analysis.verdict(teacher, call.output, record["student_confidence"])
                 record.update(verdict.columns())
-                analysis.observe(self._metrics, identity.route, identity.slices, verdict)
-            self._writer.submit(record)
+                if champion:
+                    analysis.observe(self._metrics, identity.route, identity.slices, verdict)
+            self.record(student.name, champion, record)
         except asyncio.CancelledError:
-            self._writer.submit(
-                student_skipped(identity, STUDENT_SHUTDOWN, "the gateway shut down mid-call")
-            )
-            self._metrics.shadow_calls.labels(identity.route, STUDENT_SHUTDOWN).inc()
+            shutdown = student_skipped(identity, STUDENT_SHUTDOWN, "the gateway shut down mid-call")
+            self.record(student.name, champion, shutdown)
+            if champion:
+                self._metrics.shadow_calls.labels(identity.route, STUDENT_SHUTDOWN).inc()
             raise
         except Exception as exc:  # a bug here must not lose the row's student half silently
             _log.exception("shadow call failed unexpectedly")
-            self._writer.submit(student_skipped(identity, "internal_error", repr(exc)))
-            self._metrics.shadow_calls.labels(identity.route, "internal_error").inc()
+            self.record(
+                student.name, champion, student_skipped(identity, "internal_error", repr(exc))
+            )
+            if champion:
+                self._metrics.shadow_calls.labels(identity.route, "internal_error").inc()
 
     @property
     def in_flight(self) -> int:

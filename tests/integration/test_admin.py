@@ -116,7 +116,8 @@ def test_change_is_audited_and_takes_effect(
     )
     assert rollback.json()["route"]["mode"] == "shadow"
     events = call(gateway, "GET", f"/admin/routes/{ROUTE}/events", ANALYST).json()["events"]
-    assert [e["action"] for e in events] == ["rollback", "set", "seed"]
+    # the route's knobs and its (config-seeded) student are both in its audit log
+    assert [e["action"] for e in events] == ["rollback", "set", "student_seed", "seed"]
     assert events[1]["actor"] == "oncall"
     assert events[1]["reason"] == "ramp to everyone"
     assert events[1]["old"] == {
@@ -127,7 +128,7 @@ def test_change_is_audited_and_takes_effect(
     }
     assert events[1]["new"]["mode"] == "rollout"
     stored = fetch(clean_db, "SELECT count(*) AS n FROM route_events WHERE route = $1", ROUTE)
-    assert stored[0]["n"] == 3
+    assert stored[0]["n"] == 4
 
 
 @pytest.mark.parametrize(

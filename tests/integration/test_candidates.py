@@ -1,0 +1,217 @@
+"""Several students per route: every candidate shadowed on the same requests, each answer a row
+of ``student_answers``; students as live state, changed on one replica and seen by another.
+
+Real gateways, real Postgres, loopback teacher and students that answer differently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from gateway.config import GatewayConfig
+from gateway.db.engine import create_engine
+from gateway.services.students import StudentRegistry
+from tests.integration.conftest import ROUTE, rows
+from tests.support.db import fetch, wait_for
+from tests.support.gateway import GatewayServer, route
+from tests.support.upstream import FakeOpenAI
+
+ASK = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+def rival() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI("rival").start()
+    yield server
+    server.stop()
+
+
+def two_students(
+    teacher: FakeOpenAI, student: FakeOpenAI, rival: FakeOpenAI, **rival_knobs: Any
+) -> dict[str, Any]:
+    spec = route(ROUTE, teacher.base_url, None)
+    spec["students"] = [
+        {"name": "small", "base_urls": [student.base_url], "model": "small-model", "timeout_s": 1},
+        {
+            "name": "tiny",
+            "base_urls": [rival.base_url],
+            "model": "tiny-model",
+            "timeout_s": 1,
+            **rival_knobs,
+        },
+    ]
+    spec["champion"] = "small"
+    return spec
+
+
+def answers(url: str, where: str = "TRUE") -> list[dict[str, Any]]:
+    return fetch(url, f"SELECT * FROM student_answers WHERE {where} ORDER BY created_at, student")
+
+
+def change(url: str, config: GatewayConfig, method: str, *args: Any, **kwargs: Any) -> Any:
+    """A student change made the way the CLI makes it: its own process-side registry and
+    engine, no gateway involved; replicas learn of it by NOTIFY."""
+
+    async def run() -> Any:
+        engine = create_engine(url, config.database)
+        try:
+            return await getattr(StudentRegistry(engine, config), method)(*args, **kwargs)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def attempt(url: str, config: GatewayConfig, method: str, *args: Any, **kwargs: Any) -> str:
+    """The error a refused change raises (what the API and CLI would show)."""
+    try:
+        change(url, config, method, *args, **kwargs)
+    except Exception as exc:
+        return str(exc)
+    return "no error"
+
+
+def sdk(gateway: GatewayServer, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
+
+
+def test_every_candidate_answers_the_same_requests(
+    make_gateway: Callable[..., GatewayServer],
+    app_key: str,
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    rival: FakeOpenAI,
+    clean_db: str,
+) -> None:
+    # the champion agrees with the teacher, the candidate never does
+    teacher.reset_behavior(answer=lambda text: text.upper())
+    student.reset_behavior(answer=lambda text: text.upper())
+    gateway = make_gateway([two_students(teacher, student, rival)])
+    client = sdk(gateway, app_key)
+    ids = [
+        client.chat.completions.with_raw_response.create(
+            model=ROUTE, messages=[{"role": "user", "content": f"q{i}"}]
+        ).headers["x-request-id"]
+        for i in range(6)
+    ]
+    wait_for(lambda: len(answers(clean_db, "agree IS NOT NULL")) == 12, what="12 answers")
+    found = answers(clean_db)
+    assert {(a["request_id"], a["student"]) for a in found} == {
+        (request_id, name) for request_id in ids for name in ("small", "tiny")
+    }
+    by_student = {name: [a for a in found if a["student"] == name] for name in ("small", "tiny")}
+    assert all(a["agree"] for a in by_student["small"])
+    assert not any(a["agree"] for a in by_student["tiny"])
+    assert {a["student_model"] for a in by_student["tiny"]} == {"tiny-model"}
+    assert {a["source"] for a in found} == {"live"}
+    # requests describes the champion, answers rows carry the request's time
+    logged = {r["request_id"]: r for r in rows(clean_db)}
+    for answer in found:
+        assert answer["created_at"] == logged[answer["request_id"]]["created_at"]
+    assert {r["student_model"] for r in logged.values()} == {"small-model"}
+    assert all(r["agree"] for r in logged.values())
+
+
+def test_a_hanging_candidate_harms_neither_the_app_nor_the_champion(
+    make_gateway: Callable[..., GatewayServer],
+    app_key: str,
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    rival: FakeOpenAI,
+    clean_db: str,
+) -> None:
+    rival.reset_behavior(hang=True)
+    gateway = make_gateway([two_students(teacher, student, rival, max_concurrency=2)])
+    client = sdk(gateway, app_key)
+    started = time.monotonic()
+    for i in range(5):
+        client.chat.completions.create(model=ROUTE, messages=[{"role": "user", "content": f"{i}"}])
+    assert time.monotonic() - started < 2.5  # five answers, not held by the hanging candidate
+    wait_for(lambda: len(answers(clean_db, "student = 'small' AND student_status = 'ok'")) == 5)
+    wait_for(
+        lambda: len(answers(clean_db, "student = 'tiny' AND student_status = 'dropped'")) == 3,
+        what="the candidate's bound dropping the rest",
+    )
+    wait_for(lambda: len(answers(clean_db, "student = 'tiny' AND student_status = 'timeout'")) == 2)
+    rival.release_hangs()
+    assert {r["student_status"] for r in rows(clean_db)} == {"ok"}
+
+
+def test_students_changed_on_one_replica_are_seen_by_another(
+    make_gateway: Callable[..., GatewayServer],
+    app_key: str,
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    rival: FakeOpenAI,
+    clean_db: str,
+) -> None:
+    spec = route(ROUTE, teacher.base_url, [student.base_url], mode="rollout")
+    spec["rollout"] = {"percent": 100, "threshold": 0.0, "audit_sample": 0.0}
+    first = make_gateway([spec])
+    second = make_gateway([spec])
+    config = first.state.settings.config
+    change(
+        clean_db,
+        config,
+        "add",
+        ROUTE,
+        {"name": "tiny", "base_urls": [rival.base_url], "model": "tiny-model"},
+        actor="tests",
+        reason="a smaller candidate",
+    )
+    wait_for(
+        lambda: [s.name for s in second.state.students.live(ROUTE)] == ["default", "tiny"],
+        what="the second replica to see the new candidate",
+    )
+    raw = sdk(second, app_key).chat.completions.with_raw_response.create(model=ROUTE, messages=ASK)
+    assert raw.headers["x-student"] == "default"
+
+    change(clean_db, config, "promote", ROUTE, "tiny", actor="tests", reason="it is better")
+    wait_for(lambda: second.state.students.champion(ROUTE).name == "tiny", what="the promotion")
+    raw = sdk(second, app_key).chat.completions.with_raw_response.create(model=ROUTE, messages=ASK)
+    assert raw.headers["x-student"] == "tiny"
+    assert raw.parse().choices[0].message.content == "rival: hello"
+
+    change(clean_db, config, "retire", ROUTE, "default", actor="tests", reason="replaced")
+    wait_for(lambda: [s.name for s in second.state.students.live(ROUTE)] == ["tiny"])
+    events = fetch(
+        clean_db,
+        "SELECT action, actor, reason FROM route_events WHERE action LIKE 'student_%' "
+        "AND actor = 'tests' ORDER BY id",
+    )
+    assert [e["action"] for e in events] == ["student_added", "student_promoted", "student_retired"]
+
+
+def test_bad_student_changes_are_refused_and_change_nothing(
+    make_gateway: Callable[..., GatewayServer],
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    rival: FakeOpenAI,
+    clean_db: str,
+) -> None:
+    gateway = make_gateway([two_students(teacher, student, rival)])
+    config = gateway.state.settings.config
+
+    def run(method: str, *args: Any, **kwargs: Any) -> str:
+        return attempt(clean_db, config, method, ROUTE, *args, actor="t", **kwargs)
+
+    before = fetch(clean_db, "SELECT * FROM route_students ORDER BY name")
+    spec = {"name": "x", "base_urls": [rival.base_url], "model": "m"}
+    assert "already has a student 'tiny'" in run("add", {**spec, "name": "tiny"}, reason="r")
+    assert "shadow_sample" in run("add", {**spec, "shadow_sample": 2}, reason="r")
+    assert "URL" in run("add", {**spec, "base_urls": ["ftp://x/v1"]}, reason="r")
+    assert "reason is required" in run("add", spec, reason=" ")
+    assert "no student 'nope'" in run("promote", "nope", reason="r")
+    assert "is the champion" in run("retire", "small", reason="r")
+    assert "cannot be changed" in run("change", "tiny", {"model": "other"}, reason="r")
+    assert run("retire", "tiny", reason="r") == "no error"
+    assert "is retired" in run("promote", "tiny", reason="r")
+    after = fetch(clean_db, "SELECT * FROM route_students ORDER BY name")
+    assert [r["status"] for r in after] == ["champion", "retired"]
+    assert [r["version"] for r in after] == [r["version"] for r in before[:1]] + [2]
