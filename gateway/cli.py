@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import __version__
-from gateway.commands import demo, export, keys, partitions, report, rollout, serve
+from gateway.commands import demo, export, keys, partitions, report, rollout, serve, students
 from gateway.commands.common import CommandError, common_options
 from gateway.errors import ConfigError
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parsers(commands, parent)
     keys.add_parsers(commands, parent)
     rollout.add_parsers(commands, parent)
+    students.add_parsers(commands, parent)
     report.add_parsers(commands, parent)
     export.add_parsers(commands, parent)
     partitions.add_parsers(commands, parent)

@@ -15,6 +15,7 @@ above them needs to know about aiohttp or asyncpg.
     ├── UnsupportedMediaType    415  body is not JSON
     ├── RequestTimeout          408  headers or body too slow (``server.*_timeout_s``)
     ├── RateLimited             429  the key's token bucket is empty (``retry-after`` set)
+    ├── StudentNotFound         404  a route has no student of that name
     ├── UnknownDimension        404  a report names a slice dimension the route never had
     ├── NoData                  404  a report's window holds no rows of the route
     ├── NotEnoughData           400  rows, but too few for the report to say anything
@@ -130,6 +131,12 @@ class RateLimited(GatewayError):
         self.key = key  # the key's name, never the secret
         self.headers["retry-after"] = str(max(1, math.ceil(retry_after_s)))
         self.headers["retry-after-ms"] = str(max(1, math.ceil(retry_after_s * 1000)))
+
+
+class StudentNotFound(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "student_not_found"
 
 
 class UnknownDimension(GatewayError):

@@ -13,7 +13,14 @@ from fastapi import APIRouter, Query, Request
 
 from gateway.api.security import ReaderKey, SreKey
 from gateway.api.state import GatewayState, gateway_state
-from gateway.protocol.admin import RampPlan, Rollback, RouteChange
+from gateway.protocol.admin import (
+    RampPlan,
+    Rollback,
+    RouteChange,
+    StudentAction,
+    StudentAdd,
+    StudentKnobs,
+)
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -83,3 +90,58 @@ async def plan_ramp(name: str, plan: RampPlan, request: Request, key: SreKey) ->
     )
     plans = await state.control.plans()
     return {"route": route_view(state, name), "plan": plans.get(name)}
+
+
+# -- students ---------------------------------------------------------------------------------
+
+
+def _students_view(state: GatewayState, name: str) -> dict[str, Any]:
+    champion = state.students.champion(name)
+    return {
+        "route": name,
+        "champion": champion.name if champion else None,
+        "students": [student.view() for student in state.students.all(name)],
+    }
+
+
+@router.get("/routes/{name}/students")
+async def list_students(name: str, request: Request, _key: ReaderKey) -> dict[str, Any]:
+    return _students_view(gateway_state(request), name)
+
+
+@router.post("/routes/{name}/students", status_code=201)
+async def add_student(name: str, body: StudentAdd, request: Request, key: SreKey) -> dict[str, Any]:
+    fields = body.model_dump(exclude={"reason"}, exclude_none=True)
+    state = gateway_state(request)
+    added = await state.students.add(name, fields, actor=key.name, reason=body.reason)
+    return {"student": added.view(), **_students_view(state, name)}
+
+
+@router.patch("/routes/{name}/students/{student}")
+async def change_student(
+    name: str, student: str, body: StudentKnobs, request: Request, key: SreKey
+) -> dict[str, Any]:
+    changes = body.model_dump(exclude={"reason"}, exclude_none=True)
+    state = gateway_state(request)
+    new, changed = await state.students.change(
+        name, student, changes, actor=key.name, reason=body.reason
+    )
+    return {"student": new.view(), "changed": changed}
+
+
+@router.post("/routes/{name}/students/{student}/promote")
+async def promote_student(
+    name: str, student: str, body: StudentAction, request: Request, key: SreKey
+) -> dict[str, Any]:
+    state = gateway_state(request)
+    new, changed = await state.students.promote(name, student, actor=key.name, reason=body.reason)
+    return {"student": new.view(), "changed": changed, **_students_view(state, name)}
+
+
+@router.post("/routes/{name}/students/{student}/retire")
+async def retire_student(
+    name: str, student: str, body: StudentAction, request: Request, key: SreKey
+) -> dict[str, Any]:
+    state = gateway_state(request)
+    new, changed = await state.students.retire(name, student, actor=key.name, reason=body.reason)
+    return {"student": new.view(), "changed": changed, **_students_view(state, name)}

@@ -105,3 +105,25 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def bounded(low: float, high: float, what: str) -> Callable[[str], float]:
+    """An argparse type: a number from ``low`` to ``high``; ``what`` names it in errors."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, not {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be from {low:g} to {high:g}, not {text}")
+        return value
+
+    return parse
+
+
+def reason_text(text: str) -> str:
+    """An argparse type: a reason for the audit log, not blank."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the reason must not be empty")
+    return text

@@ -15,25 +15,18 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.commands.common import CommandError, default_actor, with_engine
+from gateway.commands.common import (
+    CommandError,
+    bounded,
+    default_actor,
+    reason_text,
+    with_engine,
+)
 from gateway.config import load_settings
 from gateway.core.confidence import METHODS
 from gateway.core.routing import MODES
 from gateway.metrics import Metrics
 from gateway.services.control import ControlPlane
-
-
-def _bounded(low: float, high: float, what: str) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a number, not {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{what} must be from {low:g} to {high:g}, not {text}")
-        return value
-
-    return parse
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -174,12 +167,6 @@ def _duration(text: str) -> float:
     return seconds
 
 
-def _reason(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("the reason must not be empty")
-    return text
-
-
 def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     rollout = commands.add_parser(
         "rollout",
@@ -197,7 +184,7 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
             name, parents=[parent], help=help_text, description=help_text
         )
         sub.add_argument("route", help="the route's name")
-        sub.add_argument("--reason", required=True, type=_reason, help="why (recorded)")
+        sub.add_argument("--reason", required=True, type=reason_text, help="why (recorded)")
         sub.add_argument("--actor", help="who is changing it (default: $USER)")
         return sub
 
@@ -205,18 +192,18 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     change.add_argument("--mode", choices=MODES)
     change.add_argument(
         "--percent",
-        type=_bounded(0, 100, "--percent"),
+        type=bounded(0, 100, "--percent"),
         help="share of users (0-100, fractions allowed) who get the student",
     )
     change.add_argument(
         "--threshold",
-        type=_bounded(0, 1, "--threshold"),
+        type=bounded(0, 1, "--threshold"),
         help="confidence needed to serve the student's answer (0-1)",
     )
     change.add_argument("--method", choices=sorted(METHODS), help="confidence method")
     change.add_argument(
         "--audit-sample",
-        type=_bounded(0, 1, "--audit-sample"),
+        type=bounded(0, 1, "--audit-sample"),
         help="share of student answers also checked against the teacher",
     )
     change.set_defaults(handler=cmd_set)

@@ -27,6 +27,35 @@ class Rollback(_Body):
     reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")
 
 
+class StudentKnobs(_Body):
+    """What may be set on a student (the model is fixed: a new model is a new student)."""
+
+    base_urls: list[str] | None = Field(default=None, min_length=1, max_length=64)
+    api_key_env: str | None = Field(default=None, min_length=1, max_length=200)
+    shadow_sample: float | None = Field(default=None, ge=0, le=1)
+    timeout_s: float | None = Field(default=None, gt=0)
+    connect_timeout_s: float | None = Field(default=None, gt=0)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    breaker_failures: int | None = Field(default=None, ge=1)
+    breaker_cooldown_s: float | None = Field(default=None, gt=0)
+    reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")
+
+
+class StudentAdd(StudentKnobs):
+    """A new candidate: its name, model and replicas, and why."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+    model: str = Field(min_length=1)
+    base_urls: list[str] = Field(min_length=1, max_length=64)
+
+
+class StudentAction(_Body):
+    """A promotion or a retirement, and why."""
+
+    reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")
+
+
 class RampPlan(_Body):
     """A staged ramp: percentages applied in order, each held ``hold_s`` while bars hold."""
 

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.config import GatewayConfig, RouteConfig, StudentConfig
 from gateway.db.notify import STUDENTS_CHANNEL
 from gateway.db.tables import route_events, route_students
-from gateway.errors import InvalidRequest, RouteNotFound
+from gateway.errors import InvalidRequest, StudentNotFound
 
 _log = logging.getLogger("shadow_gateway.students")
 
@@ -80,7 +80,9 @@ def _from_row(row: Any) -> StudentState:
 
 def _require(reason: str) -> None:
     if not reason or not reason.strip():
-        raise InvalidRequest("a reason is required for every change", param="reason")
+        raise InvalidRequest(
+            "a reason is required for every change", param="reason", code="invalid_value"
+        )
 
 
 def configured(route: RouteConfig) -> list[StudentState]:
@@ -102,7 +104,9 @@ def _spec(route: RouteConfig, fields: Mapping[str, Any]) -> StudentConfig:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         param = ".".join(str(part) for part in first["loc"]) or None
-        raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}", param=param) from None
+        raise InvalidRequest(
+            f"Invalid value for '{param}': {first['msg']}", param=param, code="invalid_value"
+        ) from None
     return config.model_copy(update={"shadow_sample": route.sample_share(config)})
 
 
@@ -208,6 +212,7 @@ class StudentRegistry:
                     f"route {route.name!r} already has a student {spec.name!r} "
                     f"({taken.status}); choose another name",
                     param="name",
+                    code="invalid_value",
                 )
             rows = await self._rows(connection, route.name)
             status: Status = (
@@ -245,12 +250,15 @@ class StudentRegistry:
                 f"{first} cannot be changed"
                 + (": a new model is a new student, add it" if first == "model" else ""),
                 param=first,
+                code="invalid_value",
             )
         async with self._engine.begin() as connection:
             await self._lock(connection, route.name)
             old = await self._existing(connection, route.name, name)
             if not old.live:
-                raise InvalidRequest(f"student {name!r} is retired", param="name")
+                raise InvalidRequest(
+                    f"student {name!r} is retired", param="name", code="invalid_value"
+                )
             new_config = _spec(route, {**old.config.model_dump(), **changes, "name": name})
             if new_config == old.config:
                 return old, False
@@ -303,6 +311,7 @@ class StudentRegistry:
                 raise InvalidRequest(
                     f"student {name!r} is the champion: promote another student first",
                     param="name",
+                    code="invalid_value",
                 )
             new = replace(old, status="retired", version=old.version + 1)
             await self._update(connection, route.name, new, actor, {})
@@ -344,7 +353,7 @@ class StudentRegistry:
         found = await self._row(connection, route, name)
         if found is None:
             known = ", ".join(s.name for s in self.all(route)) or "none"
-            raise RouteNotFound(
+            raise StudentNotFound(
                 f"route {route!r} has no student {name!r} (students: {known})", param="student"
             )
         return found

@@ -7,10 +7,14 @@ Real gateways, real Postgres, loopback teacher and students that answer differen
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -20,6 +24,7 @@ from gateway.services.students import StudentRegistry
 from tests.integration.conftest import ROUTE, rows
 from tests.support.db import fetch, wait_for
 from tests.support.gateway import GatewayServer, route
+from tests.support.process import BIN
 from tests.support.upstream import FakeOpenAI
 
 ASK = [{"role": "user", "content": "hello"}]
@@ -215,3 +220,127 @@ def test_bad_student_changes_are_refused_and_change_nothing(
     after = fetch(clean_db, "SELECT * FROM route_students ORDER BY name")
     assert [r["status"] for r in after] == ["champion", "retired"]
     assert [r["version"] for r in after] == [r["version"] for r in before[:1]] + [2]
+
+
+# --- the admin API and the CLI ----------------------------------------------------------------
+
+SRE, ANALYST = "sre-secret", "analyst-secret"
+KEYS = [
+    {"name": "tests", "key_env": "SGW_TEST_APP_KEY", "scopes": ["app"]},
+    {"name": "oncall", "key_env": "SGW_TEST_SRE_KEY", "scopes": ["sre"]},
+    {"name": "analyst", "key_env": "SGW_TEST_ANALYST_KEY", "scopes": ["analyst"]},
+]
+
+
+def call(gateway: GatewayServer, method: str, path: str, key: str, **kwargs: Any) -> httpx.Response:
+    return httpx.request(
+        method,
+        f"{gateway.url}/admin/routes/{ROUTE}{path}",
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=10,
+        **kwargs,
+    )
+
+
+def test_students_through_the_admin_api(
+    make_gateway: Callable[..., GatewayServer],
+    monkeypatch: pytest.MonkeyPatch,
+    app_key: str,
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    rival: FakeOpenAI,
+    clean_db: str,
+) -> None:
+    monkeypatch.setenv("SGW_TEST_SRE_KEY", SRE)
+    monkeypatch.setenv("SGW_TEST_ANALYST_KEY", ANALYST)
+    gateway = make_gateway(
+        [route(ROUTE, teacher.base_url, [student.base_url])], auth={"keys": KEYS}
+    )
+    listed = call(gateway, "GET", "/students", ANALYST).json()
+    assert listed["champion"] == "default"
+    assert [s["name"] for s in listed["students"]] == ["default"]
+
+    new = {"name": "tiny", "model": "tiny-model", "base_urls": [rival.base_url], "reason": "try"}
+    assert call(gateway, "POST", "/students", ANALYST, json=new).status_code == 403
+    added = call(gateway, "POST", "/students", SRE, json={**new, "shadow_sample": 0.5})
+    assert added.status_code == 201, added.text
+    assert added.json()["student"]["status"] == "candidate"
+    assert added.json()["student"]["shadow_sample"] == 0.5
+
+    changed = call(
+        gateway, "PATCH", "/students/tiny", SRE, json={"shadow_sample": 1.0, "reason": "all"}
+    )
+    assert changed.json()["changed"] is True
+    assert changed.json()["student"]["version"] == 2
+    promoted = call(gateway, "POST", "/students/tiny/promote", SRE, json={"reason": "better"})
+    assert promoted.json()["champion"] == "tiny"
+    raw = sdk(gateway, app_key).chat.completions.with_raw_response.create(model=ROUTE, messages=ASK)
+    wait_for(lambda: len(answers(clean_db, f"request_id = '{raw.headers['x-request-id']}'")) == 2)
+    assert rows(clean_db)[0]["student_model"] == "tiny-model"  # requests follows the champion
+
+    for method, path, body, status, code in (
+        ("POST", "/students/nope/promote", {"reason": "x"}, 404, "student_not_found"),
+        ("POST", "/students/tiny/retire", {"reason": "x"}, 400, "invalid_value"),
+        ("POST", "/students", {**new, "name": "Bad Name"}, 400, "invalid_value"),
+        ("POST", "/students", {**new, "reason": " "}, 400, "invalid_value"),
+        ("PATCH", "/students/tiny", {"model": "other", "reason": "x"}, 400, "invalid_value"),
+    ):
+        refused = call(gateway, method, path, SRE, json=body)
+        assert refused.status_code == status, (path, refused.text)
+        assert refused.json()["error"]["code"] == code
+    events = fetch(clean_db, "SELECT action FROM route_events WHERE actor = 'oncall' ORDER BY id")
+    assert [e["action"] for e in events] == [
+        "student_added",
+        "student_changed",
+        "student_promoted",
+    ]
+
+
+def test_students_from_the_command_line(
+    make_gateway: Callable[..., GatewayServer],
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    rival: FakeOpenAI,
+    clean_db: str,
+) -> None:
+    gateway = make_gateway([route(ROUTE, teacher.base_url, [student.base_url])])
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "DATABASE_URL": clean_db, "SGW_TEST_APP_KEY": "x"}
+        return subprocess.run(
+            [str(BIN / "shadow-gateway"), "students", *args, "--config", str(gateway.config_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    added = cli(
+        "add", ROUTE, "tiny", "--model", "tiny-model", "--base-url", rival.base_url,
+        "--shadow-sample", "0.25", "--reason", "a smaller one", "--actor", "ana",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert "added tiny: candidate, model tiny-model" in added.stdout
+    listed = cli("list", ROUTE, "--json")
+    assert [(s["name"], s["status"]) for s in json.loads(listed.stdout)] == [
+        ("default", "champion"),
+        ("tiny", "candidate"),
+    ]
+    wait_for(lambda: [s.name for s in gateway.state.students.live(ROUTE)] == ["default", "tiny"])
+    assert cli("promote", ROUTE, "tiny", "--reason", "better").returncode == 0
+    assert cli("retire", ROUTE, "default", "--reason", "replaced").returncode == 0
+    wait_for(lambda: [s.name for s in gateway.state.students.live(ROUTE)] == ["tiny"])
+
+    for args, code, message in (
+        (["promote", ROUTE, "nope", "--reason", "x"], 1, "has no student 'nope'"),
+        (["retire", ROUTE, "tiny", "--reason", "x"], 1, "is the champion"),
+        (["set", ROUTE, "tiny", "--reason", "x"], 1, "nothing to set"),
+        (["set", ROUTE, "tiny", "--shadow-sample", "2", "--reason", "x"], 2, "from 0 to 1"),
+        (["add", ROUTE, "x", "--model", "m", "--reason", "x"], 2, "--base-url"),
+        (["promote", "nope", "tiny", "--reason", "x"], 1, "Unknown route 'nope'"),
+    ):
+        done = cli(*args)
+        assert done.returncode == code, (args, done.stderr)
+        assert message in done.stderr, (args, done.stderr)
+        assert "Traceback" not in done.stderr
