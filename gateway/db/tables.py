@@ -26,6 +26,34 @@ from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB
 
 metadata = MetaData()
 
+
+def _student_answer_columns() -> list[Column[object]]:
+    """What a student's call produced, the same in ``requests`` (the champion's, or the
+    student that served) and ``student_answers`` (every student's): fresh Column objects for
+    each table, so the two can never drift apart."""
+    return [
+        Column("student_model", Text),
+        Column("student_url", Text),
+        Column("student_status", Text),
+        Column("student_http_status", Integer),
+        Column("student_error", Text),
+        Column("student_output", Text),
+        Column("student_tool_calls", JSONB),
+        Column("student_refusal", Text),
+        Column("student_response", JSONB),
+        Column("student_logprobs", JSONB),
+        Column("student_finish_reason", Text),
+        Column("student_latency_ms", Float),
+        Column("student_prompt_tokens", Integer),
+        Column("student_completion_tokens", Integer),
+        Column("student_confidence", Float),
+        Column("agreement_score", Float),
+        Column("agree", Boolean),
+        Column("agreement_reason", Text),
+        Column("agreement_detail", JSONB),
+    ]
+
+
 requests = Table(
     "requests",
     metadata,
@@ -55,23 +83,7 @@ requests = Table(
     Column("teacher_prompt_tokens", Integer),
     Column("teacher_completion_tokens", Integer),
     Column("teacher_error", Text),
-    Column("student_model", Text),
-    Column("student_url", Text),
-    Column("student_status", Text),
-    Column("student_http_status", Integer),
-    Column("student_output", Text),
-    Column("student_response", JSONB),
-    Column("student_logprobs", JSONB),
-    Column("student_finish_reason", Text),
-    Column("student_latency_ms", Float),
-    Column("student_prompt_tokens", Integer),
-    Column("student_completion_tokens", Integer),
-    Column("student_error", Text),
-    Column("student_confidence", Float),
-    Column("agreement_score", Float),
-    Column("agree", Boolean),
-    Column("agreement_reason", Text),
-    Column("agreement_detail", JSONB),
+    *_student_answer_columns(),
     Column("gateway_overhead_ms", Float),
     # migration 0008: answers that are not plain text, the teacher's reported version, the
     # app's own request id
@@ -80,8 +92,6 @@ requests = Table(
     Column("teacher_refusal", Text),
     Column("teacher_model_reported", Text),
     Column("teacher_fingerprint", Text),
-    Column("student_tool_calls", JSONB),
-    Column("student_refusal", Text),
     Index("ix_requests_route_created_at", "route", "created_at"),
     Index("ix_requests_created_at", "created_at"),
     # the UTC day the analyst views (migration 0005) group by, so filtering them on day is fast
@@ -112,26 +122,7 @@ student_answers = Table(
     Column("route", Text, nullable=False),
     Column("endpoint", Text, nullable=False),
     Column("slices", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
-    Column("student_model", Text),
-    Column("student_url", Text),
-    Column("student_status", Text),
-    Column("student_http_status", Integer),
-    Column("student_error", Text),
-    Column("student_output", Text),
-    Column("student_tool_calls", JSONB),
-    Column("student_refusal", Text),
-    Column("student_response", JSONB),
-    Column("student_logprobs", JSONB),
-    Column("student_finish_reason", Text),
-    Column("student_latency_ms", Float),
-    Column("student_prompt_tokens", Integer),
-    Column("student_completion_tokens", Integer),
-    Column("student_confidence", Float),
-    Column("agreement_score", Float),
-    Column("agree", Boolean),
-    Column("agreement_reason", Text),
-    Column("agreement_detail", JSONB),
-    CheckConstraint("source IN ('live', 'replay')", name="student_answers_source"),
+    *_student_answer_columns(),
     Index("ix_student_answers_route_created_at", "route", "created_at"),
     # partitions: gateway.db.partitions creates and drops them, with requests's (migration 0009)
     postgresql_partition_by="RANGE (created_at)",

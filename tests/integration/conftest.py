@@ -15,7 +15,7 @@ import pytest
 from gateway.db.embedded import EmbeddedPostgres
 from gateway.db.migrate import upgrade
 from tests.support.db import fetch, wait_for
-from tests.support.gateway import GatewayServer, route, write_config
+from tests.support.gateway import GatewayServer, route, sdk, write_config
 from tests.support.upstream import FakeOpenAI
 
 ROUTE = "support-bot"
@@ -60,7 +60,7 @@ def gateway(
 
 @pytest.fixture
 def client(gateway: GatewayServer, app_key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=app_key, max_retries=0)
+    return sdk(gateway, app_key)
 
 
 def rows(url: str, where: str = "TRUE") -> list[dict[str, Any]]:

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
-import openai
 import pytest
 
 from gateway.config import GatewayConfig
@@ -23,7 +22,7 @@ from gateway.db.engine import create_engine
 from gateway.services.students import StudentRegistry
 from tests.integration.conftest import ROUTE, rows
 from tests.support.db import fetch, wait_for
-from tests.support.gateway import GatewayServer, route
+from tests.support.gateway import GatewayServer, route, sdk
 from tests.support.process import BIN
 from tests.support.upstream import FakeOpenAI
 
@@ -80,10 +79,6 @@ def attempt(url: str, config: GatewayConfig, method: str, *args: Any, **kwargs: 
     except Exception as exc:
         return str(exc)
     return "no error"
-
-
-def sdk(gateway: GatewayServer, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
 
 
 def test_every_candidate_answers_the_same_requests(

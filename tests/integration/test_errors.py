@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.conftest import ROUTE, closed_port_url, complete_row, rows
 from tests.support.db import wait_for
-from tests.support.gateway import GatewayServer, route
+from tests.support.gateway import GatewayServer, route, sdk
 from tests.support.upstream import FakeOpenAI
 
 CHAT = {"model": ROUTE, "messages": [{"role": "user", "content": "hi"}]}
@@ -58,7 +58,7 @@ def test_missing_and_wrong_keys_get_401(post: Callable[..., httpx.Response]) -> 
 
 
 def test_openai_sdk_sees_authentication_error(gateway: GatewayServer) -> None:
-    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="wrong", max_retries=0)
+    client = sdk(gateway, "wrong")
     with pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(model=ROUTE, messages=[{"role": "user", "content": "x"}])
 

@@ -20,7 +20,7 @@ import pytest
 from tests.integration.conftest import ROUTE, complete_row, rows
 from tests.integration.test_errors import CHAT, assert_openai_error
 from tests.support.db import fetch, wait_for
-from tests.support.gateway import GatewayServer, route, write_config
+from tests.support.gateway import GatewayServer, route, sdk, write_config
 from tests.support.process import GatewayProcess, free_port
 from tests.support.upstream import FakeOpenAI
 
@@ -190,7 +190,7 @@ def test_rate_limit_is_429_in_openai_shape_with_retry_after(
     # another key has its own bucket
     assert _post(gateway, "other-key", CHAT).status_code == 200
     # the OpenAI SDK sees its RateLimitError (and would honour retry-after)
-    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=app_key, max_retries=0)
+    client = sdk(gateway, app_key)
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model=ROUTE, messages=[{"role": "user", "content": "x"}])
     assert gateway.metric("shadow_gateway_rate_limited_total", key="tests") == 2

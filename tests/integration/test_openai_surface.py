@@ -24,7 +24,7 @@ import pytest
 
 from tests.integration.conftest import ROUTE, complete_row, rows
 from tests.support.db import fetch, wait_for
-from tests.support.gateway import GatewayServer, route
+from tests.support.gateway import GatewayServer, route, sdk
 from tests.support.process import BIN
 from tests.support.upstream import FakeOpenAI
 
@@ -56,10 +56,6 @@ TIME = {
 }
 ASK = [{"role": "user", "content": "weather and time in Paris?"}]
 PARIS_CALLS = [("get_weather", {"city": "Paris", "unit": "C"}), ("get_time", {"zone": "CET"})]
-
-
-def sdk(gateway: GatewayServer, key: str, **options: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, **{"max_retries": 0, **options})
 
 
 def jsonb(value: Any) -> Any:

@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-import openai
 import orjson
 import pytest
 
@@ -26,7 +25,7 @@ from gateway.core.routing import bucket
 from gateway.core.sampling import unit_hash
 from tests.integration.conftest import ROUTE, closed_port_url, rows
 from tests.support.db import execute, wait_for
-from tests.support.gateway import GatewayServer, route
+from tests.support.gateway import GatewayServer, route, sdk
 from tests.support.upstream import FakeOpenAI
 
 FALLBACKS = "shadow_gateway_fallbacks_total"
@@ -845,7 +844,7 @@ def test_openai_sdk_gets_the_students_answer_and_stream(
 ) -> None:
     gateway = make_gateway([rollout_route(teacher, [student.base_url])])
     student.reset_behavior(answer=lambda _text: ANSWER)
-    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=app_key, max_retries=0)
+    client = sdk(gateway, app_key)
     messages: Any = [{"role": "user", "content": "what is it?"}]
 
     raw = client.chat.completions.with_raw_response.create(

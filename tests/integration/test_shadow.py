@@ -5,18 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import openai
-
 from tests.integration.conftest import ROUTE, closed_port_url, complete_row, rows
 from tests.support.db import wait_for
-from tests.support.gateway import GatewayServer, route
+from tests.support.gateway import GatewayServer, route, sdk
 from tests.support.upstream import FakeOpenAI
 
 MESSAGES = [{"role": "user", "content": "hello"}]
-
-
-def sdk(gateway: GatewayServer, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
 
 
 def test_student_down_changes_nothing_for_the_app(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import openai
 import yaml
 from prometheus_client import CollectorRegistry
 
@@ -54,6 +55,7 @@ class GatewayServer:
         self.metrics = Metrics(CollectorRegistry())
         self.app = create_app(load_settings(config_path), self.metrics)
         self._server = ThreadedServer(self.app, name="gateway")
+        self.clients: list[openai.OpenAI] = []
 
     @property
     def port(self) -> int:
@@ -75,4 +77,18 @@ class GatewayServer:
         return self
 
     def stop(self) -> None:
+        for client in self.clients:
+            client.close()
         self._server.stop()
+
+
+def sdk(gateway: GatewayServer, key: str, **options: Any) -> openai.OpenAI:
+    """The official OpenAI client pointed at the gateway; no retries unless asked for.
+
+    The gateway closes it when it stops, so no socket is left for the garbage collector
+    (an unclosed one is a ResourceWarning, an error under this suite's filterwarnings)."""
+    client = openai.OpenAI(
+        base_url=f"{gateway.url}/v1", api_key=key, **{"max_retries": 0, **options}
+    )
+    gateway.clients.append(client)
+    return client
