@@ -1,4 +1,4 @@
-"""``/admin/reports``: slices, disagreements, threshold calibration, drift (scope sre or analyst).
+"""``/admin/reports``: slices, disagreements, thresholds, drift, candidates (scope sre or analyst).
 
 Thin handlers: parse the query (times, slices, ranges; a 400 naming the parameter when one is
 wrong), call :class:`~gateway.services.reports.Reports`, answer its JSON. ``POST /drift``
@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request
 
 from gateway.api.security import ReaderKey
 from gateway.api.state import gateway_state
+from gateway.core.paired import MIN_PAIRS
 from gateway.errors import PayloadTooLarge
 from gateway.protocol.reports import (
     DAY,
@@ -55,6 +56,20 @@ async def slices(
 ) -> dict[str, Any]:
     span = window(since, until, DAY)
     return await _reports(request).slices(route, span, _dimension(dimension))
+
+
+@router.get("/candidates")
+async def candidates(
+    request: Request,
+    _key: ReaderKey,
+    route: str,
+    since: str | None = None,
+    until: str | None = None,
+    baseline: str | None = Query(default=None, max_length=200),
+    min_pairs: int = Query(default=MIN_PAIRS, ge=1),
+) -> dict[str, Any]:
+    span = window(since, until, WEEK)
+    return await _reports(request).candidates(route, span, baseline, min_pairs)
 
 
 @router.get("/disagreements")

@@ -1,4 +1,4 @@
-"""``report slices|disagreements|thresholds|drift``: the analyst reports from a shell.
+"""``report slices|disagreements|thresholds|drift|candidates``: the analyst reports from a shell.
 
 The same reports as ``/admin/reports`` (the same JSON with ``--json``), read straight from
 Postgres. Exit status 2 for arguments that cannot work (a malformed time, since after until,
@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.commands.common import CommandError, with_engine
 from gateway.config import load_settings
+from gateway.core.paired import MIN_PAIRS
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.protocol.reports import (
     DAY,
@@ -169,6 +170,16 @@ def cmd_drift(args: argparse.Namespace) -> int:
         )
 
     return _print(args, _run(args, drift), _drift_table)
+
+
+@_arguments_checked
+def cmd_candidates(args: argparse.Namespace) -> int:
+    span = window(args.since, args.until, WEEK)
+    result = _run(
+        args,
+        lambda reports: reports.candidates(args.route, span, args.baseline, args.min_pairs),
+    )
+    return _print(args, result, _candidates_table)
 
 
 # -- tables ---------------------------------------------------------------------------------
@@ -321,6 +332,61 @@ def _drift_table(result: dict[str, Any]) -> None:
         print(f"reference window: {_pct(agreement['agreement'])} ({_interval(agreement)})")
 
 
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1%}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+_VERDICTS = {
+    "baseline": "(baseline)",
+    "better": "BETTER",
+    "worse": "WORSE",
+    "inconclusive": "inconclusive",
+    "not_enough_data": "too few pairs",
+}
+
+
+def _candidates_table(result: dict[str, Any]) -> None:
+    print(f"{result['route']}: {result['since']} to {result['until']}")
+    print(
+        f"each student against {result['baseline']} on the requests both answered (paired: "
+        f"Newcombe's interval; fewer than {result['min_pairs']} pairs is not judged)"
+    )
+    for source in result["sources"]:
+        print(f"\n{source['source']} answers, slices worst first, all requests last")
+        rows = []
+        for line in [*source["slices"], source["overall"]]:
+            name = "all" if line["dimension"] == "all" else f"{line['dimension']}={line['value']}"
+            for entry in line["candidates"]:
+                paired = entry["paired"] or {}
+                rows.append(
+                    (
+                        name,
+                        entry["student"],
+                        str(entry["compared"]),
+                        _pct(entry["agreement"]),
+                        _interval(entry),
+                        "-" if not paired else str(paired["pairs"]),
+                        _signed(paired.get("difference")),
+                        "-"
+                        if paired.get("ci_low") is None
+                        else f"{paired['ci_low']:+.1%} to {paired['ci_high']:+.1%}",
+                        _VERDICTS[entry["verdict"]],
+                        _ms(entry["latency_p50_ms"]),
+                        _ms(entry["latency_p95_ms"]),
+                        "-"
+                        if entry["mean_confidence"] is None
+                        else f"{entry['mean_confidence']:.2f}",
+                    )
+                )
+                name = ""
+        header = ("SLICE", "STUDENT", "COMPARED", "AGREEMENT", "95% CI", "PAIRS", "DIFF")
+        _table((*header, "DIFF 95% CI", "VERDICT", "P50 MS", "P95 MS", "CONF"), rows)
+
+
 # -- the parser -----------------------------------------------------------------------------
 
 
@@ -354,7 +420,7 @@ def _positive(kind: Callable[[str], Any], what: str, most: float | None = None) 
 def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     report = commands.add_parser(
         "report",
-        help="Analyst reports: slices, disagreements, thresholds, drift.",
+        help="Analyst reports: slices, disagreements, thresholds, drift, candidates.",
         description="Analyst reports from the logged traffic (tables; --json for JSON).",
     )
     kinds = report.add_subparsers(dest="report", required=True, metavar="REPORT")
@@ -434,3 +500,19 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     )
     drift.add_argument("--dimension", help="only this slice dimension")
     drift.set_defaults(handler=cmd_drift)
+
+    candidates = sub(
+        "candidates",
+        "Each student's agreement per slice and its paired difference to the champion.",
+        "7 days",
+    )
+    candidates.add_argument(
+        "--baseline", help="compare with this student (default: the route's champion)"
+    )
+    candidates.add_argument(
+        "--min-pairs",
+        type=_positive(int, "--min-pairs"),
+        default=MIN_PAIRS,
+        help=f"fewest paired comparisons a verdict needs (default {MIN_PAIRS})",
+    )
+    candidates.set_defaults(handler=cmd_candidates)

@@ -1,4 +1,4 @@
-"""The analyst reports: slices, disagreements, threshold calibration, drift.
+"""The analyst reports: slices, disagreements, threshold calibration, drift, candidates.
 
 Every figure is aggregated in Postgres (``GROUP BY`` over the route's rows in the window:
 labels, ``width_bucket`` of the confidence, prompt length, day); Python only sees per-group
@@ -11,13 +11,15 @@ gateway error: :class:`~gateway.errors.RouteNotFound`, :class:`UnknownDimension`
 (400).
 
 One module per report (:mod:`.slices`, :mod:`.disagreements`, :mod:`.thresholds`,
-:mod:`.drift`), each a mixin over :class:`.common.ReportsBase`; :class:`Reports` is all of them.
+:mod:`.drift`, :mod:`.candidates`), each a mixin over :class:`.common.ReportsBase`;
+:class:`Reports` is all of them.
 :class:`DriftMonitor` (:mod:`.monitor`) keeps ``shadow_gateway_drift_psi{route,dimension}``
 current in the background: each route's last day against the week before it.
 """
 
 from __future__ import annotations
 
+from gateway.services.reports.candidates import CandidateReport
 from gateway.services.reports.common import (
     DEFAULT_MIN_ROWS,
     DEFAULT_PSI_THRESHOLD,
@@ -43,6 +45,6 @@ __all__ = [
 ]
 
 
-class Reports(SliceReport, DisagreementReport, ThresholdReport, DriftReport):
-    """Every report over one engine and config: ``slices``, ``disagreements``, ``thresholds``
-    and ``drift``."""
+class Reports(SliceReport, DisagreementReport, ThresholdReport, DriftReport, CandidateReport):
+    """Every report over one engine and config: ``slices``, ``disagreements``, ``thresholds``,
+    ``drift`` and ``candidates``."""
