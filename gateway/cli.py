@@ -13,7 +13,17 @@ import sys
 from collections.abc import Sequence
 
 from gateway import __version__
-from gateway.commands import demo, export, keys, partitions, report, rollout, serve, students
+from gateway.commands import (
+    demo,
+    export,
+    keys,
+    partitions,
+    replay,
+    report,
+    rollout,
+    serve,
+    students,
+)
 from gateway.commands.common import CommandError, common_options
 from gateway.errors import ConfigError
 
@@ -31,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_parsers(commands, parent)
     students.add_parsers(commands, parent)
     report.add_parsers(commands, parent)
+    replay.add_parsers(commands, parent)
     export.add_parsers(commands, parent)
     partitions.add_parsers(commands, parent)
     demo.add_parsers(commands, parent)

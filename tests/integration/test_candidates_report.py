@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,7 +21,7 @@ from scipy.stats import binomtest  # type: ignore[import-untyped]
 from tests.integration.conftest import ROUTE
 from tests.support.db import fetch, wait_for
 from tests.support.gateway import GatewayServer, route, sdk
-from tests.support.process import BIN
+from tests.support.process import run_command
 from tests.support.upstream import FakeOpenAI
 
 ANALYST = "analyst-secret"
@@ -222,22 +221,7 @@ def test_candidates_report_refuses_bad_input(reported: GatewayServer) -> None:
 
 def test_candidates_report_from_the_command_line(reported: GatewayServer, clean_db: str) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                str(BIN / "shadow-gateway"),
-                "report",
-                "candidates",
-                ROUTE,
-                "--config",
-                str(reported.config_path),
-                *args,
-            ],
-            env={**os.environ, "DATABASE_URL": clean_db, "SGW_TEST_APP_KEY": "x"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return run_command(reported.config_path, clean_db, "report", "candidates", ROUTE, *args)
 
     table = cli()
     assert table.returncode == 0, table.stderr

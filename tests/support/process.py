@@ -72,3 +72,18 @@ class GatewayProcess:
         if not self._log_handle.closed:
             self._log_handle.flush()
         return self.log.read_text(errors="replace")
+
+
+def run_command(
+    config: Path, database_url: str, *args: str, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``shadow-gateway ARGS --config CONFIG`` as a process on ``database_url``; its exit
+    status and output, never raising for a non-zero status."""
+    return subprocess.run(
+        [str(BIN / "shadow-gateway"), *args, "--config", str(config)],
+        env={**os.environ, "DATABASE_URL": database_url, "SGW_TEST_APP_KEY": "x"},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
