@@ -11,6 +11,10 @@ tier=gold (bar 90 %, 20 samples):
 - reference for drift, 10 days back: 60 free rows and 10 enterprise rows.
 
 So the last 7 days hold 145 comparisons, 115 agreed; 30 disagreements (26 enterprise, 4 free).
+
+Each of those rows is also the champion's (``default``) row of ``student_answers``, and a
+candidate, ``rival``, answered the same requests: right on every enterprise and gold request
+(better than the champion on enterprise), wrong on every free one (worse there).
 """
 
 from __future__ import annotations
@@ -99,6 +103,15 @@ def seed_console(url: str) -> None:
     insert(url, 25, "gold", 0, slices="""'{"tier": "gold"}'::jsonb""", agree="true")
     insert(url, 60, "ref-free", 10, slices=free, agree="true")
     insert(url, 10, "ref-ent", 10, slices=enterprise, agree="true")
+    for student, agree in (("default", "agree"), ("rival", "slices->>'tier' <> 'free'")):
+        execute(
+            url,
+            "INSERT INTO student_answers (request_id, student, source, created_at, route, "
+            "endpoint, slices, student_status, student_latency_ms, student_confidence, agree) "
+            f"SELECT request_id, '{student}', 'live', created_at, route, endpoint, slices, 'ok', "
+            f"20, student_confidence, {agree} FROM requests "
+            "WHERE created_at > now() - interval '7 days'",
+        )
 
 
 @pytest.fixture

@@ -169,6 +169,15 @@ def sre_visit(browser: Browser, seeded: GatewayServer, tmp_path: Path) -> None:
     assert curve.locator("circle.point").count() >= 10
     expect(page.locator("#calibration-note")).to_contain_text("145 shadow comparisons")
 
+    # candidates: rival is worse than the champion on free, better on enterprise
+    live = page.locator("#candidates-live")
+    worse = live.locator('tr.fail[data-slice="tier=free"][data-student="rival"]')
+    expect(worse).to_contain_text("worse")
+    better = live.locator('tr[data-slice="tier=enterprise"][data-student="rival"]')
+    expect(better.locator("td.verdict-better")).to_have_text("better")
+    expect(live.locator("tbody tr").first).to_have_attribute("data-slice", "tier=free")
+    expect(page.locator("#candidates-note")).to_contain_text("Baseline default")
+
     # drift: tier is flagged; free was 60 of 70 in the reference window
     tier = page.locator('#drift-charts .chart.flagged[data-dimension="tier"]')
     expect(tier).to_have_count(1)
@@ -207,6 +216,7 @@ def sre_visit(browser: Browser, seeded: GatewayServer, tmp_path: Path) -> None:
 
     save_screenshot(page, tmp_path / "console-sre.png")
     save_screenshot(page, tmp_path / "console-agreement.png", "#agreement-section")
+    save_screenshot(page, tmp_path / "console-candidates.png", "#candidates-section")
 
     # change the threshold, then roll back, each with a reason, through the admin API
     page.fill("#change-form input[name=confidence_threshold]", "0.85")

@@ -135,6 +135,41 @@ function renderSliceTable(report) {
   select.value = chosen;
 }
 
+// -- candidates ----------------------------------------------------------------------------
+
+const signed = (v) => (v === null || v === undefined ? "–" : `${v >= 0 ? "+" : ""}${(v * 100).toFixed(1)}%`);
+const ms = (v) => (v === null || v === undefined ? "–" : Math.round(v).toString());
+
+function candidateRows(line) {
+  return line.candidates.map((c, i) => {
+    const p = c.paired;
+    return el("tr", { class: c.verdict === "worse" ? "fail" : null, "data-slice": sliceName(line), "data-student": c.student },
+      el("td", {}, i === 0 ? sliceName(line) : ""), el("td", {}, c.student), num(c.compared),
+      num(pct(c.agreement)), num(c.compared ? `${pct(c.ci_low)}–${pct(c.ci_high)}` : "–"),
+      num(p ? p.pairs : "–"), num(p ? signed(p.difference) : "–"),
+      num(p && p.ci_low !== null ? `${signed(p.ci_low)} to ${signed(p.ci_high)}` : "–"),
+      el("td", { class: `verdict-${c.verdict}` }, c.verdict.replaceAll("_", " ")),
+      num(ms(c.latency_p50_ms)), num(ms(c.latency_p95_ms)),
+      num(c.mean_confidence === null ? "–" : c.mean_confidence.toFixed(2)));
+  });
+}
+
+function renderCandidates(report) {
+  const students = report.students.map((s) => `${s.name} (${s.status})`).join(", ");
+  note("candidates-note", `Students: ${students}. Baseline ${report.baseline}; a verdict needs ${report.min_pairs} paired comparisons.`);
+  const head = [["slice"], ["student"], ["compared", "num"], ["agreement", "num"], ["95% CI", "num"], ["pairs", "num"],
+    ["difference", "num"], ["difference 95% CI", "num"], ["verdict"], ["p50 ms", "num"], ["p95 ms", "num"], ["confidence", "num"]];
+  $("candidates").replaceChildren(...report.sources.map((source) => {
+    const id = `candidates-${source.source}`;
+    const block = el("div", { "data-source": source.source }, el("h3", {}, `${source.source} answers`),
+      el("div", { class: "scroll" }, el("table", { id, class: "grid" })));
+    const header = el("tr", {}, ...head.map(([label, cls]) => el("th", { class: cls }, label)));
+    block.querySelector("table").append(el("thead", {}, header),
+      el("tbody", {}, ...[...source.slices, source.overall].flatMap(candidateRows)));
+    return block;
+  }));
+}
+
 // -- calibration and drift -----------------------------------------------------------------
 
 function renderCalibration(report) {
@@ -256,6 +291,8 @@ async function load() {
       renderTrend(trend);
       renderSliceTable(slices);
     }),
+    section(["candidates"], "candidates-note", async () =>
+      renderCandidates(await api("/admin/reports/candidates", params))),
     section(["calibration-charts"], "calibration-note", async () =>
       renderCalibration(await api("/admin/reports/thresholds", params))),
     section(["drift-charts"], "drift-note", async () =>
