@@ -17,15 +17,15 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.config import GatewayConfig, RouteConfig
 from gateway.core.confidence import METHODS
 from gateway.core.routing import MODES, RouteState
 from gateway.db.notify import ROUTES_CHANNEL
-from gateway.db.tables import rollout_plans, route_events, route_state
+from gateway.db.tables import rollout_plans, route_events, route_state, route_students
 from gateway.errors import InvalidRequest, RouteNotFound
 from gateway.metrics import Metrics
 
@@ -71,8 +71,6 @@ def validate_change(route: RouteConfig, changes: dict[str, Any]) -> None:
     mode = changes.get("mode")
     if mode is not None and mode not in MODES:
         raise InvalidRequest(f"mode must be one of {', '.join(MODES)}", param="mode")
-    if mode in ("shadow", "rollout") and route.student is None:
-        raise InvalidRequest(f"route {route.name!r} has no student configured", param="mode")
     for field, low, high in (
         ("rollout_percent", 0.0, 100.0),
         ("confidence_threshold", 0.0, 1.0),
@@ -88,6 +86,30 @@ def validate_change(route: RouteConfig, changes: dict[str, Any]) -> None:
         raise InvalidRequest(
             f"confidence_method must be one of {', '.join(METHODS)}", param="confidence_method"
         )
+
+
+_STUDENTS = select(
+    func.count().filter(route_students.c.status == "champion").label("champions"),
+    func.count().label("students"),
+)
+
+
+async def require_student(connection: AsyncConnection, route: RouteConfig, mode: str) -> None:
+    """Refuse a mode that calls a student when the route has none to call.
+
+    The student registry is the truth (a student added with ``students add`` counts, though
+    the config file names none); a route whose students the database does not hold yet (no
+    gateway has started with it) has the config's.
+    """
+    if mode not in ("shadow", "rollout"):
+        return
+    found = (await connection.execute(_STUDENTS.where(route_students.c.route == route.name))).one()
+    if found.champions or (not found.students and route.students):
+        return
+    raise InvalidRequest(
+        f"route {route.name!r} has no student: add one first (shadow-gateway students add)",
+        param="mode",
+    )
 
 
 class ControlPlane:
@@ -179,6 +201,8 @@ class ControlPlane:
             new = old.changed(**changes)
             if new == old:
                 return old, False
+            if "mode" in changes:
+                await require_student(connection, route, new.mode)
             await connection.execute(
                 update(route_state)
                 .where(route_state.c.route == name)
@@ -261,6 +285,7 @@ class ControlPlane:
             "next_at": datetime.now(UTC) + timedelta(seconds=hold_s),
         }
         async with self._engine.begin() as connection:
+            await require_student(connection, route, "rollout")
             await connection.execute(
                 pg_insert(rollout_plans)
                 .values(route=name, **plan)

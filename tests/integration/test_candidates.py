@@ -23,7 +23,7 @@ from gateway.services.students import StudentRegistry
 from tests.integration.conftest import ROUTE, rows
 from tests.support.db import fetch, wait_for
 from tests.support.gateway import GatewayServer, route, sdk
-from tests.support.process import BIN
+from tests.support.process import BIN, run_command
 from tests.support.upstream import FakeOpenAI
 
 ASK = [{"role": "user", "content": "hello"}]
@@ -339,3 +339,39 @@ def test_students_from_the_command_line(
         assert done.returncode == code, (args, done.stderr)
         assert message in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr
+
+
+def test_a_route_without_students_can_shadow_one_added_later(
+    make_gateway: Callable[..., GatewayServer],
+    app_key: str,
+    teacher: FakeOpenAI,
+    rival: FakeOpenAI,
+    clean_db: str,
+) -> None:
+    gateway = make_gateway([route(ROUTE, teacher.base_url, None, mode="teacher")])
+    config = gateway.config_path
+    refused = run_command(
+        config, clean_db, "rollout", "set", ROUTE, "--mode", "shadow", "--reason", "x"
+    )
+    assert refused.returncode == 1
+    assert "has no student: add one first" in refused.stderr
+    added = run_command(
+        config, clean_db, "students", "add", ROUTE, "first", "--model", "first-model",
+        "--base-url", rival.base_url, "--reason", "a student at last",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert "added first: champion" in added.stdout
+    shadowed = run_command(
+        config, clean_db, "rollout", "set", ROUTE, "--mode", "shadow", "--reason", "go"
+    )
+    assert shadowed.returncode == 0, shadowed.stderr
+    wait_for(lambda: gateway.state.control.state(ROUTE).mode == "shadow", what="shadow mode")
+    client = sdk(gateway, app_key)
+    request_id = client.chat.completions.with_raw_response.create(
+        model=ROUTE, messages=ASK
+    ).headers["x-request-id"]
+    wait_for(
+        lambda: rows(clean_db, f"request_id = '{request_id}' AND student_status = 'ok'") != [],
+        what="the new student's answer",
+    )
+    assert [a["student"] for a in answers(clean_db)] == ["first"]
