@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,20 +39,32 @@ def count_complete(url: str) -> tuple[int, int, int]:
     return row["n"], row["ids"], row["complete"]
 
 
+@pytest.fixture
+def rival() -> Iterator[FakeOpenAI]:
+    server = FakeOpenAI("rival").start()
+    yield server
+    server.stop()
+
+
 def test_postgres_outage_during_traffic_loses_nothing(
     tmp_path: Path,
     private_postgres: tuple[EmbeddedPostgres, str],
     app_key: str,
     teacher: FakeOpenAI,
     student: FakeOpenAI,
+    rival: FakeOpenAI,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Two students (a champion and a candidate): every request's row and both answer rows."""
     server, url = private_postgres
     monkeypatch.setenv("DATABASE_URL", url)
-    config = write_config(
-        tmp_path / "gateway.yaml", [route(ROUTE, teacher.base_url, [student.base_url])]
-    )
-    gateway = GatewayServer(config).start()
+    spec = route(ROUTE, teacher.base_url, None)
+    spec["students"] = [
+        {"name": name, "base_urls": [upstream.base_url], "model": f"{name}-model"}
+        for name, upstream in (("champ", student), ("cand", rival))
+    ]
+    spec["champion"] = "champ"
+    gateway = GatewayServer(write_config(tmp_path / "gateway.yaml", [spec])).start()
     statuses: list[int] = []
     ids: list[str] = []
     stop = threading.Event()
@@ -86,6 +99,21 @@ def test_postgres_outage_during_traffic_loses_nothing(
         lambda: count_complete(url) == (len(ids), len(ids), len(ids)),
         timeout_s=30,
         what=f"all {len(ids)} rows, once each, complete",
+    )
+    wait_for(
+        lambda: (
+            fetch(
+                url,
+                "SELECT student, count(*) AS n, count(DISTINCT request_id) AS ids, "
+                "count(agree) AS compared FROM student_answers GROUP BY student ORDER BY student",
+            )
+            == [
+                {"student": name, "n": len(ids), "ids": len(ids), "compared": len(ids)}
+                for name in ("cand", "champ")
+            ]
+        ),
+        timeout_s=30,
+        what=f"both students' {len(ids)} answers, once each, compared",
     )
     assert gateway.metric("shadow_gateway_journal_replayed_total") > 0
     wait_for(lambda: httpx.get(f"{gateway.url}/readyz").json()["status"] == "ready", what="ready")
