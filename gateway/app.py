@@ -85,6 +85,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
 
         def students_changed(route: str, live: list[StudentState]) -> None:
             pool.update(route, [(student.name, student.config) for student in live])
+            # the student label's values: the registry's live names, retired ones removed
+            metrics.describe_students(route, {student.name: student.status for student in live})
 
         students = StudentRegistry(engine, config, students_changed)
         for route in config.routes:

@@ -1,8 +1,15 @@
 """Every Prometheus metric the gateway exports, on an injectable registry.
 
 Tests build their own ``Metrics(CollectorRegistry())`` and read values with
-``registry.get_sample_value``. Label values are bounded: routes come from config, statuses
-and outcomes from fixed sets, slice values from an allow-list.
+``registry.get_sample_value``. Label values are bounded: routes come from config, students
+from the student registry (validated names, never reused; a student's series go when it
+leaves: :meth:`Metrics.describe_students`), statuses and outcomes from fixed sets, slice
+values from an allow-list.
+
+Metrics that concern a student carry a ``student`` label, candidates' as well as the
+champion's. What used to be "the route's student" is the champion: select it by joining on
+the info metric, ``... and on (route, student) (shadow_gateway_student_info{status="champion"}
+== 1)`` (the ``== 1`` drops the zeroed series multi-process mode leaves behind).
 
 With several worker processes, ``shadow-gateway serve`` sets ``PROMETHEUS_MULTIPROC_DIR``
 before the workers start; prometheus_client then keeps every value in a per-process file
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from prometheus_client import (
@@ -47,6 +55,15 @@ _LATENCY_BUCKETS = (
     60,
 )
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+# Label names of the per-student metrics: route and student first, so a student's series are
+# found (and forgotten) the same way in each.
+_STUDENT = ("route", "student")
+_STUDENT_OUTCOME = (*_STUDENT, "outcome")
+_STUDENT_REASON = (*_STUDENT, "reason")
+_STUDENT_VERDICT = (*_STUDENT, "verdict")
+_STUDENT_SLICE = (*_STUDENT, "dimension", "slice")
+_STUDENT_SLICE_VERDICT = (*_STUDENT_SLICE, "verdict")
 
 
 class Metrics:
@@ -81,7 +98,7 @@ class Metrics:
         self.student_latency = Histogram(
             "shadow_gateway_student_latency_seconds",
             "Student call latency, successful calls only.",
-            ["route"],
+            _STUDENT,
             buckets=_LATENCY_BUCKETS,
             registry=reg,
         )
@@ -94,34 +111,34 @@ class Metrics:
         )
         self.shadow_calls = Counter(
             "shadow_gateway_shadow_calls_total",
-            "Background student calls by outcome (ok, timeout, unreachable, http_error, "
-            "invalid_response, shutdown).",
-            ["route", "outcome"],
+            "Student calls by student and outcome (ok, timeout, unreachable, http_error, "
+            "invalid_response, shutdown, internal_error).",
+            _STUDENT_OUTCOME,
             registry=reg,
         )
         self.shadow_dropped = Counter(
             "shadow_gateway_shadow_dropped_total",
-            "Shadow calls not made because the route's student concurrency bound was reached.",
-            ["route"],
+            "Shadow calls not made because the student's concurrency bound was reached.",
+            _STUDENT,
             registry=reg,
         )
         self.circuit_skipped = Counter(
             "shadow_gateway_circuit_skipped_total",
-            "Student calls not made because the route's circuit breaker is open.",
-            ["route"],
+            "Student calls not made because the student's circuit breaker is open.",
+            _STUDENT,
             registry=reg,
         )
         self.circuit_open = Gauge(
             "shadow_gateway_student_circuit_open",
-            "1 while the route's student circuit breaker is open or probing, else 0.",
-            ["route"],
+            "1 while the student's circuit breaker is open or probing, else 0.",
+            _STUDENT,
             multiprocess_mode="livemax",
             registry=reg,
         )
         self.shadow_in_flight = Gauge(
             "shadow_gateway_shadow_in_flight",
             "Student calls in flight.",
-            ["route"],
+            _STUDENT,
             multiprocess_mode="livesum",
             registry=reg,
         )
@@ -176,21 +193,21 @@ class Metrics:
         # under dimension="all", slice="all" (the aggregate, shown beside the slices).
         self.agreement = Counter(
             "shadow_gateway_agreement_total",
-            "Teacher/student comparisons by route, slice and verdict (agree, disagree).",
-            ["route", "dimension", "slice", "verdict"],
+            "Teacher/student comparisons by route, student, slice and verdict (agree, disagree).",
+            _STUDENT_SLICE_VERDICT,
             registry=reg,
         )
         self.agreement_score = Histogram(
             "shadow_gateway_agreement_score",
-            "Agreement score in [0, 1] by route and slice.",
-            ["route", "dimension", "slice"],
+            "Agreement score in [0, 1] by route, student and slice.",
+            _STUDENT_SLICE,
             buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
             registry=reg,
         )
         self.confidence = Histogram(
             "shadow_gateway_student_confidence",
             "Student confidence (the route's method) by verdict, to see calibration.",
-            ["route", "verdict"],
+            _STUDENT_VERDICT,
             buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
             registry=reg,
         )
@@ -211,8 +228,9 @@ class Metrics:
         # -- rollout -------------------------------------------------------------------------
         self.fallbacks = Counter(
             "shadow_gateway_fallbacks_total",
-            "Requests the student was chosen for but the teacher answered, by reason.",
-            ["route", "reason"],
+            "Requests the student was chosen for but the teacher answered, by reason; or the "
+            "student answered for a failed teacher (teacher_error). student: the champion.",
+            _STUDENT_REASON,
             registry=reg,
         )
         self.rollout_percent = Gauge(
@@ -243,6 +261,72 @@ class Metrics:
             ["route", "dimension", "slice"],
             registry=reg,
         )
+        # -- students ------------------------------------------------------------------------
+        # Every worker sets the same values from the same registry; ``livemostrecent`` takes
+        # the newest write, so a worker that has already seen a promotion wins over one that
+        # has not yet, and a dead worker's stale view is dropped.
+        self.student_info = Gauge(
+            "shadow_gateway_student_info",
+            "1 for each live student of a route, with its status (champion, candidate): join "
+            "on (route, student) to pick the champion's series.",
+            ["route", "student", "status"],
+            multiprocess_mode="livemostrecent",
+            registry=reg,
+        )
+        # The per-student metrics with their label names, to forget a student's series.
+        self._per_student: tuple[tuple[Counter | Gauge | Histogram, tuple[str, ...]], ...] = (
+            (self.student_latency, _STUDENT),
+            (self.shadow_calls, _STUDENT_OUTCOME),
+            (self.shadow_dropped, _STUDENT),
+            (self.circuit_skipped, _STUDENT),
+            (self.circuit_open, _STUDENT),
+            (self.shadow_in_flight, _STUDENT),
+            (self.agreement, _STUDENT_SLICE_VERDICT),
+            (self.agreement_score, _STUDENT_SLICE),
+            (self.confidence, _STUDENT_VERDICT),
+            (self.fallbacks, _STUDENT_REASON),
+        )
+        self._statuses: dict[str, dict[str, str]] = {}  # route -> live student -> status
+
+    def describe_students(self, route: str, statuses: Mapping[str, str]) -> None:
+        """The route's live students now (name -> champion or candidate), from the registry.
+
+        Sets the info series of each; removes the info series of a status a student no longer
+        has, and every series of a student no longer live (retired), so the ``student`` label
+        only ever holds the registry's live names.
+        """
+        before = self._statuses.get(route, {})
+        for name, status in before.items():
+            if statuses.get(name) != status:
+                self._drop(self.student_info, (route, name, status))
+        for name in before.keys() - statuses.keys():
+            self.forget_student(route, name)
+        for name, status in statuses.items():
+            self.student_info.labels(route, name, status).set(1)
+        self._statuses[route] = dict(statuses)
+
+    def forget_student(self, route: str, student: str) -> None:
+        """Remove every series of one student (found by its route and student labels)."""
+        for metric, names in self._per_student:
+            held = {
+                tuple(sample.labels[name] for name in names)
+                for family in metric.collect()
+                for sample in family.samples
+                if sample.labels.get("route") == route and sample.labels.get("student") == student
+            }
+            for values in held:
+                self._drop(metric, values)
+
+    @staticmethod
+    def _drop(metric: Counter | Gauge | Histogram, values: tuple[str, ...]) -> None:
+        """Remove one series. prometheus_client cannot remove a series in multi-process mode
+        (each value lives in a worker's file until the server restarts): there a gauge is set
+        to 0 instead (so the info metric is read with ``== 1``), and a counter or histogram
+        stays as it was, no longer growing."""
+        if not os.environ.get(MULTIPROC_ENV):
+            metric.remove(*values)
+        elif isinstance(metric, Gauge):
+            metric.labels(*values).set(0)
 
 
 def describe_routes(config: GatewayConfig, metrics: Metrics) -> None:

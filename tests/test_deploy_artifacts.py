@@ -43,7 +43,24 @@ REQUIRED_ALERTS = {
     "ShadowGatewayDatabaseDown",
     "ShadowGatewayDbWriteErrors",
     "ShadowGatewayAutoRollback",
+    "ShadowGatewayCandidateDown",
 }
+# The metrics that concern one student (they carry a `student` label).
+PER_STUDENT = {
+    "shadow_gateway_student_latency_seconds",
+    "shadow_gateway_shadow_calls_total",
+    "shadow_gateway_shadow_dropped_total",
+    "shadow_gateway_circuit_skipped_total",
+    "shadow_gateway_student_circuit_open",
+    "shadow_gateway_shadow_in_flight",
+    "shadow_gateway_agreement_total",
+    "shadow_gateway_agreement_score",
+    "shadow_gateway_student_confidence",
+    "shadow_gateway_fallbacks_total",
+}
+CHAMPION = 'shadow_gateway_student_info{status="champion"} == 1'
+CANDIDATE = 'shadow_gateway_student_info{status="candidate"} == 1'
+
 # Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"job", "instance"}
 
@@ -169,10 +186,23 @@ def test_the_gateway_exports_what_the_contract_names() -> None:
         assert name in GATEWAY_SERIES
     assert GATEWAY_SERIES["shadow_gateway_agreement_total"] == {
         "route",
+        "student",
         "dimension",
         "slice",
         "verdict",
     }
+    assert GATEWAY_SERIES["shadow_gateway_student_info"] == {"route", "student", "status"}
+
+
+def _per_student(name: str) -> bool:
+    return any(name == metric or name.startswith(f"{metric}_") for metric in PER_STUDENT)
+
+
+def test_every_student_metric_carries_the_student_label() -> None:
+    found = {name for name in GATEWAY_SERIES if _per_student(name)}
+    assert len(found) >= len(PER_STUDENT)
+    for name in found:
+        assert {"route", "student"} <= GATEWAY_SERIES[name], name
 
 
 def test_every_metric_queried_is_exported() -> None:
@@ -236,6 +266,28 @@ def test_slice_alerts_judge_each_slice_against_its_own_bar() -> None:
             assert "[30m]" in expr
 
 
+def test_route_level_student_numbers_are_the_champions() -> None:
+    # A route's agreement, calls, drops and breaker were its one student's; with candidates
+    # beside it, every alert and route-level recording rule over them keeps the champion's
+    # series (or a candidate's, for the alerts about candidates) by joining on the info metric.
+    # Fallbacks are the champion's by construction and need no join.
+    def judged(expr: str) -> bool:
+        return any(_per_student(name) for name in _names(expr) - {"shadow_gateway_fallbacks_total"})
+
+    for rule in _rules(ALERTS):
+        if judged(rule["expr"]):
+            expr = " ".join(rule["expr"].split())
+            assert "and on (route, student)" in expr, rule["alert"]
+            assert CHAMPION in expr or CANDIDATE in expr, rule["alert"]
+    for rule in _rules(RECORDING):
+        expr = " ".join(rule["expr"].split())
+        grouping = _GROUPING.search(expr)
+        assert grouping
+        if "student" not in grouping.group(1):
+            assert "and on (route, student)" in expr, rule["record"]
+            assert CHAMPION in expr, rule["record"]
+
+
 def test_recording_rules_are_named_by_convention() -> None:
     records = [rule["record"] for rule in _rules(RECORDING)]
     assert records, "recording.yml defines no rules"
@@ -268,6 +320,9 @@ def test_dashboard_has_the_variables_and_layout_grafana_provisions() -> None:
     route_query = route_query["query"] if isinstance(route_query, dict) else route_query
     assert route_query == "label_values(shadow_gateway_requests_total, route)"
     assert "dimension" in variables
+    student_query = variables["student"]["query"]
+    student_query = student_query["query"] if isinstance(student_query, dict) else student_query
+    assert student_query.startswith("label_values(shadow_gateway_student_info")
 
     panels = list(_panels(dashboard))
     ids = [panel["id"] for panel in panels]
@@ -300,6 +355,26 @@ def test_dashboard_shows_every_slice_with_its_bar_and_the_aggregate_beside() -> 
     assert any('dimension=~"$dimension"' in e and "agreement:ratio" in e for e in exprs)
     assert any('dimension="all"' in e and "agreement:ratio" in e for e in exprs)
     assert any("shadow_gateway_slice_bar" in e for e in exprs)
+
+
+def test_dashboard_shows_every_student_beside_the_champion() -> None:
+    exprs = [" ".join(e.split()) for e in _dashboard_exprs(_dashboard())]
+    per_student = [e for e in exprs if 'student=~"$student"' in e]
+    for name in (
+        "route_student_dimension_slice:shadow_gateway_agreement:ratio30m",
+        "shadow_gateway_student_latency_seconds_bucket",
+        "shadow_gateway_student_circuit_open",
+        "shadow_gateway_shadow_calls_total",
+        "shadow_gateway_student_info",
+    ):
+        assert any(name in e for e in per_student), f"no per-student panel shows {name}"
+    assert any("by (route, student, le)" in e for e in per_student)
+    # the route-level panels over per-student metrics show the champion
+    for expr in exprs:
+        if 'student=~"$student"' in expr or expr.startswith("label_values("):
+            continue
+        if any(_per_student(name) for name in _names(expr) - {"shadow_gateway_fallbacks_total"}):
+            assert CHAMPION in expr, expr
 
 
 def test_dashboard_covers_what_operators_watch() -> None:
@@ -360,6 +435,7 @@ def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
         "$__rate_interval": "5m",
         "$__range": "6h",
         "$route": "support-bot",
+        "$student": "default",
         "$dimension": "tier",
     }
     rules = []

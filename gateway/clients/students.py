@@ -107,3 +107,8 @@ class StudentPool:
     def champion(self, route: str) -> Student | None:
         students = self._students.get(route)
         return students[0] if students else None
+
+    def is_live(self, route: str, name: str) -> bool:
+        """Whether the route still calls a student of that name (a call may outlive its
+        student's retirement; a student whose knobs changed is live under its name)."""
+        return any(student.name == name for student in self._students.get(route, ()))

@@ -128,7 +128,8 @@ class ProxyService:
         if ex.decision == "student_first" and not ex.student_may_answer:
             # The teacher's server holds (or will hold) this exchange: it must answer. The
             # student is still shadowed where it can be.
-            self._metrics.fallbacks.labels(route.name, "server_state").inc()
+            champion = self._dispatcher.champion(route.name) or ""
+            self._metrics.fallbacks.labels(route.name, champion, "server_state").inc()
             ex.decision, ex.fallback = "shadow", Fallback("server_state", asked=False)
         return ex
 

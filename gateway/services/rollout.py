@@ -97,7 +97,7 @@ class StudentFirst:
         call = await self._ask(ex)
         if call is None or call.output is None:
             return None
-        self._metrics.fallbacks.labels(ex.route.name, "teacher_error").inc()
+        self._metrics.fallbacks.labels(ex.route.name, call.student, "teacher_error").inc()
         return self._serve(ex, call, stands_in=True)
 
     async def _ask(self, ex: Exchange) -> StudentCall | None:
@@ -114,7 +114,9 @@ class StudentFirst:
         return call
 
     def _fall_back(self, ex: Exchange, fallback: Fallback) -> Fallback:
-        self._metrics.fallbacks.labels(ex.route.name, fallback.reason).inc()
+        """Count the fallback under the champion it was chosen for (the one asked)."""
+        student = fallback.asker or self._dispatcher.champion(ex.route.name) or ""
+        self._metrics.fallbacks.labels(ex.route.name, student, fallback.reason).inc()
         return fallback
 
     def _serve(
@@ -220,7 +222,7 @@ class StudentFirst:
     ) -> None:
         """Compare the champion's answer (``name``'s) with the teacher's; the verdict goes into
         ``record`` (the teacher's audit half) or a row half of its own, and into the champion's
-        row of ``student_answers``."""
+        row of ``student_answers`` and its agreement metrics (under its ``student`` label)."""
         analysis = self._analyses[ex.route.name]
         verdict = Verdict(confidence, await analysis.compare(teacher, student))
         columns = {k: v for k, v in verdict.columns().items() if k != "student_confidence"}
@@ -231,4 +233,4 @@ class StudentFirst:
             record.update(columns)
         if name is not None:
             self._writer.submit_answer(answer_row(half, name))
-        analysis.observe(self._metrics, ex.route.name, ex.identity.slices, verdict)
+            self._dispatcher.observe(ex.identity, name, verdict)

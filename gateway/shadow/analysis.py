@@ -129,18 +129,23 @@ class RouteAnalysis:
         return Verdict(confidence, await self.compare(teacher, student))
 
     def observe(
-        self, metrics: Metrics, route: str, slices: Mapping[str, str], verdict: Verdict
+        self,
+        metrics: Metrics,
+        route: str,
+        student: str,
+        slices: Mapping[str, str],
+        verdict: Verdict,
     ) -> None:
-        """Count a verdict per exported slice, and its confidence by verdict."""
+        """Count a student's verdict per exported slice, and its confidence by verdict."""
         found = verdict.agreement
         if found is None:
             return
         label = "agree" if found.agree else "disagree"
         for dimension, value in exported_slices(slices, self.allowed):
-            metrics.agreement.labels(route, dimension, value, label).inc()
-            metrics.agreement_score.labels(route, dimension, value).observe(found.score)
+            metrics.agreement.labels(route, student, dimension, value, label).inc()
+            metrics.agreement_score.labels(route, student, dimension, value).observe(found.score)
         if verdict.confidence is not None:
-            metrics.confidence.labels(route, label).observe(verdict.confidence)
+            metrics.confidence.labels(route, student, label).observe(verdict.confidence)
 
 
 def build_analyses(config: GatewayConfig) -> dict[str, RouteAnalysis]:

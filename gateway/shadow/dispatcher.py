@@ -1,9 +1,14 @@
 """Shadow calls to the student, off the response path and bounded.
 
-Each route has a fixed number of student calls that may be in flight (``max_concurrency``).
-A request that finds them all busy is not shadowed: the drop is counted and recorded, never
+Each student has a fixed number of calls that may be in flight (``max_concurrency``). A
+request that finds them all busy is not shadowed on it: the drop is counted and recorded, never
 queued, so a hanging student costs at most ``max_concurrency`` idle sockets and never memory
 or teacher latency. Every task is referenced until done (a set plus ``add_done_callback``).
+
+Every student's calls feed the metrics under its own ``student`` label, the champion's and the
+candidates'. A call that finishes after its student was retired writes its row but no metric:
+the retirement removed the student's series (:meth:`Metrics.describe_students`), and a late
+call would bring them back (an in-flight gauge at -1).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from gateway.core.outputs import Endpoint, Output
 from gateway.core.sampling import shadow_sampled
 from gateway.db.writer import LogWriter
 from gateway.metrics import Metrics
-from gateway.shadow.analysis import RouteAnalysis
+from gateway.shadow.analysis import RouteAnalysis, Verdict
 from gateway.shadow.answers import answer_row
 from gateway.shadow.records import (
     STUDENT_CIRCUIT_OPEN,
@@ -127,7 +132,7 @@ class ShadowDispatcher:
                 if champion:
                     self._writer.submit(student_skipped(identity, STUDENT_NOT_SAMPLED))
                 continue
-            admitted = self._admit(student, identity, champion)
+            admitted = self._admit(student, identity)
             if admitted is not None:
                 self.record(student.name, champion, student_skipped(identity, admitted))
                 continue
@@ -153,32 +158,36 @@ class ShadowDispatcher:
         found = self._students.champion(route)
         return None if found is None else found.name
 
-    def _admit(self, student: Student, identity: RowIdentity, champion: bool) -> str | None:
+    def observe(self, identity: RowIdentity, student: str, verdict: Verdict) -> None:
+        """Count a student's verdict in the agreement metrics, if the student is still live."""
+        if self._students.is_live(identity.route, student):
+            analysis = self._analyses[identity.route]
+            analysis.observe(self._metrics, identity.route, student, identity.slices, verdict)
+
+    def _admit(self, student: Student, identity: RowIdentity) -> str | None:
         """Take one of the student's call slots; or the reason there is none (bound full,
-        breaker open). Only the champion's calls are in the route's metrics for now."""
+        breaker open). The student is live here: it was just taken from the pool."""
+        labels = (identity.route, student.name)
         if student.full:
-            if champion:
-                self._metrics.shadow_dropped.labels(identity.route).inc()
+            self._metrics.shadow_dropped.labels(*labels).inc()
             return STUDENT_DROPPED
         if not student.allowed_now():
-            if champion:
-                self._metrics.circuit_skipped.labels(identity.route).inc()
+            self._metrics.circuit_skipped.labels(*labels).inc()
             return STUDENT_CIRCUIT_OPEN
         student.in_flight += 1
-        if champion:
-            self._metrics.shadow_in_flight.labels(identity.route).inc()
+        self._metrics.shadow_in_flight.labels(*labels).inc()
         return None
 
     async def _ask(
         self,
         student: Student,
-        champion: bool,
         identity: RowIdentity,
         body: Mapping[str, Any],
         timeout_s: float | None = None,
     ) -> StudentCall:
         """One admitted student call, with its confidence; frees the slot after."""
         breaker = student.breaker
+        labels = (identity.route, student.name)
         try:
             payload = student_request(identity.endpoint, body, student.config)
             upstream, reply = await student.call(
@@ -189,8 +198,8 @@ class ShadowDispatcher:
             raise
         finally:
             student.in_flight -= 1
-            if champion:
-                self._metrics.shadow_in_flight.labels(identity.route).dec()
+            if self._students.is_live(*labels):
+                self._metrics.shadow_in_flight.labels(*labels).dec()
         analysis = self._analyses[identity.route]
         record, output = student_half(
             identity,
@@ -201,11 +210,11 @@ class ShadowDispatcher:
         )
         outcome = record["student_status"]
         breaker.record(not counts_as_failure(outcome, reply.status), time.monotonic())
-        if champion:
-            self._metrics.circuit_open.labels(identity.route).set(1 if breaker.is_open else 0)
-            self._metrics.shadow_calls.labels(identity.route, outcome).inc()
+        if self._students.is_live(*labels):
+            self._metrics.circuit_open.labels(*labels).set(1 if breaker.is_open else 0)
+            self._metrics.shadow_calls.labels(*labels, outcome).inc()
             if outcome == STUDENT_OK:
-                self._metrics.student_latency.labels(identity.route).observe(reply.latency_s)
+                self._metrics.student_latency.labels(*labels).observe(reply.latency_s)
         return StudentCall(student.name, record, output, reply.body)
 
     async def call_now(
@@ -219,11 +228,11 @@ class ShadowDispatcher:
         """
         champion = self._students.champion(identity.route)
         assert champion is not None  # callers check has_student
-        refused = self._admit(champion, identity, True)
+        refused = self._admit(champion, identity)
         if refused is not None:
             return refused
         budget = budget_s or champion.config.timeout_s
-        return await self._ask(champion, True, identity, body, budget)
+        return await self._ask(champion, identity, body, budget)
 
     async def _shadow(
         self,
@@ -234,28 +243,29 @@ class ShadowDispatcher:
         teacher: Output | None,
     ) -> None:
         try:
-            call = await self._ask(student, champion, identity, body)
+            call = await self._ask(student, identity, body)
             record = call.record
             if call.output is not None and teacher is not None:
                 analysis = self._analyses[identity.route]
                 verdict = await analysis.verdict(teacher, call.output, record["student_confidence"])
                 record.update(verdict.columns())
-                if champion:
-                    analysis.observe(self._metrics, identity.route, identity.slices, verdict)
+                self.observe(identity, student.name, verdict)
             self.record(student.name, champion, record)
         except asyncio.CancelledError:
             shutdown = student_skipped(identity, STUDENT_SHUTDOWN, "the gateway shut down mid-call")
             self.record(student.name, champion, shutdown)
-            if champion:
-                self._metrics.shadow_calls.labels(identity.route, STUDENT_SHUTDOWN).inc()
+            self._count_call(identity.route, student.name, STUDENT_SHUTDOWN)
             raise
         except Exception as exc:  # a bug here must not lose the row's student half silently
             _log.exception("shadow call failed unexpectedly")
             self.record(
                 student.name, champion, student_skipped(identity, "internal_error", repr(exc))
             )
-            if champion:
-                self._metrics.shadow_calls.labels(identity.route, "internal_error").inc()
+            self._count_call(identity.route, student.name, "internal_error")
+
+    def _count_call(self, route: str, student: str, outcome: str) -> None:
+        if self._students.is_live(route, student):
+            self._metrics.shadow_calls.labels(route, student, outcome).inc()
 
     @property
     def in_flight(self) -> int:

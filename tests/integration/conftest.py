@@ -59,6 +59,14 @@ def gateway(
 
 
 @pytest.fixture
+def rival() -> Iterator[FakeOpenAI]:
+    """A third loopback upstream: a second student beside ``student``."""
+    server = FakeOpenAI("rival").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def client(gateway: GatewayServer, app_key: str) -> openai.OpenAI:
     return sdk(gateway, app_key)
 

@@ -54,7 +54,9 @@ def series(gateway: GatewayServer, name: str) -> dict[str, float]:
 
 
 def count(gateway: GatewayServer, dimension: str, value: str, verdict: str) -> float:
-    return gateway.metric(AGREEMENT, route=ROUTE, dimension=dimension, slice=value, verdict=verdict)
+    return gateway.metric(
+        AGREEMENT, route=ROUTE, student="default", dimension=dimension, slice=value, verdict=verdict
+    )
 
 
 @pytest.fixture
@@ -102,7 +104,12 @@ def test_agreement_counts_per_slice_in_metrics_and_rows(
     )
     assert gateway.metric("shadow_gateway_route_mode", route=ROUTE, mode="shadow") == 1
     assert (
-        gateway.metric("shadow_gateway_student_confidence_count", route=ROUTE, verdict="disagree")
+        gateway.metric(
+            "shadow_gateway_student_confidence_count",
+            route=ROUTE,
+            student="default",
+            verdict="disagree",
+        )
         == 4
     )
 

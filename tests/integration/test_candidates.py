@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -27,13 +27,6 @@ from tests.support.process import BIN, run_command
 from tests.support.upstream import FakeOpenAI
 
 ASK = [{"role": "user", "content": "hello"}]
-
-
-@pytest.fixture
-def rival() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI("rival").start()
-    yield server
-    server.stop()
 
 
 def two_students(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,13 +36,6 @@ def count_complete(url: str) -> tuple[int, int, int]:
         "AS complete FROM requests",
     )[0]
     return row["n"], row["ids"], row["complete"]
-
-
-@pytest.fixture
-def rival() -> Iterator[FakeOpenAI]:
-    server = FakeOpenAI("rival").start()
-    yield server
-    server.stop()
 
 
 def test_postgres_outage_during_traffic_loses_nothing(

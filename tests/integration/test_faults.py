@@ -242,7 +242,10 @@ def test_student_stands_in_for_a_failed_teacher_when_the_route_allows(
         "http_error",
     )
     assert (
-        gateway.metric("shadow_gateway_fallbacks_total", route=ROUTE, reason="teacher_error") == 2
+        gateway.metric(
+            "shadow_gateway_fallbacks_total", route=ROUTE, student="default", reason="teacher_error"
+        )
+        == 2
     )
     teacher.reset_behavior()
     assert post(ROUTE).status_code == 200

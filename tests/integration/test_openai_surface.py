@@ -175,8 +175,9 @@ def test_a_student_that_only_calls_tools_never_opens_the_breaker(
         client.chat.completions.create(model=ROUTE, messages=ASK, tools=[WEATHER])
     wait_for(lambda: len(rows(clean_db, "student_status IS NOT NULL")) == 50, what="50 rows")
     assert {row["student_status"] for row in rows(clean_db)} == {"ok"}
-    assert gateway.metric("shadow_gateway_student_circuit_open", route=ROUTE) == 0
-    assert gateway.metric("shadow_gateway_circuit_skipped_total", route=ROUTE) == 0
+    student = {"route": ROUTE, "student": "default"}
+    assert gateway.metric("shadow_gateway_student_circuit_open", **student) == 0
+    assert gateway.metric("shadow_gateway_circuit_skipped_total", **student) == 0
     # and text requests after them are still shadowed
     client.chat.completions.create(model=ROUTE, messages=[{"role": "user", "content": "hi"}])
     wait_for(lambda: len(rows(clean_db, "student_status = 'ok'")) == 51, what="51st shadow")
@@ -528,7 +529,8 @@ def test_responses_rollout_serves_the_student_only_without_server_state(
     row = complete_row(clean_db, stored.headers["x-request-id"])
     assert row["fallback_reason"] == "server_state"
     assert row["student_status"] == "ok"  # still shadowed
-    assert gateway.metric("shadow_gateway_fallbacks_total", route=ROUTE, reason="server_state") == 1
+    fallbacks = {"route": ROUTE, "student": "default", "reason": "server_state"}
+    assert gateway.metric("shadow_gateway_fallbacks_total", **fallbacks) == 1
 
 
 def test_rollout_serves_student_tool_calls_to_a_streaming_client(

@@ -112,7 +112,10 @@ def chat_stream_text(events: list[str]) -> str:
 
 
 def fallback_counts(gateway: GatewayServer, name: str = ROUTE) -> dict[str, float]:
-    return {reason: gateway.metric(FALLBACKS, route=name, reason=reason) for reason in REASONS}
+    return {
+        reason: gateway.metric(FALLBACKS, route=name, student="default", reason=reason)
+        for reason in REASONS
+    }
 
 
 # -- who gets the student -----------------------------------------------------------------------
@@ -572,7 +575,10 @@ def test_student_unavailable_when_its_concurrency_is_used_up(
         row = settled(clean_db, second.headers["x-request-id"])
         assert row["fallback_reason"] == "student_unavailable"
         assert row["student_status"] == "dropped"
-        assert gateway.metric("shadow_gateway_shadow_dropped_total", route=ROUTE) == 1
+        dropped = gateway.metric(
+            "shadow_gateway_shadow_dropped_total", route=ROUTE, student="default"
+        )
+        assert dropped == 1
     finally:
         student.release_hangs()
         holder.join(timeout=15)
@@ -623,7 +629,7 @@ def test_audit_sample_one_measures_every_served_answer(
     assert all(body["model"] == "teacher-model" and body["stream"] is False for body in audits)
     assert all("stream_options" not in body for body in audits)
     agreement = "shadow_gateway_agreement_total"
-    labels = {"route": ROUTE, "dimension": "all", "slice": "all"}
+    labels = {"route": ROUTE, "student": "default", "dimension": "all", "slice": "all"}
     assert gateway.metric(agreement, verdict="agree", **labels) == 3
     assert gateway.metric(agreement, verdict="disagree", **labels) == 1
 

@@ -11,6 +11,7 @@ from tests.support.gateway import GatewayServer, route, sdk
 from tests.support.upstream import FakeOpenAI
 
 MESSAGES = [{"role": "user", "content": "hello"}]
+STUDENT = {"route": ROUTE, "student": "default"}  # the one student of a `student:` route
 
 
 def test_student_down_changes_nothing_for_the_app(
@@ -26,7 +27,7 @@ def test_student_down_changes_nothing_for_the_app(
     assert row["student_error"]
     assert row["teacher_output"] == "teacher: hello"
     assert (
-        gateway.metric("shadow_gateway_shadow_calls_total", route=ROUTE, outcome="unreachable") == 1
+        gateway.metric("shadow_gateway_shadow_calls_total", **STUDENT, outcome="unreachable") == 1
     )
 
 
@@ -84,7 +85,7 @@ def test_concurrency_bound_drops_and_counts(
     for _ in range(5):
         assert client.chat.completions.create(model=ROUTE, messages=MESSAGES).choices
     wait_for(lambda: student.in_progress == 2, what="two shadow calls at the student")
-    assert gateway.metric("shadow_gateway_shadow_dropped_total", route=ROUTE) == 3
+    assert gateway.metric("shadow_gateway_shadow_dropped_total", **STUDENT) == 3
     wait_for(lambda: len(rows(clean_db, "student_status = 'dropped'")) == 3, what="3 dropped rows")
     student.release_hangs()
     wait_for(lambda: len(rows(clean_db, "student_status = 'ok'")) == 2, what="2 shadowed rows")
@@ -159,15 +160,15 @@ def test_circuit_breaker_stops_calling_a_failing_student_and_probes_it_back(
         what="three skipped calls",
     )
     assert len(student.received) == calls  # the failing student was left alone
-    assert gateway.metric("shadow_gateway_student_circuit_open", route=ROUTE) == 1
-    assert gateway.metric("shadow_gateway_circuit_skipped_total", route=ROUTE) == 3
+    assert gateway.metric("shadow_gateway_student_circuit_open", **STUDENT) == 1
+    assert gateway.metric("shadow_gateway_circuit_skipped_total", **STUDENT) == 3
 
     student.reset_behavior()  # it recovers; after the cooldown one probe closes the breaker
     time.sleep(0.6)
     ask()
     wait_for(lambda: len(student.received) == calls + 1, what="the probe")
     wait_for(
-        lambda: gateway.metric("shadow_gateway_student_circuit_open", route=ROUTE) == 0,
+        lambda: gateway.metric("shadow_gateway_student_circuit_open", **STUDENT) == 0,
         what="the breaker to close",
     )
     ask()
