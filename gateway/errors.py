@@ -139,6 +139,12 @@ class StudentNotFound(GatewayError):
     default_code = "student_not_found"
 
 
+class SliceNotFound(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "slice_not_found"
+
+
 class UnknownDimension(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"

@@ -6,7 +6,6 @@ the actor of every change, and a reason is required.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -17,17 +16,19 @@ from gateway.protocol.admin import (
     RampPlan,
     Rollback,
     RouteChange,
+    SliceChange,
     StudentAction,
     StudentAdd,
     StudentKnobs,
 )
+from gateway.services.control import slice_view, state_view
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
 def route_view(state: GatewayState, name: str) -> dict[str, Any]:
     route = state.control.route(name)
-    live = asdict(state.control.state(name))
+    live = state_view(state.control.state(name))
     champion = state.students.champion(name)
     return {
         "name": name,
@@ -70,6 +71,40 @@ async def rollback_route(
         name, {"mode": "shadow"}, actor=key.name, reason=rollback.reason, action="rollback"
     )
     return {"route": route_view(state, name), "changed": changed}
+
+
+@router.get("/routes/{name}/slices")
+async def list_slices(name: str, request: Request, _key: ReaderKey) -> dict[str, Any]:
+    """The route's slice overrides, with who set each, when and why."""
+    return {"route": name, "slices": await gateway_state(request).control.slice_overrides(name)}
+
+
+@router.patch("/routes/{name}/slices/{dimension}/{value}")
+async def change_slice(
+    name: str, dimension: str, value: str, body: SliceChange, request: Request, key: SreKey
+) -> dict[str, Any]:
+    state = gateway_state(request)
+    knobs = body.model_dump(exclude={"reason"}, exclude_none=True)
+    override, changed, warnings = await state.control.change_slice(
+        name, dimension, value, knobs, actor=key.name, reason=body.reason
+    )
+    return {
+        "slice": slice_view(override),
+        "changed": changed,
+        "warnings": warnings,
+        "route": route_view(state, name),
+    }
+
+
+@router.post("/routes/{name}/slices/{dimension}/{value}/clear")
+async def clear_slice(
+    name: str, dimension: str, value: str, body: Rollback, request: Request, key: SreKey
+) -> dict[str, Any]:
+    state = gateway_state(request)
+    cleared = await state.control.clear_slice(
+        name, dimension, value, actor=key.name, reason=body.reason
+    )
+    return {"cleared": slice_view(cleared), "route": route_view(state, name)}
 
 
 @router.get("/routes/{name}/events")

@@ -1,4 +1,4 @@
-"""``rollout status|set|rollback``: change a route's live knobs from a shell, audited.
+"""``rollout status|set|clear|rollback|plan``: change a route's live knobs from a shell, audited.
 
 The commands talk to Postgres directly (the same control plane the admin API uses), so every
 gateway replica picks the change up within about a second. Each change needs ``--reason``
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -24,9 +23,11 @@ from gateway.commands.common import (
 )
 from gateway.config import load_settings
 from gateway.core.confidence import METHODS
-from gateway.core.routing import MODES
+from gateway.core.routing import MODES, SLICE_MODES
+from gateway.errors import InvalidRequest
 from gateway.metrics import Metrics
-from gateway.services.control import ControlPlane
+from gateway.protocol.reports import parse_slice
+from gateway.services.control import ControlPlane, slice_view, state_view
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -36,7 +37,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         control = ControlPlane(engine, settings.config, Metrics())
         await control.seed()
         return [
-            {"route": route.name, **asdict(control.state(route.name))}
+            {
+                "route": route.name,
+                **state_view(control.state(route.name)),
+                "slices": await control.slice_overrides(route.name),
+            }
             for route in settings.config.routes
         ]
 
@@ -60,6 +65,98 @@ def cmd_status(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    overrides = [(r["route"], o) for r in rows for o in r["slices"]]
+    if overrides:
+        print("\nslice overrides (the most conservative applies when several match)")
+        for route, o in overrides:
+            print(f"  {route} {o['slice']}: {_knobs(o)}; by {o['updated_by']}: {o['reason']}")
+    return 0
+
+
+def _knobs(override: dict[str, Any]) -> str:
+    knobs = [
+        f"{name}={override[key]:g}"
+        if isinstance(override[key], float)
+        else f"{name}={override[key]}"
+        for key, name in (
+            ("mode", "mode"),
+            ("rollout_percent", "percent"),
+            ("confidence_threshold", "threshold"),
+        )
+        if override[key] is not None
+    ]
+    return " ".join(knobs)
+
+
+def _change_slice(args: argparse.Namespace) -> int:
+    """``rollout set ROUTE --slice DIM=VALUE …``: one slice's own knobs."""
+    try:
+        dimension, value = parse_slice(args.slice, "--slice")
+    except InvalidRequest as exc:
+        print(f"shadow-gateway rollout: {exc.message}", file=sys.stderr)
+        return 2
+    if args.method is not None or args.audit_sample is not None:
+        print(
+            "shadow-gateway rollout: --method and --audit-sample are the route's; a slice "
+            "takes --mode (teacher or rollout), --percent and --threshold",
+            file=sys.stderr,
+        )
+        return 2
+    if args.mode is not None and args.mode not in SLICE_MODES:
+        print(
+            f"shadow-gateway rollout: a slice's --mode is teacher or rollout, not {args.mode}",
+            file=sys.stderr,
+        )
+        return 2
+    knobs = {
+        "mode": args.mode,
+        "rollout_percent": args.percent,
+        "confidence_threshold": args.threshold,
+    }
+    settings = load_settings(args.config)
+
+    async def change(engine: AsyncEngine) -> Any:
+        control = ControlPlane(engine, settings.config, Metrics())
+        control.route(args.route)
+        await control.seed()
+        return await control.change_slice(
+            args.route,
+            dimension,
+            value,
+            knobs,
+            actor=args.actor or default_actor(),
+            reason=args.reason,
+        )
+
+    override, changed, warnings = with_engine(settings, change)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    shown = _knobs(slice_view(override))
+    if changed:
+        print(f"{args.route} {override.name}: {shown}")
+    else:
+        print(f"{args.route} {override.name}: unchanged, already {shown}", file=sys.stderr)
+    return 0
+
+
+def cmd_clear(args: argparse.Namespace) -> int:
+    try:
+        dimension, value = parse_slice(args.slice, "--slice")
+    except InvalidRequest as exc:
+        print(f"shadow-gateway rollout: {exc.message}", file=sys.stderr)
+        return 2
+    settings = load_settings(args.config)
+
+    async def clear(engine: AsyncEngine) -> Any:
+        control = ControlPlane(engine, settings.config, Metrics())
+        control.route(args.route)
+        await control.seed()
+        return await control.clear_slice(
+            args.route, dimension, value, actor=args.actor or default_actor(), reason=args.reason
+        )
+
+    cleared = with_engine(settings, clear)
+    print(f"{args.route} {cleared.name}: cleared; the slice follows the route's knobs")
     return 0
 
 
@@ -92,6 +189,8 @@ def _change(args: argparse.Namespace, knobs: dict[str, Any], action: str) -> int
 
 
 def cmd_set(args: argparse.Namespace) -> int:
+    if args.slice is not None:
+        return _change_slice(args)
     knobs = {
         "mode": args.mode,
         "rollout_percent": args.percent,
@@ -188,8 +287,17 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
         sub.add_argument("--actor", help="who is changing it (default: $USER)")
         return sub
 
-    change = changing("set", "Change a route's mode, percent, threshold, method or audit share.")
-    change.add_argument("--mode", choices=MODES)
+    change = changing(
+        "set",
+        "Change a route's mode, percent, threshold, method or audit share; with --slice, "
+        "one slice's own mode (teacher or rollout), percent or threshold.",
+    )
+    change.add_argument(
+        "--slice",
+        metavar="DIM=VALUE",
+        help="change this slice's override instead of the route (e.g. tier=free)",
+    )
+    change.add_argument("--mode", choices=MODES, help="with --slice: teacher or rollout")
     change.add_argument(
         "--percent",
         type=bounded(0, 100, "--percent"),
@@ -207,6 +315,10 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
         help="share of student answers also checked against the teacher",
     )
     change.set_defaults(handler=cmd_set)
+
+    clear = changing("clear", "Remove a slice's override: it follows the route's knobs again.")
+    clear.add_argument("--slice", metavar="DIM=VALUE", required=True, help="e.g. tier=free")
+    clear.set_defaults(handler=cmd_clear)
 
     rollback = changing("rollback", "Put a route back in shadow mode (the teacher answers).")
     rollback.set_defaults(handler=cmd_rollback)

@@ -17,7 +17,7 @@ from pydantic import (
 
 from gateway.config.base import Strict
 from gateway.core import verify
-from gateway.core.routing import Mode
+from gateway.core.routing import Mode, SliceMode
 
 
 class TeacherConfig(Strict):
@@ -134,6 +134,24 @@ class SlicesConfig(Strict):
     critical: list[CriticalSlice] = Field(default_factory=list)
 
 
+class SliceServing(Strict):
+    """A slice's own serving knobs, seeding ``route_slice_overrides`` (None: the route's)."""
+
+    dimension: str = Field(pattern=SLICE_NAME)
+    value: str = Field(min_length=1)
+    mode: SliceMode | None = None  # teacher: never served by the student; rollout: served
+    percent: float | None = Field(default=None, ge=0.0, le=100.0)
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _sets_something(self) -> SliceServing:
+        if self.mode is None and self.percent is None and self.threshold is None:
+            raise ValueError(
+                f"slice {self.dimension}={self.value} sets nothing: give mode, percent or threshold"
+            )
+        return self
+
+
 class RolloutConfig(Strict):
     """The rollout knobs' starting values; live values are in ``route_state`` (admin API/CLI)."""
 
@@ -146,9 +164,25 @@ class RolloutConfig(Strict):
     # How long a chosen student may take before the teacher answers instead; default: the
     # student's timeout_s. Worst case for the app: this plus the teacher's answer time.
     student_budget_s: float | None = Field(default=None, gt=0)
-    # The ramp gate for a route without critical slices: route-level agreement over the hold.
+    # The route's own bar: route-level agreement over gate_window_s (over the hold in a
+    # ramp). Below it the guardian puts the whole route back in shadow, critical slices or
+    # not; a ramp without critical slices is gated on it.
     gate_min_agreement: float = Field(default=0.9, ge=0.0, le=1.0)
     gate_min_samples: int = Field(default=30, ge=1)
+    gate_window_s: float = Field(default=3600.0, gt=0)
+    # Per-slice knobs, seeded into route_slice_overrides on first sight (then live state).
+    slices: list[SliceServing] = Field(default_factory=list)
+
+    @field_validator("slices")
+    @classmethod
+    def _one_entry_per_slice(cls, slices: list[SliceServing]) -> list[SliceServing]:
+        seen: set[tuple[str, str]] = set()
+        for entry in slices:
+            key = (entry.dimension, entry.value)
+            if key in seen:
+                raise ValueError(f"slice {entry.dimension}={entry.value} is listed twice")
+            seen.add(key)
+        return slices
 
 
 class JsonSchemaVerifier(Strict):

@@ -6,12 +6,18 @@ rollout serves the student to buckets below its ``rollout_percent``: the same us
 the same bucket on every replica and after restarts, and raising the percentage only adds
 buckets, so users who had the student keep it. Changing the salt reshuffles everyone, which
 is what a fresh experiment wants.
+
+A route's knobs may differ per slice (:class:`SliceOverride`): a request's labels pick the
+overrides that apply to it, and :func:`serving` folds them into what serves it. When several
+apply, the most conservative wins: a ``teacher`` override beats everything, then ``rollout``
+beats the route's mode; the highest threshold and the lowest percent among the overrides that
+set one. A slice kept on the teacher is still shadowed, so its agreement keeps being measured.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 from gateway.core.sampling import unit_hash
@@ -26,15 +32,33 @@ FallbackReason = Literal[
     "student_unavailable",
     "teacher_error",
     "server_state",
+    "slice_teacher_only",
 ]
+SliceMode = Literal["teacher", "rollout"]
+SLICE_MODES: tuple[SliceMode, ...] = get_args(SliceMode)
 # Responses API fields that name state kept on the teacher's server (an earlier response, a
 # conversation, a stored prompt) or ask it to keep the answer for later (background mode).
 SERVER_STATE_FIELDS = ("previous_response_id", "conversation", "prompt", "background")
 
 
 @dataclass(frozen=True)
+class SliceOverride:
+    """The route's knobs for the requests labelled ``dimension=value``; None: the route's."""
+
+    dimension: str
+    value: str
+    mode: SliceMode | None = None
+    rollout_percent: float | None = None
+    confidence_threshold: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.dimension}={self.value}"
+
+
+@dataclass(frozen=True)
 class RouteState:
-    """A route's live knobs, as stored in ``route_state``."""
+    """A route's live knobs, as stored in ``route_state``, and its slice overrides."""
 
     mode: Mode
     rollout_percent: float
@@ -43,9 +67,44 @@ class RouteState:
     audit_sample: float
     salt: str
     version: int = 1
+    slices: Mapping[tuple[str, str], SliceOverride] = field(default_factory=dict)
 
     def changed(self, **changes: object) -> RouteState:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What serves one request: its route's knobs as its slices' overrides change them."""
+
+    mode: Mode
+    rollout_percent: float
+    confidence_threshold: float
+    kept_by: str | None = None  # the teacher-only slice that keeps it from the student
+
+
+def serving(state: RouteState, labels: Mapping[str, str]) -> Serving:
+    """The knobs for a request with these slice labels (the most conservative overrides)."""
+    route = Serving(state.mode, state.rollout_percent, state.confidence_threshold)
+    if state.mode == "teacher" or not state.slices or not labels:
+        return route
+    matched = [found for key in labels.items() if (found := state.slices.get(key)) is not None]
+    if not matched:
+        return route
+    kept = sorted(o.name for o in matched if o.mode == "teacher")
+    rollout = any(o.mode == "rollout" for o in matched)
+    return Serving(
+        mode="rollout" if rollout else state.mode,
+        rollout_percent=min(
+            (o.rollout_percent for o in matched if o.rollout_percent is not None),
+            default=state.rollout_percent,
+        ),
+        confidence_threshold=max(
+            (o.confidence_threshold for o in matched if o.confidence_threshold is not None),
+            default=state.confidence_threshold,
+        ),
+        kept_by=kept[0] if kept else None,
+    )
 
 
 def sticky_key(user: object, header_value: str | None, request_id: str) -> str:
@@ -61,10 +120,12 @@ def bucket(salt: str, key: str) -> float:
     return unit_hash(f"{salt}\x00{key}") * 100.0
 
 
-def decide(state: RouteState, sticky_bucket: float) -> Decision:
-    if state.mode == "teacher":
+def decide(knobs: RouteState | Serving, sticky_bucket: float) -> Decision:
+    """Teacher only, shadow, or the student first; a request a teacher-only slice keeps is
+    ``student_first`` still (the caller says why the teacher answers: ``kept_by``)."""
+    if knobs.mode == "teacher":
         return "teacher_only"
-    if state.mode == "rollout" and sticky_bucket < state.rollout_percent:
+    if knobs.mode == "rollout" and sticky_bucket < knobs.rollout_percent:
         return "student_first"
     return "shadow"
 

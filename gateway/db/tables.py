@@ -176,6 +176,22 @@ route_state = Table(
     Column("updated_by", Text, nullable=False),
 )
 
+# Per-slice overrides of route_state (migration 0010): NULL leaves the route's value.
+route_slice_overrides = Table(
+    "route_slice_overrides",
+    metadata,
+    Column("route", Text, primary_key=True),
+    Column("dimension", Text, primary_key=True),
+    Column("value", Text, primary_key=True),
+    Column("mode", Text),
+    Column("rollout_percent", Float),
+    Column("confidence_threshold", Float),
+    Column("version", Integer, nullable=False, server_default=text("1")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_by", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
 route_events = Table(
     "route_events",
     metadata,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.config import ConfidenceMethod
-from gateway.core.routing import Mode
+from gateway.core.routing import Mode, SliceMode
 
 
 class _Body(BaseModel):
@@ -20,6 +20,15 @@ class RouteChange(_Body):
     confidence_threshold: float | None = Field(default=None, ge=0, le=1)
     confidence_method: ConfidenceMethod | None = None
     audit_sample: float | None = Field(default=None, ge=0, le=1)
+    reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")
+
+
+class SliceChange(_Body):
+    """A slice's own knobs (any subset; the ones not given are kept), and why."""
+
+    mode: SliceMode | None = None
+    rollout_percent: float | None = Field(default=None, ge=0, le=100)
+    confidence_threshold: float | None = Field(default=None, ge=0, le=1)
     reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")
 
 

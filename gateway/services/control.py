@@ -7,13 +7,20 @@ transaction: lock the row, check the new values, bump ``version``, append to
 milliseconds (and by polling otherwise). Each replica serves from an in-memory copy: the
 request path never waits on the database, and if Postgres is down at start-up the config's
 values are served until it returns.
+
+``route_slice_overrides`` holds per-slice knobs (:class:`~gateway.core.routing.SliceOverride`:
+a slice kept on the teacher, served while the route shadows, or its own percent and
+threshold), changed the same way under the route's row lock and audited as ``slice_set`` /
+``slice_cleared``; the config seeds each one the first time it sees it (an override an SRE
+cleared is not brought back by the next start). They travel with the route's state.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import asdict
+import re
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,16 +28,35 @@ from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.config import GatewayConfig, RouteConfig
+from gateway.config import SLICE_NAME, GatewayConfig, RouteConfig
 from gateway.core.confidence import METHODS
-from gateway.core.routing import MODES, RouteState
+from gateway.core.routing import MODES, SLICE_MODES, RouteState, SliceOverride
 from gateway.db.notify import ROUTES_CHANNEL
-from gateway.db.tables import rollout_plans, route_events, route_state, route_students
-from gateway.errors import InvalidRequest, RouteNotFound
+from gateway.db.tables import (
+    rollout_plans,
+    route_events,
+    route_slice_overrides,
+    route_state,
+    route_students,
+)
+from gateway.errors import InvalidRequest, RouteNotFound, SliceNotFound
 from gateway.metrics import Metrics
 
 _log = logging.getLogger("shadow_gateway.control")
 KNOBS = ("mode", "rollout_percent", "confidence_threshold", "confidence_method", "audit_sample")
+
+
+SLICE_KNOBS = ("mode", "rollout_percent", "confidence_threshold")
+_SLICE_NAME = re.compile(SLICE_NAME)
+
+
+def configured_slices(route: RouteConfig) -> dict[tuple[str, str], SliceOverride]:
+    return {
+        (entry.dimension, entry.value): SliceOverride(
+            entry.dimension, entry.value, entry.mode, entry.percent, entry.threshold
+        )
+        for entry in route.rollout.slices
+    }
 
 
 def seed_state(route: RouteConfig) -> RouteState:
@@ -42,14 +68,67 @@ def seed_state(route: RouteConfig) -> RouteState:
         confidence_method=rollout.confidence,
         audit_sample=rollout.audit_sample,
         salt=rollout.salt or route.name,
+        slices=configured_slices(route),
     )
 
 
 def _state_columns(state: RouteState) -> dict[str, Any]:
-    return {k: v for k, v in asdict(state).items() if k != "version"}
+    return {k: getattr(state, k) for k in (*KNOBS, "salt")}
 
 
-def _from_row(row: Any) -> RouteState:
+def state_view(state: RouteState) -> dict[str, Any]:
+    """A route's live knobs as the API and the CLI show them, its overrides as a list."""
+    return {
+        **_state_columns(state),
+        "version": state.version,
+        "slices": [slice_view(o) for o in sorted(state.slices.values(), key=lambda o: o.name)],
+    }
+
+
+def slice_view(override: SliceOverride) -> dict[str, Any]:
+    """An override as the API, the CLI and the audit log show it."""
+    return {"slice": override.name, **asdict(override)}
+
+
+def _override(row: Any) -> SliceOverride:
+    return SliceOverride(
+        row.dimension, row.value, row.mode, row.rollout_percent, row.confidence_threshold
+    )
+
+
+def validate_slice(dimension: str, value: str, changes: dict[str, Any]) -> None:
+    """Raise InvalidRequest (naming the field) for a slice override that cannot be set."""
+    if not _SLICE_NAME.match(dimension):
+        raise InvalidRequest(
+            f"'{dimension[:100]}' is not a slice dimension name (lower-case letters, digits, "
+            "_ . -)",
+            param="slice",
+            code="invalid_value",
+        )
+    if not value.strip():
+        raise InvalidRequest("the slice value is empty", param="slice", code="invalid_value")
+    unknown = set(changes) - set(SLICE_KNOBS)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown slice setting(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0]
+        )
+    if not changes:
+        raise InvalidRequest(
+            "nothing to set: give a mode, a percent or a threshold for the slice",
+            param="mode",
+            code="invalid_value",
+        )
+    mode = changes.get("mode")
+    if mode is not None and mode not in SLICE_MODES:
+        raise InvalidRequest(
+            f"a slice's mode must be one of {', '.join(SLICE_MODES)}",
+            param="mode",
+            code="invalid_value",
+        )
+    validate_change_numbers(changes)
+
+
+def _from_row(row: Any, slices: dict[tuple[str, str], SliceOverride]) -> RouteState:
     return RouteState(
         mode=row.mode,
         rollout_percent=row.rollout_percent,
@@ -58,7 +137,20 @@ def _from_row(row: Any) -> RouteState:
         audit_sample=row.audit_sample,
         salt=row.salt,
         version=row.version,
+        slices=slices,
     )
+
+
+def _slice_columns(override: SliceOverride) -> dict[str, Any]:
+    return {knob: getattr(override, knob) for knob in SLICE_KNOBS}
+
+
+# Whether a slice override of a route was ever held: seeded, set, cleared or rolled back.
+_SLICE_SEEN = text(
+    "SELECT EXISTS (SELECT 1 FROM route_slice_overrides WHERE route = :route "
+    "AND dimension || '=' || value = :slice) OR EXISTS (SELECT 1 FROM route_events "
+    "WHERE route = :route AND action LIKE 'slice%' AND detail ->> 'slice' = :slice)"
+)
 
 
 def validate_change(route: RouteConfig, changes: dict[str, Any]) -> None:
@@ -71,6 +163,16 @@ def validate_change(route: RouteConfig, changes: dict[str, Any]) -> None:
     mode = changes.get("mode")
     if mode is not None and mode not in MODES:
         raise InvalidRequest(f"mode must be one of {', '.join(MODES)}", param="mode")
+    validate_change_numbers(changes)
+    method = changes.get("confidence_method")
+    if method is not None and method not in METHODS:
+        raise InvalidRequest(
+            f"confidence_method must be one of {', '.join(METHODS)}", param="confidence_method"
+        )
+
+
+def validate_change_numbers(changes: dict[str, Any]) -> None:
+    """Percent, threshold and audit share within their ranges."""
     for field, low, high in (
         ("rollout_percent", 0.0, 100.0),
         ("confidence_threshold", 0.0, 1.0),
@@ -81,11 +183,6 @@ def validate_change(route: RouteConfig, changes: dict[str, Any]) -> None:
             isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
         ):
             raise InvalidRequest(f"{field} must be a number from {low:g} to {high:g}", param=field)
-    method = changes.get("confidence_method")
-    if method is not None and method not in METHODS:
-        raise InvalidRequest(
-            f"confidence_method must be one of {', '.join(METHODS)}", param="confidence_method"
-        )
 
 
 _STUDENTS = select(
@@ -110,6 +207,44 @@ async def require_student(connection: AsyncConnection, route: RouteConfig, mode:
         f"route {route.name!r} has no student: add one first (shadow-gateway students add)",
         param="mode",
     )
+
+
+def _require_reason(reason: str) -> None:
+    if not reason or not reason.strip():
+        raise InvalidRequest("a reason is required for every change", param="reason")
+
+
+async def _load_slices(
+    connection: AsyncConnection, name: str
+) -> dict[tuple[str, str], SliceOverride]:
+    rows = await connection.execute(
+        select(route_slice_overrides).where(route_slice_overrides.c.route == name)
+    )
+    return {(row.dimension, row.value): _override(row) for row in rows}
+
+
+_HAS_DIMENSION = text(
+    "SELECT EXISTS (SELECT 1 FROM requests WHERE route = :route AND slices ? :dimension)"
+)
+
+
+async def _dimension_warnings(
+    connection: AsyncConnection, route: RouteConfig, dimension: str
+) -> list[str]:
+    """A warning when no request has carried the dimension and the config does not name it."""
+    named = {c.dimension for c in route.slices.critical} | set(route.slices.defaults)
+    named |= {rule.dimension for rule in route.slices.rules}
+    if route.slices.length_buckets:
+        named.add(route.slices.length_buckets.dimension)
+    if dimension in named:
+        return []
+    found = await connection.execute(_HAS_DIMENSION, {"route": route.name, "dimension": dimension})
+    if found.scalar():
+        return []
+    return [
+        f"no request of route {route.name!r} has carried a {dimension!r} label and the config "
+        "does not name it: the override applies only once requests carry it"
+    ]
 
 
 class ControlPlane:
@@ -151,14 +286,41 @@ class ControlPlane:
                             reason="first start with this route in the config file",
                         )
                     )
+                await self._seed_slices(connection, self.route(name))
         await self.refresh()
+
+    async def _seed_slices(self, connection: AsyncConnection, route: RouteConfig) -> None:
+        """The config's overrides the table has never held (one cleared stays cleared)."""
+        for key, override in configured_slices(route).items():
+            seen = await connection.execute(
+                _SLICE_SEEN, {"route": route.name, "slice": override.name}
+            )
+            if seen.scalar():
+                continue
+            await connection.execute(
+                insert(route_slice_overrides).values(
+                    route=route.name,
+                    dimension=key[0],
+                    value=key[1],
+                    **_slice_columns(override),
+                    updated_by="config",
+                    reason="in the config file",
+                )
+            )
+            await self._slice_event(
+                connection, route.name, "config", "slice_seed", "in the config file", None, override
+            )
 
     async def refresh(self) -> None:
         async with self._engine.connect() as connection:
             rows = (await connection.execute(select(route_state))).all()
+            overrides = (await connection.execute(select(route_slice_overrides))).all()
+        slices: dict[str, dict[tuple[str, str], SliceOverride]] = {}
+        for row in overrides:
+            slices.setdefault(row.route, {})[(row.dimension, row.value)] = _override(row)
         for row in rows:
             if row.route in self._states:
-                self._states[row.route] = _from_row(row)
+                self._states[row.route] = _from_row(row, slices.get(row.route, {}))
         self._export_all()
 
     def _export_all(self) -> None:
@@ -181,8 +343,7 @@ class ControlPlane:
     ) -> tuple[RouteState, bool]:
         """Apply ``changes``; returns the new state and whether anything changed."""
         route = self.route(name)
-        if not reason or not reason.strip():
-            raise InvalidRequest("a reason is required for every change", param="reason")
+        _require_reason(reason)
         changes = {k: v for k, v in changes.items() if v is not None}
         validate_change(route, changes)
         async with self._engine.begin() as connection:
@@ -197,7 +358,7 @@ class ControlPlane:
                     "with it in the config file",
                     param="route",
                 )
-            old = _from_row(row)
+            old = _from_row(row, await _load_slices(connection, name))
             new = old.changed(**changes)
             if new == old:
                 return old, False
@@ -227,6 +388,151 @@ class ControlPlane:
         self._export_all()
         _log.info("route %s changed by %s (%s): %s", name, actor, action, changes)
         return new, True
+
+    async def change_slice(
+        self,
+        name: str,
+        dimension: str,
+        value: str,
+        changes: dict[str, Any],
+        *,
+        actor: str,
+        reason: str,
+        action: str = "slice_set",
+        detail: dict[str, Any] | None = None,
+    ) -> tuple[SliceOverride, bool, list[str]]:
+        """Set knobs of one slice's override (creating it); the others it had are kept.
+
+        Returns the override, whether anything changed, and warnings (a dimension no request
+        has carried and the config does not name: the override would never apply).
+        """
+        route = self.route(name)
+        _require_reason(reason)
+        changes = {k: v for k, v in changes.items() if v is not None}
+        validate_slice(dimension, value, changes)
+        async with self._engine.begin() as connection:
+            await self._lock(connection, name)
+            if changes.get("mode") == "rollout":
+                await require_student(connection, route, "rollout")
+            slices = await _load_slices(connection, name)
+            old = slices.get((dimension, value))
+            new = replace(old or SliceOverride(dimension, value), **changes)
+            if new == old:
+                return new, False, []
+            await connection.execute(
+                pg_insert(route_slice_overrides)
+                .values(
+                    route=name,
+                    dimension=dimension,
+                    value=value,
+                    **_slice_columns(new),
+                    updated_by=actor,
+                    reason=reason.strip(),
+                )
+                .on_conflict_do_update(
+                    index_elements=["route", "dimension", "value"],
+                    set_={
+                        **_slice_columns(new),
+                        "version": route_slice_overrides.c.version + 1,
+                        "updated_by": actor,
+                        "updated_at": text("now()"),
+                        "reason": reason.strip(),
+                    },
+                )
+            )
+            await self._slice_event(connection, name, actor, action, reason, old, new, detail)
+            warnings = await _dimension_warnings(connection, route, dimension)
+            slices[(dimension, value)] = new
+        self._states[name] = self._states[name].changed(slices=slices)
+        _log.info("route %s: slice %s set by %s (%s): %s", name, new.name, actor, action, changes)
+        return new, True, warnings
+
+    async def clear_slice(
+        self, name: str, dimension: str, value: str, *, actor: str, reason: str
+    ) -> SliceOverride:
+        """Remove a slice's override: the slice follows the route's knobs again."""
+        self.route(name)
+        _require_reason(reason)
+        async with self._engine.begin() as connection:
+            await self._lock(connection, name)
+            slices = await _load_slices(connection, name)
+            old = slices.pop((dimension, value), None)
+            if old is None:
+                held = ", ".join(sorted(o.name for o in slices.values())) or "none"
+                raise SliceNotFound(
+                    f"route {name!r} has no override for slice {dimension}={value} "
+                    f"(overrides: {held})",
+                    param="slice",
+                )
+            await connection.execute(
+                route_slice_overrides.delete().where(
+                    route_slice_overrides.c.route == name,
+                    route_slice_overrides.c.dimension == dimension,
+                    route_slice_overrides.c.value == value,
+                )
+            )
+            await self._slice_event(connection, name, actor, "slice_cleared", reason, old, None)
+        self._states[name] = self._states[name].changed(slices=slices)
+        _log.info("route %s: slice %s cleared by %s", name, old.name, actor)
+        return old
+
+    @staticmethod
+    async def _lock(connection: AsyncConnection, name: str) -> None:
+        """The route's row, locked: its knobs and its overrides change one at a time."""
+        found = await connection.execute(
+            select(route_state.c.route).where(route_state.c.route == name).with_for_update()
+        )
+        if found.first() is None:
+            raise RouteNotFound(
+                f"route {name!r} has no state yet: start a gateway once with it in the config file",
+                param="route",
+            )
+
+    @staticmethod
+    async def _slice_event(
+        connection: AsyncConnection,
+        name: str,
+        actor: str,
+        action: str,
+        reason: str,
+        old: SliceOverride | None,
+        new: SliceOverride | None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        which = new or old
+        assert which is not None
+        await connection.execute(
+            insert(route_events).values(
+                route=name,
+                actor=actor,
+                action=action,
+                reason=reason.strip(),
+                old=None if old is None else slice_view(old),
+                new=None if new is None else slice_view(new),
+                detail={"slice": which.name, **(detail or {})},
+            )
+        )
+        await connection.execute(text(f"NOTIFY {ROUTES_CHANNEL}"))
+
+    async def slice_overrides(self, name: str) -> list[dict[str, Any]]:
+        """The route's overrides as stored: knobs, and who set them, when and why."""
+        self.route(name)
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(
+                select(route_slice_overrides)
+                .where(route_slice_overrides.c.route == name)
+                .order_by(route_slice_overrides.c.dimension, route_slice_overrides.c.value)
+            )
+            return [
+                {
+                    **slice_view(_override(row)),
+                    "version": row.version,
+                    "updated_at": row.updated_at.isoformat(),
+                    "updated_by": row.updated_by,
+                    "reason": row.reason,
+                }
+                for row in rows
+            ]
 
     async def events(self, name: str, limit: int = 100) -> list[dict[str, Any]]:
         self.route(name)

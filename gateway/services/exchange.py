@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.config import RouteConfig
 from gateway.core.outputs import Endpoint, Output
-from gateway.core.routing import Decision, RouteState
+from gateway.core.routing import Decision, RouteState, Serving
 from gateway.services.answers import RequestContext
 from gateway.shadow.records import RowIdentity
 
@@ -35,6 +35,7 @@ class Exchange:
     ctx: RequestContext
     route: RouteConfig
     state: RouteState  # the route's live knobs when the request arrived
+    serving: Serving  # the knobs that apply to this request (its slices' overrides folded in)
     identity: RowIdentity  # the row's identity columns, on every half of it
     body: dict[str, Any]  # the app's request, as it sent it
     decision: Decision

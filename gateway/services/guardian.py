@@ -3,15 +3,24 @@
 Every ``guard.interval_s`` each replica looks at the agreement logged in Postgres (all
 replicas' traffic, not just its own):
 
-- **Automatic rollback.** For a route in rollout, each critical slice is judged over its own
-  ``window_s``: once it has ``min_samples`` comparisons and its agreement is below
-  ``min_agreement``, the route goes back to shadow, with an ``auto_rollback`` event naming the
-  slice and its figures, and ``shadow_gateway_auto_rollbacks_total`` counts it.
+- **Automatic rollback, per slice.** For a route that serves the student (in rollout, or with
+  a slice override in rollout), each critical slice is judged over its own ``window_s``: once
+  it has ``min_samples`` comparisons and its agreement is below ``min_agreement``, *that slice*
+  goes back to the teacher (a ``teacher`` override, a ``slice_rollback`` event naming the
+  slice, its figures and the bar); the route goes on serving the others. Requests of the
+  slice are still shadowed, so its agreement stays measured; an SRE clears the override
+  (``rollout clear``) once the student is fixed.
+- **Automatic rollback, per route.** The route as a whole is judged against its own bar,
+  ``rollout.gate_min_agreement`` over ``gate_window_s``, critical slices or not: below it the
+  route goes back to shadow (an ``auto_rollback`` event). Both kinds count in
+  ``shadow_gateway_auto_rollbacks_total`` (``dimension="all"`` for the route).
 - **Staged ramps** (``rollout plan``). A plan's steps are percentages; after each step has
-  been held ``hold_s``, the next is applied only if every critical slice (or, with none, the
-  route as a whole against ``rollout.gate_min_agreement``) meets its bar over the hold. A
-  slice without enough data holds the ramp where it is; one below its bar stops the plan with
-  a ``ramp_stopped`` event. A plan also stops if the route leaves rollout mode.
+  been held ``hold_s``, the next is applied only if every served critical slice (or, with
+  none, the route as a whole against ``rollout.gate_min_agreement``) meets its bar over the
+  hold. A slice without enough data holds the ramp where it is; one below its bar stops the
+  plan with a ``ramp_stopped`` event. A ramp raises the route's percent only: a slice kept
+  on the teacher stays there (each step's event lists them), and is not part of the gate. A
+  plan also stops if the route leaves rollout mode.
 
 Replicas may run the same check at once: plans are claimed with ``FOR UPDATE SKIP LOCKED``,
 and a rollback of a route already in shadow changes nothing and records nothing.
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.background import BackgroundLoop, RecurringFailure
 from gateway.config import GatewayConfig, RouteConfig
-from gateway.core.routing import SliceVerdict, judge_slice
+from gateway.core.routing import SliceOverride, SliceVerdict, judge_slice
 from gateway.db.tables import rollout_plans
 from gateway.metrics import Metrics
 from gateway.services.control import ControlPlane
@@ -78,18 +88,43 @@ class SliceCheck:
 
 
 async def check_slices(
-    connection: AsyncConnection, route: RouteConfig, window_s: float | None = None
+    connection: AsyncConnection,
+    route: RouteConfig,
+    window_s: float | None = None,
+    *,
+    skip: frozenset[tuple[str, str]] = frozenset(),
 ) -> list[SliceCheck]:
-    """The route's critical slices (or the route itself) against their bars."""
+    """The route's critical slices (but those in ``skip``) against their bars; the route
+    itself when it has none."""
     targets: list[tuple[str | None, str, float, int, float]] = [
         (c.dimension, c.value, c.min_agreement, c.min_samples, window_s or c.window_s)
         for c in route.slices.critical
+        if (c.dimension, c.value) not in skip
     ]
-    if not targets:
-        rollout = route.rollout
-        targets = [
-            (None, "all", rollout.gate_min_agreement, rollout.gate_min_samples, window_s or 3600.0)
-        ]
+    if not route.slices.critical:
+        targets = [_route_target(route, window_s)]
+    return await _judge(connection, route, targets)
+
+
+def _route_target(
+    route: RouteConfig, window_s: float | None
+) -> tuple[str | None, str, float, int, float]:
+    rollout = route.rollout
+    window = window_s or rollout.gate_window_s
+    return (None, "all", rollout.gate_min_agreement, rollout.gate_min_samples, window)
+
+
+async def check_route(connection: AsyncConnection, route: RouteConfig) -> SliceCheck:
+    """The route as a whole against its own bar (``rollout.gate_*``)."""
+    [check] = await _judge(connection, route, [_route_target(route, None)])
+    return check
+
+
+async def _judge(
+    connection: AsyncConnection,
+    route: RouteConfig,
+    targets: list[tuple[str | None, str, float, int, float]],
+) -> list[SliceCheck]:
     checks = []
     for dimension, value, bar, min_samples, window in targets:
         row = (
@@ -111,6 +146,17 @@ async def check_slices(
             )
         )
     return checks
+
+
+def _kept_on_teacher(overrides: Iterable[SliceOverride]) -> frozenset[tuple[str, str]]:
+    return frozenset((o.dimension, o.value) for o in overrides if o.mode == "teacher")
+
+
+def _kept_note(kept: frozenset[tuple[str, str]]) -> str:
+    if not kept:
+        return ""
+    names = ", ".join(sorted(f"{d}={v}" for d, v in kept))
+    return f"; still on the teacher, not re-enabled by the ramp: {names}"
 
 
 class Guardian(BackgroundLoop):
@@ -143,26 +189,54 @@ class Guardian(BackgroundLoop):
 
     async def guard_rollouts(self) -> None:
         for name, route in self._routes.items():
-            if self._control.state(name).mode != "rollout" or not route.slices.critical:
-                continue
-            async with self._engine.connect() as connection:
-                checks = await check_slices(connection, route)
-            failed = [check for check in checks if check.verdict == "fail"]
-            if not failed:
-                continue
-            worst = failed[0]
-            _, changed = await self._control.change(
-                name,
-                {"mode": "shadow"},
-                actor=ACTOR,
-                action="auto_rollback",
-                reason=f"critical slice below its bar: {worst.describe()}",
-                detail={"failed": [check.detail() for check in failed]},
+            state = self._control.state(name)
+            serving = state.mode == "rollout" or any(
+                o.mode == "rollout" for o in state.slices.values()
             )
-            if changed:
-                self._metrics.auto_rollbacks.labels(name, worst.dimension, worst.value).inc()
-                _log.warning("route %s rolled back to shadow: %s", name, worst.describe())
-                await self._stop_plan(name, "the route was rolled back automatically")
+            if not serving:
+                continue
+            kept = _kept_on_teacher(state.slices.values())
+            async with self._engine.connect() as connection:
+                checks = (
+                    await check_slices(connection, route, skip=kept)
+                    if route.slices.critical
+                    else []
+                )
+                whole = await check_route(connection, route)
+            for check in checks:
+                if check.verdict == "fail":
+                    await self._roll_back_slice(name, check)
+            if whole.verdict == "fail" and state.mode == "rollout":
+                await self._roll_back_route(name, whole)
+
+    async def _roll_back_slice(self, name: str, check: SliceCheck) -> None:
+        _, changed, _ = await self._control.change_slice(
+            name,
+            check.dimension,
+            check.value,
+            {"mode": "teacher"},
+            actor=ACTOR,
+            action="slice_rollback",
+            reason=f"critical slice below its bar: {check.describe()}",
+            detail={"check": check.detail()},
+        )
+        if changed:
+            self._metrics.auto_rollbacks.labels(name, check.dimension, check.value).inc()
+            _log.warning("route %s: slice back on the teacher: %s", name, check.describe())
+
+    async def _roll_back_route(self, name: str, check: SliceCheck) -> None:
+        _, changed = await self._control.change(
+            name,
+            {"mode": "shadow"},
+            actor=ACTOR,
+            action="auto_rollback",
+            reason=f"the route is below its own bar: {check.describe()}",
+            detail={"failed": [check.detail()]},
+        )
+        if changed:
+            self._metrics.auto_rollbacks.labels(name, "all", "all").inc()
+            _log.warning("route %s rolled back to shadow: %s", name, check.describe())
+            await self._stop_plan(name, "the route was rolled back automatically")
 
     async def advance_plans(self) -> None:
         async with self._engine.begin() as connection:
@@ -187,7 +261,8 @@ class Guardian(BackgroundLoop):
                 connection, name, "stopped", "ramp_stopped", "the route left rollout mode"
             )
             return
-        checks = await check_slices(connection, route, window_s=plan.hold_s)
+        kept = _kept_on_teacher(self._control.state(name).slices.values())
+        checks = await check_slices(connection, route, window_s=plan.hold_s, skip=kept)
         failed = [check for check in checks if check.verdict == "fail"]
         if failed:
             await self._finish(
@@ -217,8 +292,11 @@ class Guardian(BackgroundLoop):
             actor=ACTOR,
             action="ramp_step",
             reason=f"ramp step {step + 1} of {len(plan.steps)}: every bar met over "
-            f"{plan.hold_s:g}s",
-            detail={"checks": [check.detail() for check in checks]},
+            f"{plan.hold_s:g}s" + _kept_note(kept),
+            detail={
+                "checks": [check.detail() for check in checks],
+                "kept_on_teacher": sorted(f"{d}={v}" for d, v in kept),
+            },
         )
         await connection.execute(
             update(rollout_plans)

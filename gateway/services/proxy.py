@@ -25,6 +25,7 @@ from gateway.core.routing import (
     bucket,
     decide,
     server_state,
+    serving,
     sticky_key,
     student_may_answer,
     teacher_failure_rescuable,
@@ -104,15 +105,17 @@ class ProxyService:
         state = self._control.state(route.name)
         header = ctx.header(route.rollout.sticky_header) if route.rollout.sticky_header else None
         sticky = bucket(state.salt, sticky_key(body.get("user"), header, ctx.request_id))
+        slices = self._analyses[route.name].rules.apply(
+            slice_labels(metadata, ctx.headers), last_user_text(body)
+        )
+        knobs = serving(state, slices)
         identity = RowIdentity(
             request_id=ctx.request_id,
             route=route.name,
             endpoint=ctx.endpoint,
             created_at=ctx.created_at,
-            mode=state.mode,
-            slices=self._analyses[route.name].rules.apply(
-                slice_labels(metadata, ctx.headers), last_user_text(body)
-            ),
+            mode=knobs.mode,
+            slices=slices,
             sticky_bucket=sticky,
             client_request_id=ctx.client_request_id,
         )
@@ -120,17 +123,26 @@ class ProxyService:
             ctx=ctx,
             route=route,
             state=state,
+            serving=knobs,
             identity=identity,
             body=body,
-            decision=decide(state, sticky),
+            decision=decide(knobs, sticky),
             student_may_answer=student_may_answer(ctx.endpoint, body),
         )
-        if ex.decision == "student_first" and not ex.student_may_answer:
-            # The teacher's server holds (or will hold) this exchange: it must answer. The
-            # student is still shadowed where it can be.
-            champion = self._dispatcher.champion(route.name) or ""
-            self._metrics.fallbacks.labels(route.name, champion, "server_state").inc()
-            ex.decision, ex.fallback = "shadow", Fallback("server_state", asked=False)
+        if ex.decision != "student_first":
+            return ex
+        # Chosen for the student, but the teacher must answer: a slice kept on the teacher,
+        # or the teacher's server holds (or will hold) this exchange. The student is still
+        # shadowed where it can be.
+        if knobs.kept_by is not None:
+            kept = "slice_teacher_only"
+        elif not ex.student_may_answer:
+            kept = "server_state"
+        else:
+            return ex
+        champion = self._dispatcher.champion(route.name) or ""
+        self._metrics.fallbacks.labels(route.name, champion, kept).inc()
+        ex.decision, ex.fallback = "shadow", Fallback(kept, asked=False)
         return ex
 
     def _after_teacher(self, ex: Exchange, teacher: Output | None) -> None:

@@ -85,7 +85,7 @@ class StudentFirst:
             return self._fall_back(ex, Fallback("student_unavailable", asker=champion))
         confidence = call.record.get("student_confidence")
         status = call.record["student_status"]
-        reason = fallback_reason(status, confidence, ex.state.confidence_threshold)
+        reason = fallback_reason(status, confidence, ex.serving.confidence_threshold)
         if reason is not None:
             return self._fall_back(
                 ex, Fallback(reason, True, call.student, call.output, confidence)

@@ -77,41 +77,77 @@ def events(url: str) -> list[dict[str, Any]]:
     return fetch(url, "SELECT actor, action, reason, detail FROM route_events ORDER BY id")
 
 
-def test_a_critical_slice_below_its_bar_rolls_the_route_back(clean_db: str) -> None:
+def test_a_critical_slice_below_its_bar_goes_back_to_the_teacher_alone(clean_db: str) -> None:
     cfg = config([HARD])
+
+    async def scenario(control: ControlPlane, guardian: Guardian) -> list[tuple[str, Any]]:
+        await control.change(
+            ROUTE, {"mode": "rollout", "rollout_percent": 20}, actor="alice", reason="start"
+        )
+        seen = []
+
+        def now() -> tuple[str, Any]:
+            state = control.state(ROUTE)
+            override = state.slices.get(("difficulty", "hard"))
+            return state.mode, override.mode if override else None
+
+        await asyncio.to_thread(
+            log_comparisons, clean_db, "hard", agreed=5, disagreed=4
+        )  # 9 < min_samples: wait
+        await asyncio.to_thread(
+            log_comparisons, clean_db, "easy", agreed=60, disagreed=0
+        )  # not a critical slice; keeps the route above its own bar
+        await guardian.check_once()
+        seen.append(now())
+        await asyncio.to_thread(
+            log_comparisons, clean_db, "hard", agreed=0, disagreed=1
+        )  # 5/10 = 50 % < 90 %
+        await guardian.check_once()
+        seen.append(now())
+        await guardian.check_once()  # already on the teacher: nothing more happens
+        return seen
+
+    seen, metrics = with_guardian(clean_db, cfg, scenario)
+    assert seen == [("rollout", None), ("rollout", "teacher")]
+    rollback = [e for e in events(clean_db) if e["action"] == "slice_rollback"]
+    assert len(rollback) == 1
+    assert rollback[0]["actor"] == "guardian"
+    assert "difficulty=hard: agreement 50.0% over 10 comparisons" in rollback[0]["reason"]
+    assert '"bar": 0.9' in rollback[0]["detail"]
+    assert '"slice": "difficulty=hard"' in rollback[0]["detail"]
+    assert not [e for e in events(clean_db) if e["action"] == "auto_rollback"]
+    assert (
+        metrics.registry.get_sample_value(
+            "shadow_gateway_auto_rollbacks_total",
+            {"route": ROUTE, "dimension": "difficulty", "slice": "hard"},
+        )
+        == 1
+    )
+
+
+def test_the_route_below_its_own_bar_goes_back_to_shadow(clean_db: str) -> None:
+    """No critical slice at all: the route's own bar still guards it."""
 
     async def scenario(control: ControlPlane, guardian: Guardian) -> list[str]:
         await control.change(
             ROUTE, {"mode": "rollout", "rollout_percent": 20}, actor="alice", reason="start"
         )
-        modes = []
-        await asyncio.to_thread(
-            log_comparisons, clean_db, "hard", agreed=5, disagreed=4
-        )  # 9 < min_samples: wait
-        await asyncio.to_thread(
-            log_comparisons, clean_db, "easy", agreed=0, disagreed=20
-        )  # not a critical slice
-        await guardian.check_once()
+        await asyncio.to_thread(log_comparisons, clean_db, "easy", agreed=5, disagreed=4)
+        await guardian.check_once()  # 9 < gate_min_samples (10): wait
+        modes = [control.state(ROUTE).mode]
+        await asyncio.to_thread(log_comparisons, clean_db, "easy", agreed=0, disagreed=1)
+        await guardian.check_once()  # 5/10 < 90 %
         modes.append(control.state(ROUTE).mode)
-        await asyncio.to_thread(
-            log_comparisons, clean_db, "hard", agreed=0, disagreed=1
-        )  # 5/10 = 50 % < 90 %
-        await guardian.check_once()
-        modes.append(control.state(ROUTE).mode)
-        await guardian.check_once()  # already in shadow: nothing more happens
         return modes
 
-    modes, metrics = with_guardian(clean_db, cfg, scenario)
+    modes, metrics = with_guardian(clean_db, config([]), scenario)
     assert modes == ["rollout", "shadow"]
-    rollback = [e for e in events(clean_db) if e["action"] == "auto_rollback"]
-    assert len(rollback) == 1
-    assert rollback[0]["actor"] == "guardian"
-    assert "difficulty=hard: agreement 50.0% over 10 comparisons" in rollback[0]["reason"]
-    assert '"bar": 0.9' in rollback[0]["detail"]
+    [rollback] = [e for e in events(clean_db) if e["action"] == "auto_rollback"]
+    assert "the route is below its own bar: all=all: agreement 50.0%" in rollback["reason"]
     assert (
         metrics.registry.get_sample_value(
             "shadow_gateway_auto_rollbacks_total",
-            {"route": ROUTE, "dimension": "difficulty", "slice": "hard"},
+            {"route": ROUTE, "dimension": "all", "slice": "all"},
         )
         == 1
     )
@@ -154,20 +190,43 @@ def test_a_ramp_advances_while_bars_hold_and_completes(clean_db: str) -> None:
     assert fetch(clean_db, "SELECT status FROM rollout_plans")[0]["status"] == "completed"
 
 
-def test_a_ramp_stops_when_a_bar_fails(clean_db: str) -> None:
+def test_a_ramp_never_re_enables_a_slice_kept_on_the_teacher(clean_db: str) -> None:
     async def scenario(control: ControlPlane, guardian: Guardian) -> float:
-        await control.start_plan(ROUTE, [1, 10], 60, actor="bob", reason="ramp it")
-        await asyncio.to_thread(log_comparisons, clean_db, "hard", agreed=8, disagreed=4)
+        await control.change_slice(
+            ROUTE, "difficulty", "hard", {"mode": "teacher"}, actor="guardian", reason="below"
+        )
+        await control.start_plan(ROUTE, [5, 50], 60, actor="bob", reason="ramp it")
+        # hard is failing, but kept on the teacher: the ramp is gated on what it serves
+        await asyncio.to_thread(log_comparisons, clean_db, "hard", agreed=0, disagreed=10)
+        await asyncio.to_thread(log_comparisons, clean_db, "easy", agreed=90, disagreed=0)
         await asyncio.to_thread(due, clean_db)
         await guardian.check_once()
         return control.state(ROUTE).rollout_percent
 
-    # route-level gate (no critical slices): 8/12 = 67 % < 90 %
-    percent, _ = with_guardian(clean_db, config([]), scenario)
-    assert percent == 1
+    easy = {**HARD, "value": "easy"}
+    percent, _ = with_guardian(clean_db, config([HARD, easy]), scenario)
+    assert percent == 50
+    [step] = [e for e in events(clean_db) if e["action"] == "ramp_step"][-1:]
+    assert "still on the teacher, not re-enabled by the ramp: difficulty=hard" in step["reason"]
+    override = fetch(clean_db, "SELECT mode FROM route_slice_overrides")
+    assert override == [{"mode": "teacher"}]
+
+
+def test_a_ramp_stops_when_a_bar_fails(clean_db: str) -> None:
+    async def scenario(control: ControlPlane, guardian: Guardian) -> tuple[str, float]:
+        await control.start_plan(ROUTE, [1, 10], 60, actor="bob", reason="ramp it")
+        await asyncio.to_thread(log_comparisons, clean_db, "hard", agreed=8, disagreed=4)
+        await asyncio.to_thread(due, clean_db)
+        await guardian.check_once()
+        state = control.state(ROUTE)
+        return state.mode, state.rollout_percent
+
+    # the route's own bar (no critical slices): 8/12 = 67 % < 90 %: rolled back, ramp stopped
+    (mode, percent), _ = with_guardian(clean_db, config([]), scenario)
+    assert (mode, percent) == ("shadow", 1)
     stopped = [e for e in events(clean_db) if e["action"] == "ramp_stopped"]
     assert len(stopped) == 1
-    assert "gate failed at 1%" in stopped[0]["reason"]
+    assert "rolled back automatically" in stopped[0]["reason"]
     assert fetch(clean_db, "SELECT status FROM rollout_plans")[0]["status"] == "stopped"
 
 
@@ -212,11 +271,13 @@ def test_end_to_end_rollback_from_live_traffic(
             json={"model": ROUTE, "messages": [{"role": "user", "content": f"hard {i}"}]},
             headers={"Authorization": f"Bearer {app_key}", "X-Slice-Difficulty": "hard"},
         ).raise_for_status()
-    wait_for(
-        lambda: gateway.state.control.state(ROUTE).mode == "shadow",
-        timeout_s=15,
-        what="the automatic rollback",
-    )
+
+    def hard_on_teacher() -> bool:
+        override = gateway.state.control.state(ROUTE).slices.get(("difficulty", "hard"))
+        return override is not None and override.mode == "teacher"
+
+    wait_for(hard_on_teacher, timeout_s=15, what="the slice's automatic rollback")
+    assert gateway.state.control.state(ROUTE).mode == "rollout"  # the rest still served
     assert (
         gateway.metric(
             "shadow_gateway_auto_rollbacks_total", route=ROUTE, dimension="difficulty", slice="hard"

@@ -20,7 +20,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.db.engine import plain_dsn, sqlalchemy_url
 from gateway.db.migrate import alembic_config, current_revision, head_revision
-from gateway.db.tables import declared, metadata, route_students, student_answers
+from gateway.db.tables import (
+    declared,
+    metadata,
+    route_slice_overrides,
+    route_students,
+    student_answers,
+)
 from tests.support.db import execute, fetch
 
 ADMIN_URL = os.environ.get("SGW_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -395,3 +401,36 @@ def test_0009_adds_students_and_answers_and_takes_them_away(scratch_url: str) ->
     command.upgrade(config, "0009")  # and up again
     assert fetch(scratch_url, "SELECT count(*) AS n FROM route_students") == [{"n": 0}]
     _student(scratch_url, "r", "a", "champion")
+
+
+def test_0010_adds_slice_overrides_and_takes_them_away(scratch_url: str) -> None:
+    config = alembic_config(scratch_url)
+    command.upgrade(config, "0009")
+    command.upgrade(config, "0010")
+    columns = [r["attname"] for r in fetch(scratch_url, COLUMNS_OF, "route_slice_overrides")]
+    assert columns == [c.name for c in route_slice_overrides.columns]
+    assert fetch(scratch_url, UNCOMMENTED, "route_slice_overrides") == []
+    insert = (
+        "INSERT INTO route_slice_overrides (route, dimension, value, mode, rollout_percent, "
+        "confidence_threshold, updated_by, reason) VALUES ('r', 'tier', '{value}', {mode}, "
+        "{percent}, {threshold}, 'cli', 'why')"
+    )
+    execute(
+        scratch_url, insert.format(value="a", mode="'teacher'", percent="NULL", threshold="NULL")
+    )
+    execute(scratch_url, insert.format(value="b", mode="NULL", percent="5", threshold="0.9"))
+    for values, constraint in (
+        (("c", "'shadow'", "NULL", "NULL"), "route_slice_overrides_mode"),
+        (("c", "NULL", "101", "NULL"), "route_slice_overrides_percent"),
+        (("c", "NULL", "NULL", "1.5"), "route_slice_overrides_threshold"),
+        (("c", "NULL", "NULL", "NULL"), "route_slice_overrides_something"),
+    ):
+        value, mode, percent, threshold = values
+        with pytest.raises(asyncpg.CheckViolationError, match=constraint):
+            execute(
+                scratch_url,
+                insert.format(value=value, mode=mode, percent=percent, threshold=threshold),
+            )
+    command.downgrade(config, "0009")
+    gone = fetch(scratch_url, "SELECT to_regclass('route_slice_overrides') AS t")
+    assert gone == [{"t": None}]

@@ -8,7 +8,16 @@ from collections import Counter
 
 import pytest
 
-from gateway.core.routing import RouteState, bucket, decide, fallback_reason, sticky_key
+from gateway.core.routing import (
+    RouteState,
+    Serving,
+    SliceOverride,
+    bucket,
+    decide,
+    fallback_reason,
+    serving,
+    sticky_key,
+)
 
 KEYS = [f"user:u{i}" for i in range(20_000)]
 
@@ -251,3 +260,60 @@ def test_route_state_changes_make_a_new_value() -> None:
     assert (before.mode, before.rollout_percent) == ("shadow", 10.0)
     assert (after.mode, after.rollout_percent, after.salt) == ("rollout", 20.0, "support-bot")
     assert before.changed() == before
+
+
+# -- slice overrides -----------------------------------------------------------------------
+
+
+def _state(mode: str = "rollout", *overrides: SliceOverride) -> RouteState:
+    return RouteState(
+        mode=mode,  # type: ignore[arg-type]
+        rollout_percent=10.0,
+        confidence_threshold=0.5,
+        confidence_method="mean_prob",
+        audit_sample=0.0,
+        salt="s",
+        slices={(o.dimension, o.value): o for o in overrides},
+    )
+
+
+FREE_TEACHER = SliceOverride("tier", "free", mode="teacher")
+PRO_WIDE = SliceOverride("tier", "pro", rollout_percent=80.0, confidence_threshold=0.3)
+DE_STRICT = SliceOverride("lang", "de", rollout_percent=50.0, confidence_threshold=0.9)
+GOLD_ON = SliceOverride("tier", "gold", mode="rollout", rollout_percent=5.0)
+
+
+def test_no_matching_override_serves_with_the_routes_knobs() -> None:
+    state = _state("rollout", FREE_TEACHER)
+    assert serving(state, {}) == Serving("rollout", 10.0, 0.5)
+    assert serving(state, {"tier": "pro"}) == Serving("rollout", 10.0, 0.5)
+
+
+def test_one_override_replaces_the_knobs_it_sets() -> None:
+    state = _state("rollout", PRO_WIDE)
+    assert serving(state, {"tier": "pro"}) == Serving("rollout", 80.0, 0.3)
+    assert serving(_state("rollout", FREE_TEACHER), {"tier": "free"}).kept_by == "tier=free"
+
+
+def test_overlapping_overrides_take_the_most_conservative_knob_of_each() -> None:
+    state = _state("rollout", PRO_WIDE, DE_STRICT, FREE_TEACHER)
+    # the lower percent, the higher threshold
+    assert serving(state, {"tier": "pro", "lang": "de"}) == Serving("rollout", 50.0, 0.9)
+    # teacher beats rollout
+    both = serving(state, {"tier": "free", "lang": "de"})
+    assert both.kept_by == "tier=free"
+    assert decide(both, 1.0) == "student_first"  # the caller keeps it on the teacher
+
+
+def test_a_rollout_override_serves_a_slice_of_a_shadow_route() -> None:
+    state = _state("shadow", GOLD_ON)
+    gold = serving(state, {"tier": "gold"})
+    assert gold == Serving("rollout", 5.0, 0.5)
+    assert decide(gold, 4.9) == "student_first"
+    assert decide(gold, 5.0) == "shadow"
+    assert decide(serving(state, {"tier": "pro"}), 1.0) == "shadow"
+
+
+def test_a_teacher_route_ignores_its_overrides() -> None:
+    state = _state("teacher", GOLD_ON)
+    assert decide(serving(state, {"tier": "gold"}), 0.0) == "teacher_only"

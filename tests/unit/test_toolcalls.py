@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
@@ -264,7 +263,7 @@ def test_partial_matches_against_a_threshold_below_one() -> None:
 # --- bounds ------------------------------------------------------------------------------------
 
 
-def test_huge_inputs_give_a_bounded_detail_quickly() -> None:
+def test_huge_inputs_give_a_bounded_detail() -> None:
     big = "y" * 100_000
     many_arguments = orjson.dumps({f"k{i}": i for i in range(5_000)}).decode()
     teacher = calls(
@@ -279,9 +278,7 @@ def test_huge_inputs_give_a_bounded_detail_quickly() -> None:
         *[("wide", "{}") for _ in range(50)],
         *[("new", "{}") for _ in range(100)],
     )
-    started = time.perf_counter()
-    result = compare(teacher, student)
-    assert time.perf_counter() - started < 5
+    result = compare(teacher, student)  # (tests assert no wall-clock times: bench/ does)
     assert result.score == pytest.approx(2_000 / 2_200)
     detail: dict[str, Any] = result.detail  # type: ignore[assignment]
     assert len(orjson.dumps(detail)) < 200_000

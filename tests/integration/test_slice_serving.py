@@ -1,0 +1,297 @@
+"""Per-slice serving: overrides of a route's knobs for one slice, live on every replica.
+
+Real gateways (two replicas on one database), real Postgres, the CLI as a process; the
+teacher and the student are loopback servers. The student's confidence is about 0.85 on these
+answers (the fake's token logprobs), so a threshold of 0.95 sends it to the teacher.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import ROUTE
+from tests.support.db import fetch, wait_for
+from tests.support.gateway import GatewayServer, route
+from tests.support.process import run_command
+from tests.support.upstream import FakeOpenAI
+
+SRE = "sre-secret"
+KEYS = [
+    {"name": "tests", "key_env": "SGW_TEST_APP_KEY", "scopes": ["app"]},
+    {"name": "oncall", "key_env": "SGW_TEST_SRE_KEY", "scopes": ["sre"]},
+]
+
+
+def spec(teacher: FakeOpenAI, student: FakeOpenAI, mode: str = "rollout", **rollout: Any) -> Any:
+    """Everyone chosen, any confidence served, unless a slice says otherwise."""
+    found = route(ROUTE, teacher.base_url, [student.base_url], mode=mode)
+    found["rollout"] = {"percent": 100, "threshold": 0.0, "audit_sample": 0.0, **rollout}
+    return found
+
+
+def ask(gateway: GatewayServer, key: str, **slices: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"}
+    headers.update({f"X-Slice-{dimension}": value for dimension, value in slices.items()})
+    answer = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": ROUTE, "messages": [{"role": "user", "content": "how long?"}]},
+        headers=headers,
+        timeout=10,
+    )
+    answer.raise_for_status()
+    return answer
+
+
+def served(answer: httpx.Response) -> tuple[str, str | None]:
+    return answer.headers["x-served-by"], answer.headers.get("x-fallback-reason")
+
+
+@pytest.fixture
+def sre_env(monkeypatch: pytest.MonkeyPatch, app_key: str) -> None:
+    monkeypatch.setenv("SGW_TEST_SRE_KEY", SRE)
+
+
+def test_slices_from_the_config_keep_raise_and_open_the_student(
+    make_gateway: Callable[..., GatewayServer],
+    app_key: str,
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    clean_db: str,
+) -> None:
+    slices = [
+        {"dimension": "tier", "value": "free", "mode": "teacher"},
+        {"dimension": "tier", "value": "pro", "threshold": 0.95},
+        {"dimension": "lang", "value": "de", "threshold": 0.5, "percent": 0},
+    ]
+    gateway = make_gateway([spec(teacher, student, slices=slices)])
+    assert served(ask(gateway, app_key)) == ("student", None)
+    assert served(ask(gateway, app_key, tier="basic")) == ("student", None)
+    # a teacher-only slice: the teacher answers and says why; the student is still shadowed
+    kept = ask(gateway, app_key, tier="free")
+    assert served(kept) == ("teacher", "slice_teacher_only")
+    # its own threshold: above the student's confidence
+    assert served(ask(gateway, app_key, tier="pro")) == ("teacher", "low_confidence")
+    # its own percent (0): nobody chosen, a plain shadow request
+    assert served(ask(gateway, app_key, lang="de")) == ("teacher", None)
+    # several overrides: the most conservative of each knob (0.95 from pro, 0 % from de)
+    assert served(ask(gateway, app_key, tier="pro", lang="de")) == ("teacher", None)
+    assert served(ask(gateway, app_key, tier="free", lang="de")) == ("teacher", None)
+
+    request_id = kept.headers["x-request-id"]
+    wait_for(
+        lambda: (
+            fetch(
+                clean_db, f"SELECT student_status FROM requests WHERE request_id = '{request_id}'"
+            )
+            == [{"student_status": "ok"}]
+        ),
+        what="the kept request shadowed",
+    )
+    [row] = fetch(
+        clean_db,
+        f"SELECT served_by, fallback_reason, mode FROM requests WHERE request_id = '{request_id}'",
+    )
+    assert row == {
+        "served_by": "teacher",
+        "fallback_reason": "slice_teacher_only",
+        "mode": "rollout",
+    }
+    assert (
+        gateway.metric(
+            "shadow_gateway_fallbacks_total",
+            route=ROUTE,
+            student="default",
+            reason="slice_teacher_only",
+        )
+        == 1
+    )
+    seeded = fetch(
+        clean_db,
+        "SELECT action, actor, detail->>'slice' AS slice FROM route_events "
+        "WHERE action = 'slice_seed' ORDER BY detail->>'slice'",
+    )
+    assert [(e["actor"], e["slice"]) for e in seeded] == [
+        ("config", "lang=de"),
+        ("config", "tier=free"),
+        ("config", "tier=pro"),
+    ]
+
+
+def test_a_rollout_slice_is_served_while_the_route_only_shadows(
+    make_gateway: Callable[..., GatewayServer],
+    app_key: str,
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+) -> None:
+    slices = [{"dimension": "tier", "value": "gold", "mode": "rollout"}]
+    gateway = make_gateway([spec(teacher, student, mode="shadow", slices=slices)])
+    assert served(ask(gateway, app_key, tier="gold")) == ("student", None)
+    assert served(ask(gateway, app_key, tier="basic")) == ("teacher", None)
+    assert served(ask(gateway, app_key)) == ("teacher", None)
+
+
+def test_overrides_change_on_one_replica_and_apply_on_another(
+    make_gateway: Callable[..., GatewayServer],
+    app_key: str,
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    clean_db: str,
+    sre_env: None,
+) -> None:
+    first = make_gateway([spec(teacher, student)], auth={"keys": KEYS})
+    second = make_gateway([spec(teacher, student)], auth={"keys": KEYS})
+    assert served(ask(second, app_key, tier="free")) == ("student", None)
+
+    changed = httpx.patch(
+        f"{first.url}/admin/routes/{ROUTE}/slices/tier/free",
+        json={"mode": "teacher", "reason": "free users complain"},
+        headers={"Authorization": f"Bearer {SRE}"},
+        timeout=10,
+    )
+    assert changed.status_code == 200, changed.text
+    body = changed.json()
+    assert body["changed"] is True
+    assert body["slice"] == {
+        "slice": "tier=free",
+        "dimension": "tier",
+        "value": "free",
+        "mode": "teacher",
+        "rollout_percent": None,
+        "confidence_threshold": None,
+    }
+    assert body["route"]["slices"] == [body["slice"]]
+
+    def kept_on(gateway: GatewayServer) -> bool:
+        override = gateway.state.control.state(ROUTE).slices.get(("tier", "free"))
+        return override is not None and override.mode == "teacher"
+
+    wait_for(lambda: kept_on(second), timeout_s=5, what="the override on the other replica")
+    assert served(ask(second, app_key, tier="free")) == ("teacher", "slice_teacher_only")
+
+    # the CLI: a threshold for another slice, then clear the first
+    config = first.config_path
+    done = run_command(
+        config, clean_db, "rollout", "set", ROUTE, "--slice", "tier=pro", "--threshold", "0.95",
+        "--reason", "pro needs surer answers", "--actor", "ana",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"{ROUTE} tier=pro: threshold=0.95" in done.stdout
+    assert "warning:" not in done.stderr  # tier has been seen by now
+    wait_for(lambda: ("tier", "pro") in second.state.control.state(ROUTE).slices)
+    assert served(ask(second, app_key, tier="pro")) == ("teacher", "low_confidence")
+    status = run_command(config, clean_db, "rollout", "status", "--json")
+    [row] = json.loads(status.stdout)
+    assert [(o["slice"], o["updated_by"], o["reason"]) for o in row["slices"]] == [
+        ("tier=free", "oncall", "free users complain"),
+        ("tier=pro", "ana", "pro needs surer answers"),
+    ]
+    table = run_command(config, clean_db, "rollout", "status")
+    assert f"{ROUTE} tier=free: mode=teacher; by oncall: free users complain" in table.stdout
+
+    cleared = run_command(
+        config, clean_db, "rollout", "clear", ROUTE, "--slice", "tier=free", "--reason", "fixed"
+    )
+    assert cleared.returncode == 0, cleared.stderr
+    wait_for(lambda: ("tier", "free") not in second.state.control.state(ROUTE).slices)
+    assert served(ask(second, app_key, tier="free")) == ("student", None)
+    actions = fetch(
+        clean_db,
+        "SELECT action, actor, detail->>'slice' AS slice FROM route_events "
+        "WHERE action LIKE 'slice%' ORDER BY id",
+    )
+    assert [(e["action"], e["actor"], e["slice"]) for e in actions][:2] == [
+        ("slice_set", "oncall", "tier=free"),
+        ("slice_set", "ana", "tier=pro"),
+    ]
+    assert [(e["action"], e["slice"]) for e in actions][2:] == [("slice_cleared", "tier=free")]
+
+
+def test_bad_slice_changes_are_refused_and_change_nothing(
+    make_gateway: Callable[..., GatewayServer],
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    clean_db: str,
+    sre_env: None,
+) -> None:
+    gateway = make_gateway([spec(teacher, student)], auth={"keys": KEYS})
+    config = gateway.config_path
+
+    def cli(*args: str) -> Any:
+        return run_command(config, clean_db, "rollout", *args)
+
+    for args, code, words in (
+        (
+            ["set", ROUTE, "--slice", "tier", "--mode", "teacher", "--reason", "x"],
+            2,
+            "is not a slice",
+        ),
+        (
+            ["set", ROUTE, "--slice", "tier=free", "--mode", "shadow", "--reason", "x"],
+            2,
+            "teacher or rollout",
+        ),
+        (
+            ["set", ROUTE, "--slice", "tier=free", "--threshold", "2", "--reason", "x"],
+            2,
+            "from 0 to 1",
+        ),
+        (["set", ROUTE, "--slice", "tier=free", "--reason", "x"], 1, "nothing to set"),
+        (
+            ["set", ROUTE, "--slice", "tier=free", "--method", "min_prob", "--reason", "x"],
+            2,
+            "--method",
+        ),
+        (
+            ["set", ROUTE, "--slice", "Tier=free", "--mode", "teacher", "--reason", "x"],
+            2,
+            "is not a slice",
+        ),
+        (
+            ["clear", ROUTE, "--slice", "tier=free", "--reason", "x"],
+            1,
+            "has no override for slice tier=free",
+        ),
+        (
+            ["set", "nope", "--slice", "tier=free", "--mode", "teacher", "--reason", "x"],
+            1,
+            "Unknown route",
+        ),
+    ):
+        done = cli(*args)
+        assert done.returncode == code, (args, done.stderr)
+        assert words in done.stderr, (args, done.stderr)
+
+    headers = {"Authorization": f"Bearer {SRE}"}
+    for path, body, status, words in (
+        ("slices/tier/free", {"mode": "shadow", "reason": "x"}, 400, "mode"),
+        (
+            "slices/tier/free",
+            {"confidence_threshold": 1.5, "reason": "x"},
+            400,
+            "confidence_threshold",
+        ),
+        ("slices/tier/free", {"reason": "x"}, 400, "nothing to set"),
+        ("slices/Tier/free", {"mode": "teacher", "reason": "x"}, 400, "not a slice dimension"),
+        ("slices/tier/free", {"mode": "teacher"}, 400, "reason"),
+        ("slices/tier/free/clear", {"reason": "x"}, 404, "slice_not_found"),
+    ):
+        method = httpx.post if path.endswith("/clear") else httpx.patch
+        answer = method(
+            f"{gateway.url}/admin/routes/{ROUTE}/{path}", json=body, headers=headers, timeout=10
+        )
+        assert answer.status_code == status, (path, body, answer.text)
+        assert words in answer.text, (path, body, answer.text)
+    assert fetch(clean_db, "SELECT count(*) AS n FROM route_slice_overrides") == [{"n": 0}]
+    assert fetch(clean_db, "SELECT count(*) AS n FROM route_events WHERE action LIKE 'slice%'") == [
+        {"n": 0}
+    ]
+
+    # an unknown dimension is not an error, but the change says it applies to nothing yet
+    warned = cli("set", ROUTE, "--slice", "colour=blue", "--mode", "teacher", "--reason", "x")
+    assert warned.returncode == 0
+    assert "no request of route" in warned.stderr
