@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -18,6 +19,7 @@ from gateway.commands.common import (
     CommandError,
     bounded,
     default_actor,
+    positive_int,
     reason_text,
     with_engine,
 )
@@ -26,8 +28,10 @@ from gateway.core.confidence import METHODS
 from gateway.core.routing import MODES, SLICE_MODES
 from gateway.errors import InvalidRequest
 from gateway.metrics import Metrics
-from gateway.protocol.reports import parse_slice
+from gateway.protocol.reports import WEEK, check_dimension, parse_slice, window
 from gateway.services.control import ControlPlane, slice_view, state_view
+from gateway.services.reports import Reports, calibrated_overrides
+from gateway.services.reports.thresholds import DEFAULT_MIN_SERVED
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -50,7 +54,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return 0
     header = ("ROUTE", "MODE", "PERCENT", "THRESHOLD", "METHOD", "AUDIT", "VERSION")
-    table = [header] + [
+    table = [
         (
             r["route"],
             r["mode"],
@@ -62,9 +66,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    _print_table(header, table)
     overrides = [(r["route"], o) for r in rows for o in r["slices"]]
     if overrides:
         print("\nslice overrides (the most conservative applies when several match)")
@@ -158,6 +160,85 @@ def cmd_clear(args: argparse.Namespace) -> int:
     cleared = with_engine(settings, clear)
     print(f"{args.route} {cleared.name}: cleared; the slice follows the route's knobs")
     return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """A confidence threshold per slice from the logged comparisons; with --apply, set."""
+    try:
+        span = window(args.since, args.until, WEEK)
+        dimension = check_dimension(args.dimension) if args.dimension else None
+    except InvalidRequest as exc:
+        print(f"shadow-gateway rollout: {exc.message}", file=sys.stderr)
+        return 2
+    if args.apply and not args.reason:
+        print("shadow-gateway rollout: --apply needs --reason (it is recorded)", file=sys.stderr)
+        return 2
+    settings = load_settings(args.config)
+
+    async def calibrate(engine: AsyncEngine) -> tuple[dict[str, Any], list[Any]]:
+        control = ControlPlane(engine, settings.config, Metrics())
+        control.route(args.route)
+        await control.seed()
+        result = await Reports(engine, settings.config).slice_thresholds(
+            args.route,
+            span,
+            args.target_agreement,
+            conservative=args.conservative,
+            dimension=dimension,
+            min_served=args.min_served,
+        )
+        applied: list[Any] = []
+        changes = calibrated_overrides(result)
+        if args.apply and changes:
+            applied = await control.apply_slices(
+                args.route,
+                changes,
+                actor=args.actor or default_actor(),
+                reason=args.reason,
+                detail={
+                    "target_agreement": args.target_agreement,
+                    "conservative": args.conservative,
+                    **span.as_json(),
+                },
+            )
+        return result, applied
+
+    result, applied = with_engine(settings, calibrate)
+    if args.json:
+        result = {**result, "applied": [slice_view(o) for o in applied] if args.apply else None}
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    basis = "lower end of the 95% interval" if args.conservative else "agreement"
+    print(
+        f"{args.route}: {result['since']} to {result['until']}; per slice, the lowest threshold "
+        f"whose served answers have {basis} >= {args.target_agreement:g} "
+        f"(over at least {args.min_served})\n"
+    )
+    verdicts = {"ok": "", "not_enough_data": "too few comparisons", "unreachable": "-> teacher"}
+    rows = [
+        (
+            f"{line['dimension']}={line['value']}",
+            str(line["comparisons"]),
+            "-" if line["threshold"] is None else f"{line['threshold']:g}",
+            "-" if line["at_threshold"] is None else f"{line['at_threshold']['share']:.1%}",
+            "-" if line["at_threshold"] is None else f"{line['at_threshold']['agreement']:.1%}",
+            verdicts[line["status"]],
+        )
+        for line in result["slices"]
+    ]
+    _print_table(("SLICE", "COMPARED", "THRESHOLD", "SERVED", "AGREEMENT", "NOTE"), rows)
+    if args.apply:
+        print(f"\napplied to {len(applied)} slice(s) in one audited change")
+    elif calibrated_overrides(result):
+        print("\nadd --apply --reason R to set these as slice overrides")
+    return 0
+
+
+def _print_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    table = [header, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _change(args: argparse.Namespace, knobs: dict[str, Any], action: str) -> int:
@@ -319,6 +400,46 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     clear = changing("clear", "Remove a slice's override: it follows the route's knobs again.")
     clear.add_argument("--slice", metavar="DIM=VALUE", required=True, help="e.g. tier=free")
     clear.set_defaults(handler=cmd_clear)
+
+    calibrate = actions.add_parser(
+        "calibrate",
+        parents=[parent],
+        help="A confidence threshold per slice from the logged comparisons (--apply sets them).",
+        description=(
+            "Per slice, the lowest confidence threshold at which the answers the student would "
+            "serve agree with the teacher at least --target-agreement of the time. With "
+            "--apply, judged slices get that threshold and slices no threshold makes good "
+            "enough go to the teacher, in one audited change."
+        ),
+    )
+    calibrate.add_argument("route", help="the route's name")
+    calibrate.add_argument(
+        "--target-agreement",
+        type=bounded(0.01, 1, "--target-agreement"),
+        default=0.9,
+        help="agreement the served answers must reach (default 0.9)",
+    )
+    calibrate.add_argument(
+        "--conservative",
+        action="store_true",
+        help="the lower end of the 95%% interval must reach the target",
+    )
+    calibrate.add_argument(
+        "--since", help="start: ISO 8601 or an age like 7d (default: 7 days before --until)"
+    )
+    calibrate.add_argument("--until", help="end, excluded (default: now)")
+    calibrate.add_argument("--dimension", help="only this slice dimension")
+    calibrate.add_argument(
+        "--min-served",
+        type=positive_int,
+        default=DEFAULT_MIN_SERVED,
+        help=f"fewest served comparisons a threshold is judged on (default {DEFAULT_MIN_SERVED})",
+    )
+    calibrate.add_argument("--apply", action="store_true", help="set the thresholds (audited)")
+    calibrate.add_argument("--reason", type=reason_text, help="why (required with --apply)")
+    calibrate.add_argument("--actor", help="who is changing it (default: $USER)")
+    calibrate.add_argument("--json", action="store_true", help="JSON instead of a table")
+    calibrate.set_defaults(handler=cmd_calibrate)
 
     rollback = changing("rollback", "Put a route back in shadow mode (the teacher answers).")
     rollback.set_defaults(handler=cmd_rollback)

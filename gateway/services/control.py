@@ -223,6 +223,32 @@ async def _load_slices(
     return {(row.dimension, row.value): _override(row) for row in rows}
 
 
+async def _upsert_slice(
+    connection: AsyncConnection, name: str, new: SliceOverride, actor: str, reason: str
+) -> None:
+    await connection.execute(
+        pg_insert(route_slice_overrides)
+        .values(
+            route=name,
+            dimension=new.dimension,
+            value=new.value,
+            **_slice_columns(new),
+            updated_by=actor,
+            reason=reason.strip(),
+        )
+        .on_conflict_do_update(
+            index_elements=["route", "dimension", "value"],
+            set_={
+                **_slice_columns(new),
+                "version": route_slice_overrides.c.version + 1,
+                "updated_by": actor,
+                "updated_at": text("now()"),
+                "reason": reason.strip(),
+            },
+        )
+    )
+
+
 _HAS_DIMENSION = text(
     "SELECT EXISTS (SELECT 1 FROM requests WHERE route = :route AND slices ? :dimension)"
 )
@@ -419,33 +445,61 @@ class ControlPlane:
             new = replace(old or SliceOverride(dimension, value), **changes)
             if new == old:
                 return new, False, []
-            await connection.execute(
-                pg_insert(route_slice_overrides)
-                .values(
-                    route=name,
-                    dimension=dimension,
-                    value=value,
-                    **_slice_columns(new),
-                    updated_by=actor,
-                    reason=reason.strip(),
-                )
-                .on_conflict_do_update(
-                    index_elements=["route", "dimension", "value"],
-                    set_={
-                        **_slice_columns(new),
-                        "version": route_slice_overrides.c.version + 1,
-                        "updated_by": actor,
-                        "updated_at": text("now()"),
-                        "reason": reason.strip(),
-                    },
-                )
-            )
+            await _upsert_slice(connection, name, new, actor, reason)
             await self._slice_event(connection, name, actor, action, reason, old, new, detail)
             warnings = await _dimension_warnings(connection, route, dimension)
             slices[(dimension, value)] = new
         self._states[name] = self._states[name].changed(slices=slices)
         _log.info("route %s: slice %s set by %s (%s): %s", name, new.name, actor, action, changes)
         return new, True, warnings
+
+    async def apply_slices(
+        self,
+        name: str,
+        changes: dict[tuple[str, str], dict[str, Any]],
+        *,
+        actor: str,
+        reason: str,
+        action: str = "slice_calibration",
+        detail: dict[str, Any] | None = None,
+    ) -> list[SliceOverride]:
+        """Several slices' knobs in one transaction and one audit entry (a calibration)."""
+        route = self.route(name)
+        _require_reason(reason)
+        for (dimension, value), knobs in changes.items():
+            validate_slice(dimension, value, knobs)
+        async with self._engine.begin() as connection:
+            await self._lock(connection, name)
+            if any(knobs.get("mode") == "rollout" for knobs in changes.values()):
+                await require_student(connection, route, "rollout")
+            slices = await _load_slices(connection, name)
+            before, after, applied = [], [], []
+            for (dimension, value), knobs in changes.items():
+                old = slices.get((dimension, value))
+                new = replace(old or SliceOverride(dimension, value), **knobs)
+                if new == old:
+                    continue
+                await _upsert_slice(connection, name, new, actor, reason)
+                slices[(dimension, value)] = new
+                applied.append(new)
+                before.append(None if old is None else slice_view(old))
+                after.append(slice_view(new))
+            if after:
+                await connection.execute(
+                    insert(route_events).values(
+                        route=name,
+                        actor=actor,
+                        action=action,
+                        reason=reason.strip(),
+                        old={"slices": before},
+                        new={"slices": after},
+                        detail={"slices": [view["slice"] for view in after], **(detail or {})},
+                    )
+                )
+                await connection.execute(text(f"NOTIFY {ROUTES_CHANNEL}"))
+        self._states[name] = self._states[name].changed(slices=slices)
+        _log.info("route %s: %d slice(s) set by %s (%s)", name, len(applied), actor, action)
+        return applied
 
     async def clear_slice(
         self, name: str, dimension: str, value: str, *, actor: str, reason: str

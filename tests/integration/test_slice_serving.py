@@ -13,9 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
+from scipy.stats import binomtest  # type: ignore[import-untyped]
 
 from tests.integration.conftest import ROUTE
-from tests.support.db import fetch, wait_for
+from tests.support.db import execute, fetch, wait_for
 from tests.support.gateway import GatewayServer, route
 from tests.support.process import run_command
 from tests.support.upstream import FakeOpenAI
@@ -295,3 +296,97 @@ def test_bad_slice_changes_are_refused_and_change_nothing(
     warned = cli("set", ROUTE, "--slice", "colour=blue", "--mode", "teacher", "--reason", "x")
     assert warned.returncode == 0
     assert "no request of route" in warned.stderr
+
+
+def seed_comparisons(url: str) -> dict[str, list[tuple[float, bool]]]:
+    """Shadow comparisons per tier, (confidence, agreed): what calibration is computed from."""
+    data = {
+        "free": [(i / 100, i >= 40 or i % 3 == 0) for i in range(100)],
+        "pro": [(0.5 + i / 200, True) for i in range(60)],
+        "bad": [(i / 50, i % 2 == 0) for i in range(50)],
+        "tiny": [(0.99, True)] * 5,
+    }
+    values = ", ".join(
+        f"('{tier}-{n}', '{ROUTE}', 'chat', now() - interval '1 hour', 'shadow', 'teacher', "
+        f'\'{{"tier": "{tier}"}}\'::jsonb, {confidence}, {str(agree).lower()})'
+        for tier, rows in data.items()
+        for n, (confidence, agree) in enumerate(rows)
+    )
+    execute(
+        url,
+        "INSERT INTO requests (request_id, route, endpoint, created_at, mode, served_by, slices, "
+        f"student_confidence, agree) VALUES {values}",
+    )
+    return data
+
+
+def reference(rows: list[tuple[float, bool]], target: float, conservative: bool) -> float | None:
+    """The lowest of 0, 0.05, ..., 1 whose served rows (30 at least) reach the target."""
+    for step in range(21):
+        threshold = step / 20
+        served = [agree for confidence, agree in rows if confidence >= threshold - 1e-9]
+        if len(served) < 30:
+            continue
+        if conservative:
+            judged = binomtest(sum(served), len(served)).proportion_ci(method="wilson").low
+        else:
+            judged = sum(served) / len(served)
+        if judged >= target:
+            return threshold
+    return None
+
+
+@pytest.mark.parametrize("conservative", [False, True])
+def test_calibration_per_slice_matches_a_reference_and_applies_in_one_change(
+    make_gateway: Callable[..., GatewayServer],
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    clean_db: str,
+    conservative: bool,
+) -> None:
+    gateway = make_gateway([spec(teacher, student)])
+    data = seed_comparisons(clean_db)
+    flags = ["--conservative"] if conservative else []
+    shown = run_command(
+        gateway.config_path, clean_db, "rollout", "calibrate", ROUTE, "--json", *flags
+    )
+    assert shown.returncode == 0, shown.stderr
+    result = json.loads(shown.stdout)
+    by_slice = {line["value"]: line for line in result["slices"]}
+    assert set(by_slice) == {"free", "pro", "bad", "tiny"}
+    for tier in ("free", "pro"):
+        expected = reference(data[tier], 0.9, conservative)
+        assert expected is not None
+        assert by_slice[tier]["status"] == "ok"
+        assert by_slice[tier]["threshold"] == pytest.approx(expected)
+    assert by_slice["bad"]["status"] == "unreachable"
+    assert by_slice["tiny"]["status"] == "not_enough_data"
+    assert result["applied"] is None
+    assert fetch(clean_db, "SELECT count(*) AS n FROM route_slice_overrides") == [{"n": 0}]
+
+    applied = run_command(
+        gateway.config_path, clean_db, "rollout", "calibrate", ROUTE, *flags,
+        "--apply", "--reason", "weekly calibration", "--actor", "ana",
+    )  # fmt: skip
+    assert applied.returncode == 0, applied.stderr
+    assert "applied to 3 slice(s) in one audited change" in applied.stdout
+    overrides = fetch(
+        clean_db,
+        "SELECT value, mode, confidence_threshold AS t FROM route_slice_overrides ORDER BY value",
+    )
+    assert overrides == [
+        {"value": "bad", "mode": "teacher", "t": None},
+        {"value": "free", "mode": None, "t": pytest.approx(by_slice["free"]["threshold"])},
+        {"value": "pro", "mode": None, "t": pytest.approx(by_slice["pro"]["threshold"])},
+    ]
+    [event] = fetch(
+        clean_db,
+        "SELECT actor, reason, detail FROM route_events WHERE action = 'slice_calibration'",
+    )
+    assert (event["actor"], event["reason"]) == ("ana", "weekly calibration")
+    assert json.loads(event["detail"])["slices"] == ["tier=bad", "tier=free", "tier=pro"]
+    wait_for(lambda: len(gateway.state.control.state(ROUTE).slices) == 3, what="applied")
+
+    refused = run_command(gateway.config_path, clean_db, "rollout", "calibrate", ROUTE, "--apply")
+    assert refused.returncode == 2
+    assert "--apply needs --reason" in refused.stderr

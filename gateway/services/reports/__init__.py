@@ -31,7 +31,7 @@ from gateway.services.reports.disagreements import DisagreementReport
 from gateway.services.reports.drift import DriftReport, reference_dataset
 from gateway.services.reports.monitor import DriftMonitor
 from gateway.services.reports.slices import SliceReport
-from gateway.services.reports.thresholds import ThresholdReport
+from gateway.services.reports.thresholds import ThresholdReport, calibrated_overrides
 
 __all__ = [
     "DEFAULT_MIN_ROWS",
@@ -39,6 +39,7 @@ __all__ = [
     "TEXT_PARTS_COUNTED",
     "DriftMonitor",
     "Reports",
+    "calibrated_overrides",
     "configured_dimensions",
     "last_user_text_sql",
     "reference_dataset",

@@ -1,6 +1,8 @@
 """Threshold calibration: for each candidate confidence threshold, the share of traffic the
 student would serve and the agreement on that share, per slice; and the lowest threshold that
-keeps every critical slice at its bar."""
+keeps every critical slice at its bar (:meth:`ThresholdReport.thresholds`), or, per slice,
+the lowest threshold at which that slice meets a target agreement
+(:meth:`ThresholdReport.slice_thresholds`, what ``rollout calibrate`` applies)."""
 
 # ruff: noqa: S608  (the SQL below is assembled from constants; every value is a bound parameter)
 
@@ -13,7 +15,7 @@ from sqlalchemy import select, text
 
 from gateway.core import statistics as stats
 from gateway.db.tables import route_state
-from gateway.errors import NoData, NotEnoughData
+from gateway.errors import InvalidRequest, NoData, NotEnoughData
 from gateway.protocol.reports import Window, curve_json, point_json
 from gateway.services.reports.common import EACH_LABEL, IN_WINDOW, ReportsBase, window_params
 
@@ -24,11 +26,15 @@ _CALIBRATION = text(
     "width_bucket(r.student_confidence, CAST(:thresholds AS float8[])) AS bucket, "
     "count(*) AS samples, count(*) FILTER (WHERE r.agree) AS agreed "
     f"FROM requests AS r CROSS JOIN LATERAL (SELECT NULL::text, NULL::text UNION ALL "
-    f"{EACH_LABEL} AND key = ANY(CAST(:dimensions AS text[]))) AS s(dim, val) "
+    f"{EACH_LABEL} AND (CAST(:dimensions AS text[]) IS NULL "
+    "OR key = ANY(CAST(:dimensions AS text[])))) AS s(dim, val) "
     f"WHERE {IN_WINDOW} AND r.student_confidence IS NOT NULL AND r.agree IS NOT NULL "
     "AND r.served_by IS DISTINCT FROM 'student' AND r.fallback_reason IS NULL "
     "GROUP BY 1, 2, 3"
 )
+
+
+DEFAULT_MIN_SERVED = 30
 
 
 class ThresholdReport(ReportsBase):
@@ -116,3 +122,88 @@ class ThresholdReport(ReportsBase):
                 ],
             },
         }
+
+    async def slice_thresholds(
+        self,
+        name: str,
+        window: Window,
+        target: float,
+        *,
+        conservative: bool = False,
+        dimension: str | None = None,
+        min_served: int = DEFAULT_MIN_SERVED,
+        candidates: Sequence[float] | None = None,
+    ) -> dict[str, Any]:
+        """Per slice, the lowest candidate threshold at which the answers the student would
+        serve agree with the teacher at least ``target`` of the time (with ``conservative``,
+        the lower end of the 95% interval must reach it), over at least ``min_served`` of them.
+
+        Each slice's ``status``: ``ok`` (a threshold), ``not_enough_data`` (fewer than
+        ``min_served`` comparisons in all: no threshold is judged), or ``unreachable`` (no
+        candidate reaches the target: the slice belongs on the teacher).
+        """
+        route = self.route(name)
+        if not 0.0 < target <= 1.0:
+            raise InvalidRequest(
+                "the target agreement must be above 0 and at most 1",
+                param="target_agreement",
+                code="invalid_value",
+            )
+        thresholds = stats.check_thresholds(candidates or stats.candidate_thresholds())
+        async with self._reading() as connection:
+            if dimension is not None:
+                await self._check_dimension(connection, route, dimension)
+            params = window_params(
+                route,
+                window,
+                thresholds=list(thresholds),
+                dimensions=None if dimension is None else [dimension],
+            )
+            rows = (await connection.execute(_CALIBRATION, params)).all()
+        buckets: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
+        for row in rows:
+            if row.dim is not None:
+                buckets.setdefault((row.dim, row.val), {})[row.bucket] = (row.samples, row.agreed)
+        if not buckets:
+            raise NoData(
+                f"Route '{name}' has no labelled shadow comparison with a student confidence "
+                f"from {window.describe()}: calibration per slice needs those."
+            )
+        slices = []
+        for (dim, val), counts in sorted(buckets.items()):
+            points = stats.calibration_curve(thresholds, counts)
+            bar = stats.Bar(dim, val, target, min_served)
+            chosen = next((p for p in points if stats.meets(p, bar, conservative)), None)
+            total = points[0].total
+            status = "ok" if chosen else "not_enough_data" if total < min_served else "unreachable"
+            slices.append(
+                {
+                    "dimension": dim,
+                    "value": val,
+                    "comparisons": total,
+                    "status": status,
+                    "threshold": chosen.threshold if chosen else None,
+                    "at_threshold": point_json(chosen) if chosen else None,
+                }
+            )
+        return {
+            "route": name,
+            **window.as_json(),
+            "target_agreement": target,
+            "conservative": conservative,
+            "min_served": min_served,
+            "slices": slices,
+        }
+
+
+def calibrated_overrides(result: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """What applying a per-slice calibration sets: each judged slice's threshold, and the
+    teacher for a slice no threshold makes good enough; slices without enough data are left."""
+    changes: dict[tuple[str, str], dict[str, Any]] = {}
+    for line in result["slices"]:
+        key = (line["dimension"], line["value"])
+        if line["status"] == "ok":
+            changes[key] = {"confidence_threshold": line["threshold"]}
+        elif line["status"] == "unreachable":
+            changes[key] = {"mode": "teacher"}
+    return changes
