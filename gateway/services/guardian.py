@@ -1,7 +1,10 @@
 """Background guards on rollouts: automatic rollback and staged ramps.
 
 Every ``guard.interval_s`` each replica looks at the agreement logged in Postgres (all
-replicas' traffic, not just its own):
+replicas' traffic, not just its own), on what the route's policy serves: compared answers
+whose confidence reaches the request's threshold (its slices' override, else the route's),
+leaving out slices kept on the teacher. An answer the policy would not serve never counts
+against the student.
 
 - **Automatic rollback, per slice.** For a route that serves the student (in rollout, or with
   a slice override in rollout), each critical slice is judged over its own ``window_s``: once
@@ -41,18 +44,27 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.background import BackgroundLoop, RecurringFailure
 from gateway.config import GatewayConfig, RouteConfig
 from gateway.core.routing import SliceOverride, SliceVerdict, judge_slice
-from gateway.db.tables import rollout_plans
+from gateway.db.tables import rollout_plans, route_state
 from gateway.metrics import Metrics
 from gateway.services.control import ControlPlane
 
 _log = logging.getLogger("shadow_gateway.guardian")
 ACTOR = "guardian"
 
+# Agreement on what the route's policy serves: compared answers with at least the request's
+# threshold (its slices' highest override threshold, else the route's), leaving out requests
+# of a slice kept on the teacher. Answers the policy would not serve (low confidence, a slice
+# on the teacher) never count against the student: they are the teacher's already.
 _AGREEMENT = text(
-    "SELECT count(*) AS samples, count(*) FILTER (WHERE agree) AS agreed FROM requests "
-    "WHERE route = :route AND agree IS NOT NULL "
-    "AND created_at >= now() - make_interval(secs => :window_s) "
-    "AND (CAST(:dimension AS text) IS NULL OR slices ->> CAST(:dimension AS text) = :value)"
+    "SELECT count(*) AS samples, count(*) FILTER (WHERE r.agree) AS agreed FROM requests AS r "
+    "WHERE r.route = :route AND r.agree IS NOT NULL "
+    "AND r.created_at >= now() - make_interval(secs => :window_s) "
+    "AND (CAST(:dimension AS text) IS NULL OR r.slices ->> CAST(:dimension AS text) = :value) "
+    "AND r.student_confidence >= COALESCE((SELECT max(o.confidence_threshold) "
+    "FROM route_slice_overrides AS o WHERE o.route = r.route "
+    "AND r.slices ->> o.dimension = o.value), :threshold) "
+    "AND NOT EXISTS (SELECT 1 FROM route_slice_overrides AS o WHERE o.route = r.route "
+    "AND o.mode = 'teacher' AND r.slices ->> o.dimension = o.value)"
 )
 
 
@@ -125,12 +137,23 @@ async def _judge(
     route: RouteConfig,
     targets: list[tuple[str | None, str, float, int, float]],
 ) -> list[SliceCheck]:
+    threshold = (
+        await connection.execute(
+            select(route_state.c.confidence_threshold).where(route_state.c.route == route.name)
+        )
+    ).scalar()
     checks = []
     for dimension, value, bar, min_samples, window in targets:
         row = (
             await connection.execute(
                 _AGREEMENT,
-                {"route": route.name, "window_s": window, "dimension": dimension, "value": value},
+                {
+                    "route": route.name,
+                    "window_s": window,
+                    "dimension": dimension,
+                    "value": value,
+                    "threshold": route.rollout.threshold if threshold is None else threshold,
+                },
             )
         ).one()
         checks.append(

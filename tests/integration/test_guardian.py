@@ -60,16 +60,19 @@ def with_guardian(
     return asyncio.run(run()), metrics
 
 
-def log_comparisons(url: str, slice_value: str, agreed: int, disagreed: int) -> None:
+def log_comparisons(
+    url: str, slice_value: str, agreed: int, disagreed: int, confidence: float = 1.0
+) -> None:
     values = ", ".join(
         f"('{slice_value}-{i}-{datetime.now(UTC).timestamp()}', '{ROUTE}', 'chat', now(), "
-        f"'rollout', '{{\"difficulty\": \"{slice_value}\"}}'::jsonb, {str(i < agreed).lower()})"
+        f"'rollout', '{{\"difficulty\": \"{slice_value}\"}}'::jsonb, {str(i < agreed).lower()}, "
+        f"{confidence})"
         for i in range(agreed + disagreed)
     )
     execute(
         url,
         "INSERT INTO requests (request_id, route, endpoint, created_at, mode, slices, "
-        f"agree) VALUES {values}",
+        f"agree, student_confidence) VALUES {values}",
     )
 
 
@@ -151,6 +154,30 @@ def test_the_route_below_its_own_bar_goes_back_to_shadow(clean_db: str) -> None:
         )
         == 1
     )
+
+
+def test_answers_the_policy_would_not_serve_never_count_against_the_student(
+    clean_db: str,
+) -> None:
+    """Low-confidence answers and a slice kept on the teacher are the teacher's already."""
+
+    async def scenario(control: ControlPlane, guardian: Guardian) -> tuple[str, Any]:
+        await control.change(
+            ROUTE, {"mode": "rollout", "confidence_threshold": 0.8}, actor="a", reason="go"
+        )
+        await control.change_slice(
+            ROUTE, "difficulty", "odd", {"mode": "teacher"}, actor="a", reason="bad there"
+        )
+        await asyncio.to_thread(log_comparisons, clean_db, "easy", 0, 40, confidence=0.3)
+        await asyncio.to_thread(log_comparisons, clean_db, "odd", 0, 40)
+        await asyncio.to_thread(log_comparisons, clean_db, "easy", 30, 0, confidence=0.9)
+        await guardian.check_once()
+        state = control.state(ROUTE)
+        return state.mode, sorted(state.slices)
+
+    (mode, kept), _ = with_guardian(clean_db, config([]), scenario)
+    assert (mode, kept) == ("rollout", [("difficulty", "odd")])
+    assert not [e for e in events(clean_db) if e["action"] == "auto_rollback"]
 
 
 def due(url: str) -> None:
