@@ -1,8 +1,9 @@
 """``demo``: the whole loop on one machine, no GPU, no API key.
 
-Starts the embedded PostgreSQL (or uses ``DATABASE_URL``), the demo teacher, the demo
-student on vLLM's CPU build (through :mod:`student_server`) and the gateway; replays traffic
-in shadow mode, recommends a threshold, switches the route to rollout, and prints the slice
+Starts the embedded PostgreSQL (or uses ``DATABASE_URL``), the demo teacher, the two demo
+students on vLLM's CPU build (through :mod:`student_server`: the shipped one as champion, a
+smaller checkpoint as candidate) and the gateway; replays traffic in shadow mode, prints the
+candidates report, recommends a threshold, switches the route to rollout, and prints the slice
 report (see :mod:`gateway.demo.walkthrough`). Then it keeps everything running, with the URLs
 to try, until Ctrl-C, and stops it all. ``--exit-after`` stops right after the report.
 
@@ -108,12 +109,12 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     demo = commands.add_parser(
         "demo",
         parents=[parent],
-        help="Run the whole loop on this machine: a demo teacher, a vLLM student on CPU, "
-        "shadow traffic, a threshold, a rollout.",
-        description="Start the embedded PostgreSQL, the demo teacher, the demo student "
-        "(vLLM on CPU) and the gateway; replay traffic in shadow mode, switch the route to "
-        "rollout at the recommended threshold, print the slice report, and keep it all "
-        "running until Ctrl-C.",
+        help="Run the whole loop on this machine: a demo teacher, two vLLM students on CPU, "
+        "shadow traffic, the candidates report, a threshold, a rollout.",
+        description="Start the embedded PostgreSQL, the demo teacher, the two demo students "
+        "(vLLM on CPU: a champion and a candidate) and the gateway; replay traffic in shadow "
+        "mode, print the candidates report, switch the route to rollout at the recommended "
+        "threshold, print the slice report, and keep it all running until Ctrl-C.",
     )
     demo.add_argument("--requests", type=positive_int, default=300, help="shadow requests (300)")
     demo.add_argument(
@@ -121,11 +122,16 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     )
     demo.add_argument("--seed", type=int, default=7, help="the replayed prompts' seed")
     demo.add_argument("--port", type=int, default=8080, help="the gateway's port (8080)")
-    demo.add_argument("--student-port", type=int, default=8001, help="vLLM's port (8001)")
+    demo.add_argument(
+        "--student-port",
+        type=int,
+        default=8001,
+        help="the champion's vLLM port (8001); the candidate's is the next one when free",
+    )
     demo.add_argument(
         "--data-dir", default=".shadow-gateway-demo", help="Postgres data, logs, the config"
     )
-    demo.add_argument("--model", help="the student model directory (default: the demo's)")
+    demo.add_argument("--model", help="the champion's model directory (default: the demo's)")
     demo.add_argument("--student-python", help="the Python of vLLM's CPU environment")
     demo.add_argument(
         "--install-student",

@@ -1,14 +1,18 @@
-"""What ``shadow-gateway demo`` does once everything runs: shadow, report, rollout, report.
+"""What ``shadow-gateway demo`` does once everything runs: shadow, reports, rollout, report.
 
-1. Replay ``shadow_requests`` prompts in shadow mode: the teacher answers, the student is
-   called in the background and both are logged with the student's confidence.
-2. Wait until the log holds them, then print the threshold calibration (the reports'
-   :meth:`~gateway.services.reports.Reports.thresholds`): the lowest confidence threshold
-   at which every critical slice keeps its agreement bar.
-3. Switch the route to rollout at that threshold through the admin API (audited, with a
-   reason, under the demo's admin key) and replay ``rollout_requests`` more: the student now
-   answers when its confidence reaches the threshold, the teacher otherwise.
-4. Print the slice report (agreement, fallbacks, student share per style).
+1. Replay ``shadow_requests`` prompts in shadow mode: the teacher answers, both students (the
+   champion and the candidate) are called in the background, and all three answers are
+   logged with each student's confidence.
+2. Wait until the log holds them, then print the candidates report (the reports'
+   :meth:`~gateway.services.reports.Reports.candidates`): per slice, each student's agreement
+   with the teacher and the candidate's paired difference to the champion, with a verdict.
+3. Print the threshold calibration (:meth:`~gateway.services.reports.Reports.thresholds`):
+   the lowest confidence threshold at which every critical slice keeps its agreement bar.
+4. Switch the route to rollout at that threshold through the admin API (audited, with a
+   reason, under the demo's admin key) and replay ``rollout_requests`` more: the champion now
+   answers when its confidence reaches the threshold, the teacher otherwise (and the
+   candidate is shadowed where the teacher answers).
+5. Print the slice report (agreement, fallbacks, student share per style).
 """
 
 from __future__ import annotations
@@ -80,18 +84,67 @@ def wait_logged(
         time.sleep(0.5)
 
 
-def print_statuses(statuses: dict[str | None, int], say: Callable[[str], None]) -> None:
-    counts = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items()) if status)
-    say(f"      the student's shadow calls: {counts}")
-    if statuses.get("dropped"):
+def _answered(url: str, since: float) -> dict[str, dict[str, int]]:
+    """Live answer rows of the demo route since ``since``, by student and ``student_status``."""
+    from datetime import UTC, datetime
+
+    import asyncpg
+
+    from gateway.db.engine import plain_dsn
+
+    async def count() -> dict[str, dict[str, int]]:
+        connection = await asyncpg.connect(plain_dsn(url), timeout=10)
+        try:
+            found = await connection.fetch(
+                "SELECT student, student_status, count(*) AS n FROM student_answers "
+                "WHERE route = $1 AND created_at >= $2 AND source = 'live' "
+                "AND student_status IS NOT NULL GROUP BY 1, 2",
+                ROUTE,
+                datetime.fromtimestamp(since, UTC),
+            )
+        finally:
+            await connection.close()
+        counts: dict[str, dict[str, int]] = {}
+        for row in found:
+            counts.setdefault(row["student"], {})[row["student_status"]] = int(row["n"])
+        return counts
+
+    return asyncio.run(count())
+
+
+def wait_answered(
+    stack: DemoStack, expected: int, since: float, timeout_s: float = 180
+) -> dict[str, dict[str, int]]:
+    """Wait until every student has an answer row (made, failed or dropped) for ``expected``
+    requests: a candidate's calls may still run when the champion's are in."""
+    names = [student.name for student in stack.students]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answered = _answered(stack.database_url, since)
+        short = {name: expected - sum(answered.get(name, {}).values()) for name in names}
+        if all(missing <= 0 for missing in short.values()):
+            return answered
+        if time.monotonic() > deadline:
+            waiting = ", ".join(f"{name} {n}" for name, n in short.items() if n > 0)
+            raise DemoError(f"answers still missing after {timeout_s:g} s: {waiting}")
+        time.sleep(0.5)
+
+
+def print_statuses(answered: dict[str, dict[str, int]], say: Callable[[str], None]) -> None:
+    say("      the students' shadow calls:")
+    for student, statuses in answered.items():
+        counts = ", ".join(f"{status} {n}" for status, n in sorted(statuses.items()))
+        say(f"        {student:<12} {counts}")
+    if any(statuses.get("dropped") for statuses in answered.values()):
         say(
-            "      (dropped: more calls in flight than student.max_concurrency; the student "
-            "could not keep up, so those requests have no comparison)"
+            "      (dropped: more calls in flight than the student's max_concurrency; it "
+            "could not keep up, so those requests have no comparison for it)"
         )
 
 
 def reports(stack: DemoStack, which: str) -> dict[str, Any]:
-    """The ``slices`` or ``thresholds`` report of the demo route over the last day."""
+    """The ``slices``, ``thresholds`` or ``candidates`` report of the demo route over the
+    last day."""
     from gateway.config import load_settings
     from gateway.db.engine import create_engine
     from gateway.protocol.reports import DAY, window
@@ -107,6 +160,8 @@ def reports(stack: DemoStack, which: str) -> dict[str, Any]:
             span = window(None, None, DAY)
             if which == "thresholds":
                 return await service.thresholds(ROUTE, span)
+            if which == "candidates":
+                return await service.candidates(ROUTE, span)
             return await service.slices(ROUTE, span, "style")
         finally:
             await engine.dispose()
@@ -138,6 +193,57 @@ def print_thresholds(result: dict[str, Any], say: Callable[[str], None]) -> floa
             f"{_pct(served['agreement'])}"
         )
     return threshold
+
+
+# The CLI's words (``report candidates``), so the demo reads like the command it points to.
+_VERDICTS = {
+    "baseline": "(baseline)",
+    "better": "BETTER",
+    "worse": "WORSE",
+    "inconclusive": "inconclusive",
+    "not_enough_data": "too few pairs",
+}
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.0%}"
+
+
+def _interval(low: float | None, high: float | None, signed: bool = False) -> str:
+    if low is None or high is None:
+        return "-"
+    if signed:
+        return f"{low:+.0%} to {high:+.0%}"
+    return f"{low:.0%} to {high:.0%}"
+
+
+def print_candidates(result: dict[str, Any], say: Callable[[str], None]) -> None:
+    """Per source, the slices (worst first, as the report orders them), then the whole route:
+    each student's agreement with the teacher, and each candidate's paired difference to the
+    baseline on the requests both were compared on, with its verdict."""
+    students = ", ".join(f"{s['name']} ({s['status']})" for s in result["students"])
+    say(f"Students: {students}.")
+    say(
+        f"Each against {result['baseline']} on the requests both answered: the difference in "
+        f"agreement with the teacher, 95% interval; under {result['min_pairs']} pairs, no verdict."
+    )
+    for source in result["sources"]:
+        say(f"  {source['source']} answers")
+        header = f"  {'SLICE':<16}{'STUDENT':<12}{'COMPARED':>9}{'AGREEMENT':>10}  {'95% CI':<12}"
+        say(f"{header}{'PAIRS':>6}{'DIFF':>6}  {'95% CI':<13} VERDICT")
+        for line in [*source["slices"], source["overall"]]:
+            name = "all" if line["dimension"] == "all" else f"{line['dimension']}={line['value']}"
+            for entry in line["candidates"]:
+                paired = entry["paired"] or {}
+                say(
+                    f"  {name:<16}{entry['student']:<12}{entry['compared']:>9}"
+                    f"{_pct(entry['agreement']):>10}  "
+                    f"{_interval(entry['ci_low'], entry['ci_high']):<12}"
+                    f"{paired.get('pairs', '-'):>6}{_signed(paired.get('difference')):>6}  "
+                    f"{_interval(paired.get('ci_low'), paired.get('ci_high'), True):<13} "
+                    f"{_VERDICTS.get(entry['verdict'], entry['verdict'])}"
+                )
+                name = ""
 
 
 def print_slices(result: dict[str, Any], say: Callable[[str], None]) -> None:
@@ -198,8 +304,8 @@ def walkthrough(
     seed: int,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Steps 1-4 of the module docstring; returns what happened, for tests and callers."""
-    say(f"\n== 1. shadow: {shadow_requests} requests (the teacher answers, the student shadows)")
+    """Steps 1-5 of the module docstring; returns what happened, for tests and callers."""
+    say(f"\n== 1. shadow: {shadow_requests} requests (the teacher answers, both students shadow)")
     since = time.time() - 1
     shadow = replay(
         stack.gateway_url,
@@ -210,17 +316,22 @@ def walkthrough(
         progress=_progress(say, "shadow"),
     )
     print_replay(shadow, say)
-    say("      waiting for the log to hold both answers of every request ...")
-    print_statuses(wait_logged(stack, shadow.sent, since), say)
+    say("      waiting for the log to hold every answer of every request ...")
+    wait_logged(stack, shadow.sent, since)
+    print_statuses(wait_answered(stack, shadow.sent, since), say)
 
-    say("\n== 2. threshold calibration (shadow comparisons, by style)")
+    say("\n== 2. candidates: each student against the champion, paired, worst slice first")
+    candidates = reports(stack, "candidates")
+    print_candidates(candidates, say)
+
+    say("\n== 3. threshold calibration (the champion's shadow comparisons, by style)")
     calibration = reports(stack, "thresholds")
     threshold = print_thresholds(calibration, say)
     if threshold is None:
         threshold = stack.threshold
         say(f"      keeping the configured threshold {threshold:g}")
 
-    say(f"\n== 3. rollout: 100% of users at confidence threshold {threshold:g} (admin API)")
+    say(f"\n== 4. rollout: 100% of users at confidence threshold {threshold:g} (admin API)")
     live = switch_to_rollout(stack, threshold)
     say(
         f"      route {ROUTE}: mode={live['mode']} percent={live['rollout_percent']:g} "
@@ -238,13 +349,14 @@ def walkthrough(
     print_replay(rollout, say)
     wait_logged(stack, shadow.sent + rollout.sent, since)
 
-    say("\n== 4. slice report (both phases), worst slice first")
+    say("\n== 5. slice report (both phases), worst slice first")
     slices = reports(stack, "slices")
     print_slices(slices, say)
     return {
         "shadow": shadow,
         "rollout": rollout,
         "threshold": threshold,
+        "candidates": candidates,
         "calibration": calibration,
         "slices": slices,
         "route": live,
@@ -254,6 +366,11 @@ def walkthrough(
 def try_it(stack: DemoStack, say: Callable[[str], None] = print) -> None:
     base = stack.gateway_url
     key = stack.app_key
+    students = "\n".join(
+        f"  {'students' if index == 0 else '':<12} {student.name:<11}{student.url}/v1  "
+        f"(vLLM, model {student.served_name})"
+        for index, student in enumerate(stack.students)
+    )
     say(
         f"""
 == running: try it (Ctrl-C stops everything)
@@ -261,7 +378,7 @@ def try_it(stack: DemoStack, say: Callable[[str], None] = print) -> None:
   gateway      {base}/v1            app key:   {key}
   admin        {base}/admin/routes  admin key: {stack.admin_key}
   metrics      {base}/metrics
-  student      {stack.student_url}/v1  (vLLM, model demo-student)
+{students}
   config       {stack.config_path}
 
   curl {base}/v1/chat/completions \\
@@ -274,7 +391,8 @@ print(c.chat.completions.create(model="{ROUTE}", \\
 messages=[{{"role": "user", "content": "9 days after 2024-02-25"}}]).choices[0].message.content)'
 
   SHADOW_GATEWAY_CONFIG={stack.config_path} DATABASE_URL='{stack.database_url}' \\
-    shadow-gateway report slices {ROUTE} --dimension style
-  (likewise: report thresholds {ROUTE}, export --route {ROUTE} -o dates.jsonl, rollout status)
+    shadow-gateway report candidates {ROUTE}
+  (likewise: report slices {ROUTE} --dimension style, report thresholds {ROUTE},
+   students list {ROUTE}, export --route {ROUTE} -o dates.jsonl, rollout status)
 """
     )

@@ -26,6 +26,7 @@ CHAT_TEMPLATE = (
     "{% endfor %}{{ ns.last }}{% if add_generation_prompt %}" + ANSWER_CUE + "{% endif %}"
 )
 MAX_POSITIONS = 64
+HEAD_DIM = 64  # vLLM's CPU attention rejects smaller heads
 
 
 def prompt_text(prompt: str) -> str:
@@ -38,19 +39,31 @@ def vocabulary() -> dict[str, int]:
     return {token: index for index, token in enumerate(tokens)}
 
 
-def model_config(vocab_size: int) -> dict[str, Any]:
-    """The Llama config: head_dim 64 (vLLM's CPU attention needs 64 or more)."""
+def model_config(
+    vocab_size: int, *, hidden_size: int = 256, layers: int = 2, intermediate_size: int = 768
+) -> dict[str, Any]:
+    """The Llama config; the defaults are the shipped ``model``'s shape.
+
+    Heads are always 64 wide (vLLM's CPU attention needs 64 or more), so ``hidden_size`` must
+    be a multiple of 64 and sets the number of heads.
+    """
+    if hidden_size <= 0 or hidden_size % HEAD_DIM:
+        raise ValueError(
+            f"hidden_size must be a positive multiple of {HEAD_DIM}, not {hidden_size}"
+        )
+    if layers < 1 or intermediate_size < 1:
+        raise ValueError("layers and intermediate_size must be positive")
     ids = vocabulary()
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": vocab_size,
-        "hidden_size": 256,
-        "intermediate_size": 768,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 4,
-        "head_dim": 64,
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": layers,
+        "num_attention_heads": hidden_size // HEAD_DIM,
+        "num_key_value_heads": hidden_size // HEAD_DIM,
+        "head_dim": HEAD_DIM,
         "max_position_embeddings": MAX_POSITIONS,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,

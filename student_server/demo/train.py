@@ -7,9 +7,13 @@ keeps the answers the route's export verifier passes (as ``shadow-gateway export
 and trains a tiny Llama from scratch on them, the loss on the answer's characters only. Every
 batch is fresh prompts, so there is no epoch and no overfitting to a fixed set.
 
+``--hidden-size``, ``--layers`` and ``--intermediate-size`` set the model's shape; the
+defaults are the shipped ``model``'s. ``model-small``, the demo's candidate, is the same recipe
+at one layer of 128 and far fewer steps (its ``MODEL_CARD.md`` has the command).
+
 Runs on CPU (torch + transformers: the ``semantic`` extra's environment). The weights it
 writes, with the tokenizer and configs, are what vLLM serves; ``train_info.json`` records
-the run (steps, seed, time, verifier drops) for the model card.
+the run (steps, seed, shape, time, verifier drops) for the model card.
 """
 
 from __future__ import annotations
@@ -64,12 +68,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--log-every", type=int, default=100)
+    # The model's shape; the defaults are the shipped model's (model-small's card has its own).
+    parser.add_argument("--hidden-size", type=int, default=256, help="a multiple of 64 (256)")
+    parser.add_argument("--layers", type=int, default=2, help="transformer layers (2)")
+    parser.add_argument("--intermediate-size", type=int, default=768, help="MLP width (768)")
     args = parser.parse_args(argv)
+    shape = {
+        "hidden_size": args.hidden_size,
+        "layers": args.layers,
+        "intermediate_size": args.intermediate_size,
+    }
+    try:
+        model_config = charlm.model_config(len(charlm.vocabulary()), **shape)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     vocabulary = charlm.vocabulary()
-    config = LlamaConfig(**charlm.model_config(len(vocabulary)))
+    config = LlamaConfig(**model_config)
     model = LlamaForCausalLM(config)
     model.train()
     optimizer = torch.optim.AdamW(
@@ -129,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "lr": args.lr,
         "warmup": args.warmup,
         "threads": args.threads,
+        **shape,
         "train_seconds": round(seconds, 1),
         "examples_kept": kept,
         "examples_dropped_by_verifier": dict(sorted(drops.items())),

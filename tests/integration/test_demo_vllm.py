@@ -3,14 +3,16 @@
 Everything here needs ``.venv-student`` (``bash student_server/install-cpu.sh``); without it
 the module is skipped. vLLM takes most of a minute to start and about 3 GB, so one server
 (started through ``python -m student_server serve``, the launcher's command line) serves the
-whole module. The ``shadow-gateway demo`` test comes first and starts its own student, the
-way a user's run does, before the module's server is up.
+whole module. The ``shadow-gateway demo`` test comes first and starts its own two students
+(the champion and the candidate, together), the way a user's run does, before the module's
+server is up.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,11 +27,11 @@ import pytest
 
 from gateway.core.completions import token_logprobs
 from gateway.core.confidence import confidence
-from gateway.demo.stack import STUDENT_MODEL, demo_model_dir, route_config
+from gateway.demo.stack import CANDIDATE, CHAMPION, STUDENT_MODEL, demo_model_dir, route_config
 from gateway.demo.task import DEMO_MIX, examples, solve, teacher_answer
 from gateway.demo.teacher import ThreadedServer, create_teacher_app
 from tests.integration.conftest import rows
-from tests.support.db import wait_for
+from tests.support.db import fetch, wait_for
 from tests.support.gateway import GatewayServer
 from tests.support.process import BIN
 from tests.support.upstream import FakeOpenAI
@@ -58,7 +60,7 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-# --- the one-command demo (first: it starts and stops its own student) ---------------------
+# --- the one-command demo (first: it starts and stops its own students) --------------------
 
 
 def test_demo_command_runs_the_whole_loop_and_stops_everything(
@@ -82,9 +84,18 @@ def test_demo_command_runs_the_whole_loop_and_stops_everything(
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
-    for step in ("[1/4] PostgreSQL: using DATABASE_URL", "[2/4] teacher", "[3/4] student"):
+    for step in ("[1/4] PostgreSQL: using DATABASE_URL", "[2/4] teacher", "[3/4] students"):
         assert step in out
     assert "[4/4] gateway" in out
+    # Both students' vLLM servers, each on its own port.
+    ports = {
+        name: int(port)
+        for name, port in re.findall(
+            r"(\S+) ready after \d+ s at http://127\.0\.0\.1:(\d+)/v1", out
+        )
+    }
+    assert ports.keys() == {CHAMPION, CANDIDATE}, out
+    assert ports[CHAMPION] == student_port
     assert "shadow: 80/80" in out
     assert "rollout: 40/40" in out
     assert "shadow comparisons with a student confidence" in out
@@ -93,10 +104,26 @@ def test_demo_command_runs_the_whole_loop_and_stops_everything(
     assert "the teacher stepped in: low_confidence" in out  # relative dates, at least
     assert "style=relative" in out
     assert "style=iso" in out
+    # The candidates report, between the shadow phase and the calibration.
+    candidates = out[out.index("== 2. candidates") : out.index("== 3. threshold calibration")]
+    assert f"{CHAMPION} (champion), {CANDIDATE} (candidate)" in candidates
+    table = candidates[candidates.index("VERDICT") :]
+    assert "style=written" in table
+    assert re.search(rf"^\s+all\s+{CHAMPION}\s+\d+", table, re.MULTILINE), table
+    assert re.search(rf"^\s+{CANDIDATE}\s+\d+.*(WORSE|inconclusive|too few)", table, re.M), table
+    assert "report candidates dates" in out
     assert "curl http://127.0.0.1:" in out
     assert "openai.OpenAI(" in out
     assert out.rstrip().endswith("demo stopped")
-    assert not port_open(student_port), "the student is still running"
+    for name, port in ports.items():
+        assert not port_open(port), f"{name}'s vLLM is still running"
+    # Both students answered, each in its own rows of student_answers.
+    answered = fetch(
+        clean_db,
+        "SELECT student, count(*) AS n FROM student_answers "
+        "WHERE source = 'live' AND student_status = 'ok' AND agree IS NOT NULL GROUP BY 1",
+    )
+    assert {row["student"] for row in answered} == {CHAMPION, CANDIDATE}, answered
 
     # The teacher's documented bug reached the log; the route's verifier keeps it out of the
     # training set.
@@ -356,8 +383,8 @@ def test_the_responses_api_is_shadowed_to_vllm_and_compared(
                 with client.responses.stream(model="dates", input=prompt) as stream:
                     assert stream.get_final_response().output_text == teacher_answer(prompt)
             else:
-                answer = client.responses.create(model="dates", input=prompt, temperature=0)
-                assert answer.output_text == teacher_answer(prompt)
+                reply = client.responses.create(model="dates", input=prompt, temperature=0)
+                assert reply.output_text == teacher_answer(prompt)
     found = logged(clean_db, len(prompts))
     assert {row["endpoint"] for row in found} == {"responses"}
     for row in found:
