@@ -52,7 +52,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     metrics = metrics or Metrics()
     # Built here, not in the lifespan, so a bad comparator or slice rule stops start-up with a
     # ConfigError the CLI reports in one line.
-    analyses = build_analyses(settings.config)
+    analyses = build_analyses(settings.config, settings.config_path.parent)
     describe_routes(settings.config, metrics)
     upstream_keys = {k: v.get_secret_value() for k, v in settings.upstream_keys.items()}
     keys = KeyRing(settings.api_keys, settings.config.rate_limits)

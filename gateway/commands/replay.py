@@ -47,7 +47,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 2
     except GatewayError as exc:
         raise CommandError(exc.message) from exc
-    analysis = RouteAnalysis(route, config.metrics)
+    analysis = RouteAnalysis(route, config.metrics, settings.config_path.parent)
     last: list[ReplayOutcome] = [ReplayOutcome()]
 
     async def run(engine: AsyncEngine) -> tuple[Any, ReplayOutcome]:

@@ -210,7 +210,10 @@ def _short(text: str | None, width: int = 40) -> str:
 
 def _slices_table(result: dict[str, Any]) -> None:
     print(f"{result['route']}: {result['since']} to {result['until']}")
-    print("slices worst first (lowest end of the 95% Wilson interval), the aggregate last\n")
+    print(
+        "slices worst first (lowest end of the 95% Wilson interval), the aggregate last; "
+        "KEPT: chosen for the student but kept on the teacher (scope, slice override)\n"
+    )
     verdicts = {"pass": "pass", "fail": "FAIL", "not_enough_data": "not enough data"}
     rows = [
         (
@@ -223,11 +226,12 @@ def _slices_table(result: dict[str, Any]) -> None:
             verdicts.get(line["verdict"], "-"),
             _pct(line["fallback_rate"]),
             _pct(line["student_share"]),
+            str(line["out_of_scope"] + line["slice_teacher_only"]),
         )
         for line in [*result["slices"], result["aggregate"]]
     ]
     header = ("SLICE", "REQUESTS", "COMPARED", "AGREEMENT", "95% CI", "BAR", "VERDICT")
-    _table((*header, "FALLBACKS", "STUDENT"), rows)
+    _table((*header, "FALLBACKS", "STUDENT", "KEPT"), rows)
 
 
 def _disagreements_table(result: dict[str, Any]) -> None:

@@ -46,6 +46,12 @@ def _fresh_dir(path: Path) -> Path:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    # Numerical work on the request path (the scope gate's novelty search) runs on the
+    # worker's own core: BLAS threads would only fight the other workers for the CPUs
+    # (measured: 0.33 ms a search single-threaded, 1.1 ms with two threads on two cores).
+    for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
+
     settings = load_settings(args.config)
     server = settings.config.server
     url, embedded = database_url(settings)
@@ -75,7 +81,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         from gateway.shadow.analysis import build_analyses
 
-        build_analyses(settings.config)  # report a bad comparator here, not in every worker
+        # a bad comparator or scope reference reported here, not in every worker
+        build_analyses(settings.config, settings.config_path.parent)
         os.environ[MULTIPROC_ENV] = str(_fresh_dir(settings.data_dir / "prometheus"))
         uvicorn.run("gateway.app:create_app_from_env", factory=True, workers=workers, **common)
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -249,6 +250,36 @@ class RedactionConfig(Strict):
     patterns: list[RedactionPattern] = Field(default_factory=list)
 
 
+class NoveltyConfig(Strict):
+    """Prompts farther than ``max_distance`` from every prompt of ``reference`` (a JSONL file
+    like a drift reference or a fine-tuning file, relative to the config file) are out of
+    scope. The distance is 1 - cosine similarity of hashed character 3-gram profiles
+    (gateway.core.novelty): 0 for a prompt the file holds, near 1 for unrelated text."""
+
+    reference: Path
+    max_distance: float = Field(gt=0.0, le=1.0)
+
+
+class ScopeConfig(Strict):
+    """What the student was trained for. A request chosen for it but outside its scope is
+    answered by the teacher (``out_of_scope``); it is still shadowed."""
+
+    # dimension → the values the student may serve; a request without one of them (or
+    # without the dimension's label at all) is out of scope
+    allow: dict[str, list[str]] = Field(default_factory=dict)
+    novelty: NoveltyConfig | None = None
+
+    @field_validator("allow")
+    @classmethod
+    def _slice_names(cls, allow: dict[str, list[str]]) -> dict[str, list[str]]:
+        for dimension, values in allow.items():
+            if not re.match(SLICE_NAME, dimension):
+                raise ValueError(f"scope.allow: {dimension!r} is not a slice dimension name")
+            if not values:
+                raise ValueError(f"scope.allow.{dimension}: list at least one value")
+        return allow
+
+
 class RouteConfig(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     teacher: TeacherConfig
@@ -271,6 +302,7 @@ class RouteConfig(Strict):
     # (OpenAI's shape); "student" answers with the student instead (x-fallback-reason:
     # teacher_error), whatever its confidence. Off by default.
     on_teacher_error: Literal["error", "student"] = "error"
+    scope: ScopeConfig = ScopeConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -33,6 +33,7 @@ FallbackReason = Literal[
     "teacher_error",
     "server_state",
     "slice_teacher_only",
+    "out_of_scope",
 ]
 SliceMode = Literal["teacher", "rollout"]
 SLICE_MODES: tuple[SliceMode, ...] = get_args(SliceMode)

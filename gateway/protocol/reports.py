@@ -280,11 +280,12 @@ def proportion_json(successes: int, trials: int) -> dict[str, Any]:
 def slice_json(
     dimension: str,
     value: str,
-    counts: tuple[int, int, int, int, int],
+    counts: tuple[int, ...],
     bar: stats.Bar | None,
 ) -> dict[str, Any]:
-    """``counts``: requests, comparisons, agreed, fallbacks, served by the student."""
-    rows, samples, agreed, fallbacks, student_served = counts
+    """``counts``: requests, comparisons, agreed, fallbacks, served by the student, and the
+    requests chosen for the student that its scope gate and a teacher-only slice kept."""
+    rows, samples, agreed, fallbacks, student_served, out_of_scope, slice_kept = counts
     return {
         "dimension": dimension,
         "value": value,
@@ -302,6 +303,8 @@ def slice_json(
         "fallback_rate": fallbacks / rows if rows else None,
         "student_served": student_served,
         "student_share": student_served / rows if rows else None,
+        "out_of_scope": out_of_scope,
+        "slice_teacher_only": slice_kept,
     }
 
 

@@ -105,9 +105,9 @@ class ProxyService:
         state = self._control.state(route.name)
         header = ctx.header(route.rollout.sticky_header) if route.rollout.sticky_header else None
         sticky = bucket(state.salt, sticky_key(body.get("user"), header, ctx.request_id))
-        slices = self._analyses[route.name].rules.apply(
-            slice_labels(metadata, ctx.headers), last_user_text(body)
-        )
+        analysis = self._analyses[route.name]
+        text = last_user_text(body)
+        slices = analysis.rules.apply(slice_labels(metadata, ctx.headers), text)
         knobs = serving(state, slices)
         identity = RowIdentity(
             request_id=ctx.request_id,
@@ -132,10 +132,13 @@ class ProxyService:
         if ex.decision != "student_first":
             return ex
         # Chosen for the student, but the teacher must answer: a slice kept on the teacher,
-        # or the teacher's server holds (or will hold) this exchange. The student is still
-        # shadowed where it can be.
+        # a request outside the student's scope, or one the teacher's server holds (or will
+        # hold). The student is still shadowed where it can be.
         if knobs.kept_by is not None:
             kept = "slice_teacher_only"
+        elif not analysis.scope.everything and (outside := analysis.scope.outside(slices, text)):
+            _log.debug("request %s out of scope: %s", ctx.request_id, outside)
+            kept = "out_of_scope"
         elif not ex.student_may_answer:
             kept = "server_state"
         else:

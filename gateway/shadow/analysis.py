@@ -13,6 +13,7 @@ import importlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gateway.config import (
@@ -20,16 +21,19 @@ from gateway.config import (
     GatewayConfig,
     MetricsConfig,
     RouteConfig,
+    ScopeConfig,
     SlicesConfig,
 )
 from gateway.core import agreement
 from gateway.core.agreement import Agreement, Comparator
 from gateway.core.confidence import confidence
 from gateway.core.outputs import Output
+from gateway.core.scope import Scope
 from gateway.core.slices import RouteSliceRules, exported_slices
 from gateway.core.toolcalls import compare_structured
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, InvalidRequest
 from gateway.metrics import Metrics
+from gateway.protocol.reports import reference_line
 
 
 def slice_rules(config: SlicesConfig) -> RouteSliceRules:
@@ -103,9 +107,39 @@ class Verdict:
         }
 
 
+def build_scope(config: ScopeConfig, base_dir: Path) -> Scope:
+    """The route's scope gate; its novelty reference read now (a ConfigError if it cannot be:
+    missing, unreadable, malformed, or without one prompt)."""
+    allow = {dimension: frozenset(values) for dimension, values in config.allow.items()}
+    if config.novelty is None:
+        return Scope(allow)
+    from gateway.core.novelty import NoveltyIndex
+
+    path = config.novelty.reference.expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    try:
+        with path.open("rb") as lines:
+            prompts = [
+                found.text
+                for number, line in enumerate(lines, 1)
+                if (found := reference_line(line, number, str(path))) is not None
+            ]
+        index = NoveltyIndex(prompts)
+    except OSError as exc:
+        raise ConfigError(f"scope.novelty.reference {path}: {exc.strerror or exc}") from exc
+    except InvalidRequest as exc:
+        raise ConfigError(f"scope.novelty.reference: {exc.message}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"scope.novelty.reference {path}: {exc}") from exc
+    return Scope(allow, index, config.novelty.max_distance)
+
+
 class RouteAnalysis:
-    def __init__(self, route: RouteConfig, metrics: MetricsConfig) -> None:
+    def __init__(
+        self, route: RouteConfig, metrics: MetricsConfig, base_dir: Path | None = None
+    ) -> None:
         self.rules = slice_rules(route.slices)
+        self.scope = build_scope(route.scope, base_dir or Path.cwd())
         self.allowed = allowed_slices(route, metrics)
         self._confidence_method = route.rollout.confidence
         self._compare = comparator(route.agreement)
@@ -148,5 +182,6 @@ class RouteAnalysis:
             metrics.confidence.labels(route, student, label).observe(verdict.confidence)
 
 
-def build_analyses(config: GatewayConfig) -> dict[str, RouteAnalysis]:
-    return {route.name: RouteAnalysis(route, config.metrics) for route in config.routes}
+def build_analyses(config: GatewayConfig, base_dir: Path | None = None) -> dict[str, RouteAnalysis]:
+    """Every route's analysis; ``base_dir`` anchors relative paths (the config file's folder)."""
+    return {route.name: RouteAnalysis(route, config.metrics, base_dir) for route in config.routes}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +18,7 @@ from scipy.stats import binomtest  # type: ignore[import-untyped]
 
 from tests.integration.conftest import ROUTE
 from tests.support.db import execute, fetch, wait_for
-from tests.support.gateway import GatewayServer, route
+from tests.support.gateway import GatewayServer, route, write_config
 from tests.support.process import run_command
 from tests.support.upstream import FakeOpenAI
 
@@ -35,12 +36,12 @@ def spec(teacher: FakeOpenAI, student: FakeOpenAI, mode: str = "rollout", **roll
     return found
 
 
-def ask(gateway: GatewayServer, key: str, **slices: str) -> httpx.Response:
+def ask(gateway: GatewayServer, key: str, text: str = "how long?", **slices: str) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"}
     headers.update({f"X-Slice-{dimension}": value for dimension, value in slices.items()})
     answer = httpx.post(
         f"{gateway.url}/v1/chat/completions",
-        json={"model": ROUTE, "messages": [{"role": "user", "content": "how long?"}]},
+        json={"model": ROUTE, "messages": [{"role": "user", "content": text}]},
         headers=headers,
         timeout=10,
     )
@@ -390,3 +391,104 @@ def test_calibration_per_slice_matches_a_reference_and_applies_in_one_change(
     refused = run_command(gateway.config_path, clean_db, "rollout", "calibrate", ROUTE, "--apply")
     assert refused.returncode == 2
     assert "--apply needs --reason" in refused.stderr
+
+
+# -- the scope gate ---------------------------------------------------------------------------
+
+BILLING = [
+    "where is my invoice for last month",
+    "how do I download the invoice as a pdf",
+    "my card was charged twice for the same invoice",
+    "can I change the billing address on my invoice",
+    "why was my invoice higher than usual this month",
+]
+
+
+def write_reference(path: Path, prompts: list[str]) -> Path:
+    path.write_text(
+        "\n".join(
+            json.dumps({"messages": [{"role": "user", "content": prompt}]}) for prompt in prompts
+        )
+    )
+    return path
+
+
+def test_the_scope_gate_keeps_the_student_on_its_job(
+    make_gateway: Callable[..., GatewayServer],
+    app_key: str,
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    clean_db: str,
+    tmp_path: Path,
+) -> None:
+    reference = write_reference(tmp_path / "train.jsonl", BILLING)
+    scope = {"allow": {"tier": ["free", "pro"]}, "novelty": {"reference": "train.jsonl"}}
+    scope["novelty"]["max_distance"] = 0.5  # type: ignore[index]
+    gateway = make_gateway([{**spec(teacher, student), "scope": scope}])
+    assert reference.parent == gateway.config_path.parent  # relative to the config file
+
+    in_scope = "where can I download my invoice"
+    assert served(ask(gateway, app_key, in_scope, tier="free")) == ("student", None)
+    # not an allowed value, or no label at all
+    assert served(ask(gateway, app_key, in_scope, tier="gold")) == ("teacher", "out_of_scope")
+    assert served(ask(gateway, app_key, in_scope)) == ("teacher", "out_of_scope")
+    # allowed labels, but text unlike anything the student learned
+    far = ask(
+        gateway, app_key, "def fib(n): return n if n < 2 else fib(n-1) + fib(n-2)", tier="pro"
+    )
+    assert served(far) == ("teacher", "out_of_scope")
+
+    # the student was not asked for an answer to serve; it is shadowed once the teacher answered
+    def calls(upstream: FakeOpenAI) -> list[Any]:
+        return [r for r in upstream.received if "fib(n)" in json.dumps(r.body)]
+
+    wait_for(lambda: len(calls(student)) == 1, what="the shadow call")
+    assert calls(student)[0].arrived >= calls(teacher)[0].arrived
+
+    request_id = far.headers["x-request-id"]
+    wait_for(
+        lambda: (
+            fetch(
+                clean_db,
+                "SELECT fallback_reason, student_status FROM requests "
+                f"WHERE request_id = '{request_id}'",
+            )
+            == [{"fallback_reason": "out_of_scope", "student_status": "ok"}]
+        ),
+        what="the row",
+    )
+    report = run_command(
+        gateway.config_path, clean_db, "report", "slices", ROUTE, "--dimension", "tier", "--json"
+    )
+    lines = {line["value"]: line for line in json.loads(report.stdout)["slices"]}
+    assert (lines["gold"]["out_of_scope"], lines["pro"]["out_of_scope"]) == (1, 1)
+    assert lines["free"]["out_of_scope"] == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "scope", "words"),
+    [
+        (None, {"novelty": {"reference": "missing.jsonl", "max_distance": 0.5}}, "No such file"),
+        ("", {"novelty": {"reference": "train.jsonl", "max_distance": 0.5}}, "no prompt"),
+        ("{not json", {"novelty": {"reference": "train.jsonl", "max_distance": 0.5}}, "line 1"),
+        ("", {"novelty": {"reference": "train.jsonl", "max_distance": 0}}, "max_distance"),
+        ("", {"allow": {"Tier": ["x"]}}, "not a slice dimension name"),
+        ("", {"allow": {"tier": []}}, "at least one value"),
+    ],
+)
+def test_a_bad_scope_stops_the_gateway_with_a_clear_error(
+    tmp_path: Path,
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    content: str | None,
+    scope: dict[str, Any],
+    words: str,
+    clean_db: str,
+) -> None:
+    if content is not None:
+        (tmp_path / "train.jsonl").write_text(content)
+    config = write_config(tmp_path / "gateway.yaml", [{**spec(teacher, student), "scope": scope}])
+    done = run_command(config, clean_db, "serve", "--port", "1")
+    assert done.returncode == 2, done.stderr
+    assert words in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

@@ -16,7 +16,9 @@ from gateway.services.reports.common import IN_WINDOW, LABELS, ReportsBase, wind
 _SLICES = text(
     "SELECT s.dim, s.val, count(*) AS requests, count(r.agree) AS samples, "
     "count(*) FILTER (WHERE r.agree) AS agreed, count(r.fallback_reason) AS fallbacks, "
-    "count(*) FILTER (WHERE r.served_by = 'student') AS student_served "
+    "count(*) FILTER (WHERE r.served_by = 'student') AS student_served, "
+    "count(*) FILTER (WHERE r.fallback_reason = 'out_of_scope') AS out_of_scope, "
+    "count(*) FILTER (WHERE r.fallback_reason = 'slice_teacher_only') AS slice_teacher_only "
     f"FROM requests AS r {LABELS} WHERE {IN_WINDOW} GROUP BY 1, 2"
 )
 
@@ -65,7 +67,15 @@ class SliceReport(ReportsBase):
         }
 
 
-def _figures(row: Any) -> tuple[int, int, int, int, int]:
+def _figures(row: Any) -> tuple[int, ...]:
     if row is None:
-        return 0, 0, 0, 0, 0
-    return row.requests, row.samples, row.agreed, row.fallbacks, row.student_served
+        return 0, 0, 0, 0, 0, 0, 0
+    return (
+        row.requests,
+        row.samples,
+        row.agreed,
+        row.fallbacks,
+        row.student_served,
+        row.out_of_scope,
+        row.slice_teacher_only,
+    )
