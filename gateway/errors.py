@@ -139,6 +139,12 @@ class StudentNotFound(GatewayError):
     default_code = "student_not_found"
 
 
+class PlanNotFound(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "plan_not_found"
+
+
 class SliceNotFound(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"

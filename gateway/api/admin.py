@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request
 from gateway.api.security import ReaderKey, SreKey
 from gateway.api.state import GatewayState, gateway_state
 from gateway.protocol.admin import (
+    CalibrationApply,
     RampPlan,
     Rollback,
     RouteChange,
@@ -21,7 +22,10 @@ from gateway.protocol.admin import (
     StudentAdd,
     StudentKnobs,
 )
+from gateway.protocol.reports import WEEK, check_dimension, window
 from gateway.services.control import slice_view, state_view
+from gateway.services.reports import Reports, calibrated_overrides
+from gateway.services.reports.thresholds import DEFAULT_MIN_SERVED
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -44,12 +48,20 @@ def route_view(state: GatewayState, name: str) -> dict[str, Any]:
 @router.get("/routes")
 async def list_routes(request: Request, _key: ReaderKey) -> dict[str, Any]:
     state = gateway_state(request)
-    return {"routes": [route_view(state, route.name) for route in state.settings.config.routes]}
+    plans = await state.control.plans()
+    return {
+        "routes": [
+            {**route_view(state, route.name), "ramp": plans.get(route.name)}
+            for route in state.settings.config.routes
+        ]
+    }
 
 
 @router.get("/routes/{name}")
 async def get_route(name: str, request: Request, _key: ReaderKey) -> dict[str, Any]:
-    return route_view(gateway_state(request), name)
+    state = gateway_state(request)
+    view = route_view(state, name)
+    return {**view, "ramp": (await state.control.plans(name)).get(name)}
 
 
 @router.patch("/routes/{name}")
@@ -79,7 +91,7 @@ async def list_slices(name: str, request: Request, _key: ReaderKey) -> dict[str,
     return {"route": name, "slices": await gateway_state(request).control.slice_overrides(name)}
 
 
-@router.patch("/routes/{name}/slices/{dimension}/{value}")
+@router.patch("/routes/{name}/slices/{dimension}/{value:path}")
 async def change_slice(
     name: str, dimension: str, value: str, body: SliceChange, request: Request, key: SreKey
 ) -> dict[str, Any]:
@@ -96,7 +108,7 @@ async def change_slice(
     }
 
 
-@router.post("/routes/{name}/slices/{dimension}/{value}/clear")
+@router.post("/routes/{name}/slices/{dimension}/{value:path}/clear")
 async def clear_slice(
     name: str, dimension: str, value: str, body: Rollback, request: Request, key: SreKey
 ) -> dict[str, Any]:
@@ -125,6 +137,78 @@ async def plan_ramp(name: str, plan: RampPlan, request: Request, key: SreKey) ->
     )
     plans = await state.control.plans()
     return {"route": route_view(state, name), "plan": plans.get(name)}
+
+
+@router.post("/routes/{name}/plan/cancel")
+async def cancel_ramp(name: str, body: Rollback, request: Request, key: SreKey) -> dict[str, Any]:
+    """Stop the route's active ramp where it is: its percent stays; audited."""
+    state = gateway_state(request)
+    ramp = await state.control.cancel_plan(name, actor=key.name, reason=body.reason)
+    return {"route": route_view(state, name), "ramp": ramp}
+
+
+@router.get("/routes/{name}/calibration")
+async def calibration(
+    name: str,
+    request: Request,
+    _key: ReaderKey,
+    target_agreement: float = Query(default=0.9, gt=0, le=1),
+    conservative: bool = False,
+    since: str | None = None,
+    until: str | None = None,
+    dimension: str | None = None,
+    min_served: int = Query(default=DEFAULT_MIN_SERVED, ge=1),
+) -> dict[str, Any]:
+    """Per slice, the lowest threshold whose served answers reach the target agreement; and
+    the overrides applying it would set (``changes``)."""
+    state = gateway_state(request)
+    result = await Reports(state.engine, state.settings.config).slice_thresholds(
+        name,
+        window(since, until, WEEK),
+        target_agreement,
+        conservative=conservative,
+        dimension=check_dimension(dimension) if dimension is not None else None,
+        min_served=min_served,
+    )
+    changes = calibrated_overrides(result)
+    return {**result, "changes": [_change_view(key, knobs) for key, knobs in changes.items()]}
+
+
+@router.post("/routes/{name}/calibration")
+async def apply_calibration(
+    name: str, body: CalibrationApply, request: Request, key: SreKey
+) -> dict[str, Any]:
+    """Compute the calibration as GET does and set it as slice overrides, in one change."""
+    state = gateway_state(request)
+    span = window(body.since, body.until, WEEK)
+    result = await Reports(state.engine, state.settings.config).slice_thresholds(
+        name,
+        span,
+        body.target_agreement,
+        conservative=body.conservative,
+        dimension=check_dimension(body.dimension) if body.dimension is not None else None,
+        min_served=body.min_served,
+    )
+    applied = await state.control.apply_slices(
+        name,
+        calibrated_overrides(result),
+        actor=key.name,
+        reason=body.reason,
+        detail={
+            "target_agreement": body.target_agreement,
+            "conservative": body.conservative,
+            **span.as_json(),
+        },
+    )
+    return {
+        **result,
+        "applied": [slice_view(override) for override in applied],
+        "route": route_view(state, name),
+    }
+
+
+def _change_view(key: tuple[str, str], knobs: dict[str, Any]) -> dict[str, Any]:
+    return {"slice": f"{key[0]}={key[1]}", "dimension": key[0], "value": key[1], **knobs}
 
 
 # -- students ---------------------------------------------------------------------------------

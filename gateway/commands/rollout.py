@@ -40,11 +40,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     async def status(engine: AsyncEngine) -> list[dict[str, Any]]:
         control = ControlPlane(engine, settings.config, Metrics())
         await control.seed()
+        plans = await control.plans()
         return [
             {
                 "route": route.name,
                 **state_view(control.state(route.name)),
                 "slices": await control.slice_overrides(route.name),
+                "ramp": plans.get(route.name),
             }
             for route in settings.config.routes
         ]
@@ -67,6 +69,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         for r in rows
     ]
     _print_table(header, table)
+    ramps = [(r["route"], r["ramp"]) for r in rows if r["ramp"]]
+    if ramps:
+        print("\nramps")
+    for route, ramp in ramps:
+        steps = ", ".join(f"{step:g}%" for step in ramp["steps"])
+        print(
+            f"  {route}: {ramp['status']}, step {ramp['step']} of {len(ramp['steps'])} "
+            f"({steps}), holding {ramp['hold_s']:g}s; next check {ramp['next_at']}"
+        )
+        if ramp["last_event"]:
+            last = ramp["last_event"]
+            print(f"    last: {last['action']} at {last['at']}: {last['reason']}")
     overrides = [(r["route"], o) for r in rows for o in r["slices"]]
     if overrides:
         print("\nslice overrides (the most conservative applies when several match)")
@@ -315,6 +329,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+
+    async def cancel(engine: AsyncEngine) -> Any:
+        control = ControlPlane(engine, settings.config, Metrics())
+        control.route(args.route)
+        return await control.cancel_plan(
+            args.route, actor=args.actor or default_actor(), reason=args.reason
+        )
+
+    ramp = with_engine(settings, cancel)
+    print(
+        f"{args.route}: ramp cancelled at step {ramp['step']} of {len(ramp['steps'])}; "
+        f"the route stays at {ramp['percent']:g}%"
+    )
+    return 0
+
+
 def _steps(text: str) -> list[float]:
     try:
         steps = [float(part) for part in text.split(",") if part.strip()]
@@ -457,3 +489,6 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
         help="how long each step is held and judged, e.g. 30m",
     )
     plan.set_defaults(handler=cmd_plan)
+
+    cancel = changing("cancel", "Stop a route's active ramp where it is (the percent stays).")
+    cancel.set_defaults(handler=cmd_cancel)

@@ -32,6 +32,18 @@ class SliceChange(_Body):
     reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")
 
 
+class CalibrationApply(_Body):
+    """Apply a per-slice calibration: its parameters (as ``GET …/calibration``), and why."""
+
+    target_agreement: float = Field(default=0.9, gt=0, le=1)
+    conservative: bool = False
+    since: str | None = Field(default=None, max_length=100)
+    until: str | None = Field(default=None, max_length=100)
+    dimension: str | None = Field(default=None, max_length=63)
+    min_served: int = Field(default=30, ge=1)
+    reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")
+
+
 class Rollback(_Body):
     reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")
 

@@ -39,7 +39,7 @@ from gateway.db.tables import (
     route_state,
     route_students,
 )
-from gateway.errors import InvalidRequest, RouteNotFound, SliceNotFound
+from gateway.errors import InvalidRequest, PlanNotFound, RouteNotFound, SliceNotFound
 from gateway.metrics import Metrics
 
 _log = logging.getLogger("shadow_gateway.control")
@@ -249,6 +249,35 @@ async def _upsert_slice(
     )
 
 
+# The latest ramp event of each route (or of one): what the guardian last said of its ramp.
+_LAST_RAMP_EVENTS = text(
+    "SELECT DISTINCT ON (route) route, at, actor, action, reason FROM route_events "
+    "WHERE action LIKE 'ramp%' AND (CAST(:route AS text) IS NULL OR route = :route) "
+    "ORDER BY route, id DESC"
+)
+
+
+def _plan_view(row: Any, last: Any) -> dict[str, Any]:
+    return {
+        "steps": list(row.steps),
+        "hold_s": row.hold_s,
+        "step": row.step_index + 1,
+        "percent": row.steps[row.step_index],
+        "status": row.status,
+        "next_at": row.next_at.isoformat(),
+        "created_by": row.created_by,
+        "reason": row.reason,
+        "last_event": None
+        if last is None
+        else {
+            "at": last.at.isoformat(),
+            "actor": last.actor,
+            "action": last.action,
+            "reason": last.reason,
+        },
+    }
+
+
 _HAS_DIMENSION = text(
     "SELECT EXISTS (SELECT 1 FROM requests WHERE route = :route AND slices ? :dimension)"
 )
@@ -350,10 +379,13 @@ class ControlPlane:
         self._export_all()
 
     def _export_all(self) -> None:
+        """The live state as gauges; called whenever it changes (here or, via refresh, on
+        another replica), so the slice overrides gauge follows sets and clears."""
         for name, state in self._states.items():
             self._metrics.rollout_percent.labels(name).set(state.rollout_percent)
             for mode in MODES:
                 self._metrics.route_mode.labels(name, mode).set(1 if mode == state.mode else 0)
+            self._metrics.describe_slice_overrides(name, state.slices.values())
 
     # -- changes -----------------------------------------------------------------------------
 
@@ -450,6 +482,7 @@ class ControlPlane:
             warnings = await _dimension_warnings(connection, route, dimension)
             slices[(dimension, value)] = new
         self._states[name] = self._states[name].changed(slices=slices)
+        self._export_all()
         _log.info("route %s: slice %s set by %s (%s): %s", name, new.name, actor, action, changes)
         return new, True, warnings
 
@@ -498,6 +531,7 @@ class ControlPlane:
                 )
                 await connection.execute(text(f"NOTIFY {ROUTES_CHANNEL}"))
         self._states[name] = self._states[name].changed(slices=slices)
+        self._export_all()
         _log.info("route %s: %d slice(s) set by %s (%s)", name, len(applied), actor, action)
         return applied
 
@@ -527,6 +561,7 @@ class ControlPlane:
             )
             await self._slice_event(connection, name, actor, "slice_cleared", reason, old, None)
         self._states[name] = self._states[name].changed(slices=slices)
+        self._export_all()
         _log.info("route %s: slice %s cleared by %s", name, old.name, actor)
         return old
 
@@ -667,16 +702,43 @@ class ControlPlane:
         )
         return state
 
-    async def plans(self) -> dict[str, dict[str, Any]]:
+    async def plans(self, name: str | None = None) -> dict[str, dict[str, Any]]:
+        """Each route's ramp (or one route's): its steps, where it is, when it is next
+        judged, and the last thing the guardian said of it (``last_event``)."""
+        query = select(rollout_plans)
+        if name is not None:
+            query = query.where(rollout_plans.c.route == name)
         async with self._engine.connect() as connection:
-            rows = (await connection.execute(select(rollout_plans))).all()
-        return {
-            row.route: {
-                "steps": list(row.steps),
-                "hold_s": row.hold_s,
-                "step": row.step_index + 1,
-                "status": row.status,
-                "next_at": row.next_at.isoformat(),
+            rows = (await connection.execute(query)).all()
+            last = {
+                row.route: row
+                for row in await connection.execute(_LAST_RAMP_EVENTS, {"route": name})
             }
-            for row in rows
-        }
+        return {row.route: _plan_view(row, last.get(row.route)) for row in rows}
+
+    async def cancel_plan(self, name: str, *, actor: str, reason: str) -> dict[str, Any]:
+        """Stop a route's active ramp where it is (its percent stays); audited."""
+        self.route(name)
+        _require_reason(reason)
+        async with self._engine.begin() as connection:
+            cancelled = (
+                await connection.execute(
+                    update(rollout_plans)
+                    .where(rollout_plans.c.route == name, rollout_plans.c.status == "active")
+                    .values(status="cancelled", updated_at=text("now()"))
+                    .returning(rollout_plans)
+                )
+            ).first()
+            if cancelled is None:
+                raise PlanNotFound(f"route {name!r} has no active ramp to cancel", param="route")
+            await connection.execute(
+                insert(route_events).values(
+                    route=name,
+                    actor=actor,
+                    action="ramp_cancelled",
+                    reason=reason.strip(),
+                    detail={"steps": list(cancelled.steps), "step": cancelled.step_index + 1},
+                )
+            )
+        _log.info("route %s: ramp cancelled by %s", name, actor)
+        return _plan_view(cancelled, None)

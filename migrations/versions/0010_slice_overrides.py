@@ -8,6 +8,9 @@ route's for the slice. NULL leaves the route's value. Like ``route_state``, the 
 the rows (``routes[].rollout.slices``), the CLI, the admin API and the guardian change them,
 every change audited in ``route_events``, and every replica reloads them on ``NOTIFY``.
 
+Also: a ramp (``rollout_plans``) can now be ``cancelled`` by an SRE, besides ``stopped`` by
+the guardian; the status check allows it.
+
 Revision ID: 0010
 Revises: 0009
 Create Date: 2026-12-07
@@ -51,7 +54,17 @@ def _comment(target: str, comment: str) -> None:
     op.execute(f"COMMENT ON {target} IS '{quoted}'")
 
 
+_STATUSES = ("active", "completed", "stopped")
+
+
+def _plan_statuses(statuses: tuple[str, ...]) -> None:
+    op.drop_constraint("rollout_plans_status", "rollout_plans", type_="check")
+    listed = ", ".join(f"'{status}'" for status in statuses)
+    op.create_check_constraint("rollout_plans_status", "rollout_plans", f"status IN ({listed})")
+
+
 def upgrade() -> None:
+    _plan_statuses((*_STATUSES, "cancelled"))
     op.create_table(
         "route_slice_overrides",
         sa.Column("route", sa.Text(), primary_key=True),
@@ -85,3 +98,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("route_slice_overrides")
+    op.execute("UPDATE rollout_plans SET status = 'stopped' WHERE status = 'cancelled'")
+    _plan_statuses(_STATUSES)

@@ -431,6 +431,15 @@ def test_0010_adds_slice_overrides_and_takes_them_away(scratch_url: str) -> None
                 scratch_url,
                 insert.format(value=value, mode=mode, percent=percent, threshold=threshold),
             )
+    # a ramp can be cancelled; going down, a cancelled ramp reads as stopped
+    execute(
+        scratch_url,
+        "INSERT INTO rollout_plans (route, steps, hold_s, step_index, next_at, status, "
+        "created_by, reason) VALUES ('r', '{5, 50}', 60, 0, now(), 'cancelled', 'a', 'x')",
+    )
     command.downgrade(config, "0009")
     gone = fetch(scratch_url, "SELECT to_regclass('route_slice_overrides') AS t")
     assert gone == [{"t": None}]
+    assert fetch(scratch_url, "SELECT status FROM rollout_plans") == [{"status": "stopped"}]
+    with pytest.raises(asyncpg.CheckViolationError, match="rollout_plans_status"):
+        execute(scratch_url, "UPDATE rollout_plans SET status = 'cancelled'")

@@ -492,3 +492,106 @@ def test_a_bad_scope_stops_the_gateway_with_a_clear_error(
     assert done.returncode == 2, done.stderr
     assert words in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- what an SRE sees and does: the ramp, calibration over HTTP ------------------------------
+
+
+def test_a_ramp_is_visible_and_can_be_cancelled(
+    make_gateway: Callable[..., GatewayServer],
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    clean_db: str,
+    sre_env: None,
+) -> None:
+    gateway = make_gateway([spec(teacher, student, mode="shadow")], auth={"keys": KEYS})
+    headers = {"Authorization": f"Bearer {SRE}"}
+    base = f"{gateway.url}/admin/routes/{ROUTE}"
+    assert httpx.get(base, headers=headers, timeout=10).json()["ramp"] is None
+    planned = httpx.post(
+        f"{base}/plan",
+        json={"steps": [5, 50, 100], "hold_s": 600, "reason": "slowly"},
+        headers=headers,
+        timeout=10,
+    )
+    assert planned.status_code == 200, planned.text
+    ramp = httpx.get(base, headers=headers, timeout=10).json()["ramp"]
+    assert {k: ramp[k] for k in ("steps", "step", "percent", "status", "hold_s")} == {
+        "steps": [5, 50, 100],
+        "step": 1,
+        "percent": 5,
+        "status": "active",
+        "hold_s": 600,
+    }
+    assert ramp["last_event"]["action"] == "ramp_step"
+    assert ramp["created_by"] == "oncall"
+    status = run_command(gateway.config_path, clean_db, "rollout", "status")
+    assert f"{ROUTE}: active, step 1 of 3 (5%, 50%, 100%), holding 600s" in status.stdout
+
+    cancelled = httpx.post(
+        f"{base}/plan/cancel", json={"reason": "holiday"}, headers=headers, timeout=10
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["ramp"]["status"] == "cancelled"
+    assert cancelled.json()["route"]["rollout_percent"] == 5  # stays where it was
+    ramp = httpx.get(base, headers=headers, timeout=10).json()["ramp"]
+    assert (ramp["status"], ramp["last_event"]["action"]) == ("cancelled", "ramp_cancelled")
+    again = httpx.post(f"{base}/plan/cancel", json={"reason": "x"}, headers=headers, timeout=10)
+    assert again.status_code == 404
+    assert again.json()["error"]["code"] == "plan_not_found"
+    cli = run_command(gateway.config_path, clean_db, "rollout", "cancel", ROUTE, "--reason", "x")
+    assert cli.returncode == 1
+    assert "no active ramp" in cli.stderr
+
+
+def test_calibration_over_http(
+    make_gateway: Callable[..., GatewayServer],
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    clean_db: str,
+    sre_env: None,
+) -> None:
+    gateway = make_gateway([spec(teacher, student)], auth={"keys": KEYS})
+    seed_comparisons(clean_db)
+    headers = {"Authorization": f"Bearer {SRE}"}
+    base = f"{gateway.url}/admin/routes/{ROUTE}/calibration"
+    shown = httpx.get(base, params={"conservative": "true"}, headers=headers, timeout=10)
+    assert shown.status_code == 200, shown.text
+    changes = {change["slice"]: change for change in shown.json()["changes"]}
+    assert set(changes) == {"tier=bad", "tier=free", "tier=pro"}
+    assert changes["tier=bad"]["mode"] == "teacher"
+    bad = httpx.get(base, params={"target_agreement": "2"}, headers=headers, timeout=10)
+    assert bad.status_code == 400
+    denied = httpx.post(
+        base, json={"reason": "x"}, headers={"Authorization": "Bearer test-app-key"}, timeout=10
+    )
+    assert denied.status_code in (401, 403)
+    applied = httpx.post(
+        base, json={"conservative": True, "reason": "weekly"}, headers=headers, timeout=10
+    )
+    assert applied.status_code == 200, applied.text
+    assert sorted(o["slice"] for o in applied.json()["applied"]) == sorted(changes)
+    assert len(applied.json()["route"]["slices"]) == 3
+    [event] = fetch(clean_db, "SELECT actor FROM route_events WHERE action = 'slice_calibration'")
+    assert event == {"actor": "oncall"}
+
+
+def test_a_slice_value_with_a_slash_can_be_set_and_cleared(
+    make_gateway: Callable[..., GatewayServer],
+    app_key: str,
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    sre_env: None,
+) -> None:
+    gateway = make_gateway([spec(teacher, student)], auth={"keys": KEYS})
+    headers = {"Authorization": f"Bearer {SRE}"}
+    base = f"{gateway.url}/admin/routes/{ROUTE}/slices/path/a/b"
+    changed = httpx.patch(
+        base, json={"mode": "teacher", "reason": "x"}, headers=headers, timeout=10
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["slice"]["value"] == "a/b"
+    assert served(ask(gateway, app_key, path="a/b")) == ("teacher", "slice_teacher_only")
+    cleared = httpx.post(f"{base}/clear", json={"reason": "x"}, headers=headers, timeout=10)
+    assert cleared.status_code == 200, cleared.text
+    assert cleared.json()["cleared"]["slice"] == "path=a/b"
