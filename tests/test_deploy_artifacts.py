@@ -43,6 +43,7 @@ REQUIRED_ALERTS = {
     "ShadowGatewayDatabaseDown",
     "ShadowGatewayDbWriteErrors",
     "ShadowGatewayAutoRollback",
+    "ShadowGatewaySliceRolledBack",
     "ShadowGatewayCandidateDown",
 }
 # The metrics that concern one student (they carry a `student` label).
@@ -192,6 +193,19 @@ def test_the_gateway_exports_what_the_contract_names() -> None:
         "verdict",
     }
     assert GATEWAY_SERIES["shadow_gateway_student_info"] == {"route", "student", "status"}
+    assert GATEWAY_SERIES["shadow_gateway_slice_requests_total"] == {
+        "route",
+        "dimension",
+        "slice",
+        "served_by",
+        "reason",
+    }
+    assert GATEWAY_SERIES["shadow_gateway_slice_override"] == {
+        "route",
+        "dimension",
+        "slice",
+        "knob",
+    }
 
 
 def _per_student(name: str) -> bool:
@@ -286,6 +300,29 @@ def test_route_level_student_numbers_are_the_champions() -> None:
         if "student" not in grouping.group(1):
             assert "and on (route, student)" in expr, rule["record"]
             assert CHAMPION in expr, rule["record"]
+
+
+def test_a_rollback_fires_one_alert_the_routes_or_the_slices() -> None:
+    # The guardian counts a whole-route rollback under dimension="all" and one slice's under
+    # the slice: each alert reads only its own kind, so neither fires for the other's.
+    wanted = {
+        "ShadowGatewayAutoRollback": 'dimension="all"',
+        "ShadowGatewaySliceRolledBack": 'dimension!="all"',
+    }
+    for rule in _rules(ALERTS):
+        selectors = [
+            matchers
+            for name, matchers in _SELECTOR.findall(rule["expr"])
+            if name == "shadow_gateway_auto_rollbacks_total"
+        ]
+        if rule["alert"] in wanted:
+            assert selectors, rule["alert"]
+            assert " ".join(rule["expr"].split()).count("shadow_gateway_auto_rollbacks_total") == (
+                len(selectors)
+            ), f"{rule['alert']}: every auto_rollbacks selector needs its dimension matcher"
+            assert all(wanted[rule["alert"]] in m for m in selectors), rule["alert"]
+        else:
+            assert "shadow_gateway_auto_rollbacks_total" not in rule["expr"], rule["alert"]
 
 
 def test_recording_rules_are_named_by_convention() -> None:
@@ -393,12 +430,43 @@ def test_dashboard_covers_what_operators_watch() -> None:
         "shadow_gateway_journal_records",
         "shadow_gateway_db_write_errors_total",
         "shadow_gateway_student_confidence_bucket",
+        "shadow_gateway_slice_requests_total",
+        "shadow_gateway_slice_override",
     ):
         assert name in names, f"the dashboard does not show {name}"
     for expr in _dashboard_exprs(_dashboard()):
         if "histogram_quantile" in expr:
             assert "_bucket" in expr, expr
             assert re.search(r"by \([^)]*\ble\b", expr), f"quantile not grouped by le: {expr}"
+
+
+def test_dashboard_shows_serving_per_slice_and_the_live_overrides() -> None:
+    panels = [p for p in _panels(_dashboard()) if p["type"] != "row"]
+
+    def showing(name: str) -> list[tuple[dict[str, Any], str]]:
+        return [
+            (panel, " ".join(target["expr"].split()))
+            for panel in panels
+            for target in panel["targets"]
+            if name in target["expr"]
+        ]
+
+    served = showing("shadow_gateway_slice_requests_total")
+    assert served
+    for panel, expr in served:
+        # each request counts once per dimension: a panel sums one dimension, never several
+        assert 'dimension="all"' in expr or panel.get("repeat") == "dimension", panel["title"]
+        assert "served_by, reason)" in expr, panel["title"]
+        stacking = panel["fieldConfig"]["defaults"]["custom"]["stacking"]
+        assert stacking["mode"] == "normal", panel["title"]
+    assert any('dimension=~"$dimension"' in expr for _, expr in served)
+    overrides = showing("shadow_gateway_slice_override")
+    assert {panel["type"] for panel, _ in overrides} >= {"table", "state-timeline"}
+    for panel, expr in overrides:
+        # a cleared override reads NaN with several workers (no series can be removed)
+        assert expr.endswith(">= 0"), panel["title"]
+    knobs = {knob for _, expr in overrides for knob in re.findall(r'knob="(\w+)"', expr)}
+    assert knobs == {"teacher_only", "rollout", "percent", "threshold"}
 
 
 # -- (c) promtool ------------------------------------------------------------------------------

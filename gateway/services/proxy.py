@@ -228,7 +228,7 @@ class ProxyService:
             )
             self._writer.submit(record)
             self._after_teacher(ex, answer.output)
-            self._observe(ex.route, reply.status, teacher_latency, overhead)
+            self._observe(ex, reply.status, teacher_latency, overhead)
 
         content_type = reply.content_type or "application/json"
         return Answer(reply.status, reply.body, content_type, after, _headers(ex))
@@ -288,7 +288,7 @@ class ProxyService:
                     stream_error=summary.error,
                 )
                 self._writer.submit(record)
-                self._observe(ex.route, 200, teacher_latency, setup_overhead)
+                self._observe(ex, 200, teacher_latency, setup_overhead)
 
         return StreamAnswer(relay(), stream.content_type, _headers(ex))
 
@@ -334,19 +334,26 @@ class ProxyService:
                 self._teacher_failures[route.name] = failure
             failure.failed(exc, "the student answers in its place (on_teacher_error: student)")
             return rescued
+        self._count_slices(ex, "teacher")  # a rescued one counts once: the student served it
         self._after_teacher(ex, None)
         if ex.fallback_reason:
             exc.headers["x-fallback-reason"] = ex.fallback_reason
         raise exc
 
-    def _observe(
-        self, route: RouteConfig, status: int, teacher_latency: float, overhead: float
-    ) -> None:
+    def _observe(self, ex: Exchange, status: int, teacher_latency: float, overhead: float) -> None:
+        route = ex.route
         if self._teacher_failures and route.name in self._teacher_failures:
             self._teacher_failures.pop(route.name).succeeded()
         self._metrics.requests.labels(route.name, "teacher", str(status)).inc()
+        self._count_slices(ex, "teacher")
         self._metrics.teacher_latency.labels(route.name).observe(teacher_latency)
         self._metrics.overhead.labels(route.name).observe(overhead)
+
+    def _count_slices(self, ex: Exchange, served_by: str) -> None:
+        allowed = self._analyses[ex.route.name].allowed
+        self._metrics.count_slices(
+            ex.route.name, ex.identity.slices, allowed, served_by, ex.fallback_reason
+        )
 
 
 def _headers(ex: Exchange) -> dict[str, str]:

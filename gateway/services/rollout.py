@@ -152,6 +152,8 @@ class StudentFirst:
                 record.update(CLIENT_GONE)
             self._writer.submit(record)
             self._metrics.requests.labels(ex.route.name, "student", "200").inc()
+            allowed = self._analyses[ex.route.name].allowed
+            self._metrics.count_slices(ex.route.name, identity.slices, allowed, "student", reason)
             self._metrics.overhead.labels(ex.route.name).observe(overhead)
             audited = shadow_sampled(f"{identity.request_id}:audit", ex.state.audit_sample)
             if not stands_in and audited:
