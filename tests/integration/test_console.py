@@ -8,9 +8,17 @@ tier=gold (bar 90 %, 20 samples):
   hour mark), agreeing 14 of 20 on days 1-3 and 12 of 20 on day 0: 54/80 = 67.5 %, FAIL;
 - free: 10 rows a day on the same days, 9 of 10 agree: 36/40;
 - gold: 25 rows on day 0, all agree: PASS;
-- reference for drift, 10 days back: 60 free rows and 10 enterprise rows.
+- reference for drift, 10 days back: 60 free rows and 10 enterprise rows;
+- for per-slice calibration, 20 days back (outside the last 7 days and the 7 before them, so
+  only a 30-day window sees them), labelled ``topic`` only, confidence ``(i % 20) / 20``:
+  topic=billing, 200 rows agreeing more the surer the student is; and topic=:data:`LONG_TOPIC`
+  (a long name, for the page's labels), 120 rows.
 
 So the last 7 days hold 145 comparisons, 115 agreed; 30 disagreements (26 enterprise, 4 free).
+Per slice, for 90 % agreement over at least 30 served: in the last 7 days free reaches it at
+threshold 0 as observed (36/40) but not by the low end of its interval, enterprise never, gold
+has too few (25); over 30 days billing at 0.3 (128/140) and conservatively at 0.45 (106/110),
+the long topic at 0 (111/120) and at 0.1 (105/108), free at 0 both ways (96/100).
 
 Each of those rows is also the champion's (``default``) row of ``student_answers``, and a
 candidate, ``rival``, answered the same requests: right on every enterprise and gold request
@@ -50,6 +58,7 @@ CRITICAL = [
     {"dimension": "tier", "value": v, "min_agreement": 0.9, "min_samples": 20, "window_s": 60}
     for v in ("enterprise", "gold")
 ]
+LONG_TOPIC = "refunds-chargebacks-and-disputes-for-enterprise-customers-in-the-emea-region"
 TEACHER = "Refunds take 5 business days to reach your card."
 STUDENT = "Refunds take 7 business days to reach your account."
 
@@ -103,6 +112,13 @@ def seed_console(url: str) -> None:
     insert(url, 25, "gold", 0, slices="""'{"tier": "gold"}'::jsonb""", agree="true")
     insert(url, 60, "ref-free", 10, slices=free, agree="true")
     insert(url, 10, "ref-ent", 10, slices=enterprise, agree="true")
+    # shadow comparisons (served by the teacher, no fallback) for the per-slice calibration
+    billing = """'{"topic": "billing"}'::jsonb"""
+    insert(
+        url, 200, "cal-billing", 20, slices=billing, agree="i / 20 < LEAST(10, 4 + (i % 20) / 2)"
+    )
+    disputes = f"""'{{"topic": "{LONG_TOPIC}"}}'::jsonb"""
+    insert(url, 120, "cal-disputes", 20, slices=disputes, agree="i % 20 >= 3 OR i / 20 < 3")
     for student, agree in (("default", "agree"), ("rival", "slices->>'tier' <> 'free'")):
         execute(
             url,
@@ -362,6 +378,81 @@ def test_every_read_the_page_makes_works_with_the_session(seeded: GatewayServer)
     assert raw["slices"] == {"tier": "free"}
     assert raw["request_payload"]["messages"][0]["role"] == "user"
     assert raw["created_at"].endswith("Z")
+
+
+def test_per_slice_calibration_overrides_and_the_ramp_through_the_session(
+    seeded: GatewayServer, clean_db: str
+) -> None:
+    """What the route and calibration sections read and change: per-slice calibration both
+    ways, applying the conservative one, the overrides with who set them, a ramp and its
+    cancellation; analysts read, SREs change with the CSRF token."""
+    sre, analyst = Browser(seeded, SRE), Browser(seeded, ANALYST)
+    path = f"/admin/routes/{ROUTE}"
+
+    def by_slice(**params: Any) -> dict[str, Any]:
+        result = analyst.json(f"{path}/calibration", **params)
+        return {line["value"]: line for line in result["slices"]}
+
+    week, week_safe = by_slice(), by_slice(conservative="true")
+    assert (week["free"]["status"], week["free"]["threshold"]) == ("ok", 0.0)
+    assert week["free"]["at_threshold"]["agreed"] == 36
+    assert week_safe["free"]["status"] == "unreachable"
+    assert week["enterprise"]["status"] == week_safe["enterprise"]["status"] == "unreachable"
+    assert week["gold"]["status"] == "not_enough_data"
+    month, month_safe = by_slice(since="30d"), by_slice(since="30d", conservative="true")
+    billing, billing_safe = month["billing"]["at_threshold"], month_safe["billing"]["at_threshold"]
+    assert (billing["threshold"], billing["served"], billing["agreed"]) == (0.3, 140, 128)
+    assert (billing_safe["threshold"], billing_safe["served"], billing_safe["agreed"]) == (
+        0.45,
+        110,
+        106,
+    )
+    assert billing_safe["ci_low"] >= 0.9 > billing["ci_low"]
+    assert (month[LONG_TOPIC]["threshold"], month_safe[LONG_TOPIC]["threshold"]) == (0.0, 0.1)
+    assert month["free"]["threshold"] == month_safe["free"]["threshold"] == 0.0
+
+    body = {"target_agreement": 0.9, "conservative": True, "since": "30d", "reason": "per slice"}
+    refused = analyst.request("POST", f"{path}/calibration", csrf=analyst.csrf, json=body)
+    assert refused.json()["error"]["code"] == "insufficient_scope"
+    assert sre.request("POST", f"{path}/calibration", json=body).status_code == 403  # no token
+    applied = sre.request("POST", f"{path}/calibration", csrf=sre.csrf, json=body)
+    assert applied.status_code == 200, applied.text
+    overrides = {o["slice"]: o for o in analyst.json(f"{path}/slices")["slices"]}
+    assert sorted(overrides) == sorted(
+        ["tier=enterprise", "tier=free", "topic=billing", f"topic={LONG_TOPIC}"]
+    )
+    assert overrides["topic=billing"]["confidence_threshold"] == 0.45
+    assert overrides["tier=enterprise"]["mode"] == "teacher"
+    assert {(o["updated_by"], o["reason"]) for o in overrides.values()} == {("oncall", "per slice")}
+    live = analyst.json(path)["slices"]
+    assert {o["slice"] for o in live} == set(overrides)
+
+    cleared = sre.request(
+        "POST", f"{path}/slices/tier/free/clear", csrf=sre.csrf, json={"reason": "not needed"}
+    )
+    assert cleared.status_code == 200, cleared.text
+    assert "tier=free" not in {o["slice"] for o in analyst.json(f"{path}/slices")["slices"]}
+
+    none = sre.request("POST", f"{path}/plan/cancel", csrf=sre.csrf, json={"reason": "x"})
+    assert (none.status_code, none.json()["error"]["code"]) == (404, "plan_not_found")
+    plan = {"steps": [10, 25, 50, 100], "hold_s": 3600, "reason": "to everyone"}
+    assert sre.request("POST", f"{path}/plan", csrf=sre.csrf, json=plan).status_code == 200
+    ramp = analyst.json(path)["ramp"]
+    assert (ramp["status"], ramp["step"], ramp["steps"]) == ("active", 1, [10, 25, 50, 100])
+    assert ramp["last_event"]["action"] == "ramp_planned"
+    denied = analyst.request("POST", f"{path}/plan/cancel", csrf=analyst.csrf, json={"reason": "x"})
+    assert denied.status_code == 403
+    cancel = sre.request("POST", f"{path}/plan/cancel", csrf=sre.csrf, json={"reason": "hold"})
+    assert cancel.json()["ramp"]["status"] == "cancelled"
+    ramp = analyst.json(path)["ramp"]
+    assert (ramp["status"], ramp["last_event"]["action"]) == ("cancelled", "ramp_cancelled")
+    actions = [
+        row["action"]
+        for row in fetch(
+            clean_db, "SELECT action FROM route_events WHERE actor = 'oncall' ORDER BY id"
+        )
+    ]
+    assert actions == ["slice_calibration", "slice_cleared", "ramp_planned", "ramp_cancelled"]
 
 
 def test_agreement_trend_per_slice_per_day_with_bars_and_the_aggregate(

@@ -2,8 +2,12 @@
 
 Against a gateway with the rows of :func:`~tests.integration.test_console.seed_console`: log
 in, see the charts drawn with the seeded numbers, filter the disagreements, roll the route back
-as an SRE, be refused as an analyst. A full-page screenshot is saved in the test's tmp dir,
-and copied to ``$SGW_TEST_ARTIFACTS`` when that is set.
+as an SRE, be refused as an analyst; with slice overrides and a ramp set as the CLI would
+(:func:`seed_rollout`), see them, set and clear an override, cancel the ramp and apply the
+conservative per-slice calibration as an SRE, and see it all without a button as an analyst.
+The calibration view's labels are checked not to overlap, at 1400 and at 900 pixels wide.
+Screenshots are saved in the test's tmp dir, and copied to ``$SGW_TEST_ARTIFACTS`` when that
+is set.
 
 Skipped only when ``/usr/bin/chromium`` is absent (``apt-get install chromium``); Playwright
 drives it as it is (no ``playwright install``: nothing is downloaded).
@@ -17,12 +21,14 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.integration.test_console import (
     ANALYST,
     KEYS,
+    LONG_TOPIC,
     SRE,
     STUDENT,
     TEACHER,
@@ -45,6 +51,7 @@ ARGS = [
 ]
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}")
 ROUTE = "support-bot"
+DASH = "\N{EN DASH}"  # between an interval's ends, and for "the route's value"
 
 
 @contextlib.contextmanager
@@ -69,7 +76,16 @@ class Console:
         self.page: Page = self.context.new_page()
         self.requests: list[str] = []
         self.problems: list[str] = []
+        self.refused: list[str] = []  # "status path" of each answer of 400 or more
         self.page.on("request", lambda request: self.requests.append(request.url))
+        self.page.on(
+            "response",
+            lambda response: (
+                self.refused.append(f"{response.status} {response.url.removeprefix(gateway.url)}")
+                if response.status >= 400
+                else None
+            ),
+        )
         self.page.on(
             "console",
             lambda message: self.problems.append(message.text) if message.type == "error" else None,
@@ -94,11 +110,131 @@ def save_screenshot(page: Page, path: Path, section: str | None = None) -> None:
     if section is None:
         page.evaluate("window.scrollTo(0, 0)")  # the sticky header at the top of the picture
         page.screenshot(path=str(path), full_page=True)
-    else:
+    else:  # the sticky header would be drawn over the section: unstick it meanwhile
+        page.evaluate("document.querySelector('header.top').style.position = 'static'")
         page.locator(section).screenshot(path=str(path))
+        page.evaluate("document.querySelector('header.top').style.position = ''")
     if artifacts := os.environ.get("SGW_TEST_ARTIFACTS"):
         Path(artifacts).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(artifacts) / path.name)
+
+
+# Every piece of text under a selector that overlaps another on screen (what a reader would see
+# printed over something else), and every chart label that leaves its chart. Text clipped by
+# an ancestor (an ellipsis, a scrolled box) counts only where it is visible.
+OVERLAPS = """(selector) => {
+  const root = document.querySelector(selector);
+  const box = (r) => ({ left: r.left, top: r.top, right: r.right, bottom: r.bottom });
+  const meet = (a, b) => ({ left: Math.max(a.left, b.left), top: Math.max(a.top, b.top),
+    right: Math.min(a.right, b.right), bottom: Math.min(a.bottom, b.bottom) });
+  const clipOf = (node) => {
+    let clip = null;
+    for (let e = node.parentElement; e && e !== document.documentElement; e = e.parentElement) {
+      const style = getComputedStyle(e);
+      if (style.overflowX !== "visible" || style.overflowY !== "visible") {
+        clip = clip ? meet(clip, box(e.getBoundingClientRect())) : box(e.getBoundingClientRect());
+      }
+    }
+    return clip;
+  };
+  const pieces = [];
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const parent = node.parentElement;
+    if (!node.textContent.trim() || parent.closest("title, select, option")) continue;
+    let rects;
+    if (parent instanceof SVGElement) {
+      rects = [parent.getBoundingClientRect()];
+    } else {
+      const range = document.createRange();
+      range.selectNodeContents(node);
+      rects = [...range.getClientRects()];
+    }
+    const clip = clipOf(node);
+    for (const raw of rects) {
+      const r = clip ? meet(box(raw), clip) : box(raw);
+      if (r.right - r.left >= 1 && r.bottom - r.top >= 1) {
+        pieces.push({ r, node, text: node.textContent.trim().slice(0, 50) });
+      }
+    }
+  }
+  const found = [];
+  for (let i = 0; i < pieces.length; i++) {
+    for (let j = i + 1; j < pieces.length; j++) {
+      if (pieces[i].node === pieces[j].node) continue;
+      const m = meet(pieces[i].r, pieces[j].r);
+      if (m.right - m.left > 1 && m.bottom - m.top > 1) {
+        found.push(`${pieces[i].text} | ${pieces[j].text}`);
+      }
+    }
+  }
+  for (const text of root.querySelectorAll("svg text")) {
+    const holder = text.closest(".chart") ?? text.closest("svg").parentElement;
+    const chart = holder.getBoundingClientRect();
+    const r = text.getBoundingClientRect();
+    if (r.width && (r.left < chart.left - 1 || r.right > chart.right + 1)) {
+      found.push(`${text.textContent} leaves its chart`);
+    }
+  }
+  return found;
+}"""
+
+# Calibration charts whose labels crowd: live and recommended thresholds close together or
+# equal, at the edges, a bar at the top and one at the bottom (drawn by the page's own module).
+CROWDED_CHARTS = """async () => {
+  const { calibrationChart } = await import("/console/static/charts.js");
+  const points = Array.from({ length: 21 }, (_, i) => ({
+    threshold: i / 20, served: 100 - 4 * i, total: 100, share: (100 - 4 * i) / 100,
+    agreed: 90 - 4 * i + i / 2, agreement: (90 - 4 * i + i / 2) / (100 - 4 * i),
+    meets_bar: i > 10 }));
+  const holder = document.createElement("div");
+  holder.id = "label-check";
+  holder.className = "multiples";
+  const cases = [
+    [0.8, 0.85, 0.9], [0.8, 0.8, 0.99], [1, 0.95, 0.05], [0, 0.05, 0.1], [0.5, 0.55, 1],
+  ];
+  for (const [live, recommended, bar] of cases) {
+    const chart = document.createElement("div");
+    chart.className = "chart";
+    const curve = { dimension: "tier", value: "x", bar, points };
+    chart.append(calibrationChart(curve, live, recommended));
+    holder.append(chart);
+  }
+  document.querySelector("#calibration-section").append(holder);
+}"""
+
+
+def overlapping(page: Page, selector: str) -> list[str]:
+    found: list[str] = page.evaluate(OVERLAPS, selector)
+    return found
+
+
+def seed_rollout(gateway: GatewayServer) -> None:
+    """Two slice overrides (one with a long name and a long reason) and an active ramp, set
+    with the SRE's key as the CLI or a script would."""
+    base = f"{gateway.url}/admin/routes/{ROUTE}"
+    changes = (
+        (
+            "PATCH",
+            "/slices/tier/gold",
+            {"confidence_threshold": 0.95, "reason": "gold: only the surest answers"},
+        ),
+        (
+            "PATCH",
+            f"/slices/topic/{LONG_TOPIC}",
+            {
+                "mode": "teacher",
+                "reason": "legal review of EMEA disputes pending; keep them on the teacher "
+                "until it is signed off (ticket LEGAL-2231)",
+            },
+        ),
+        ("POST", "/plan", {"steps": [10, 25, 50, 100], "hold_s": 3600, "reason": "to everyone"}),
+    )
+    for method, path, body in changes:
+        answer = httpx.request(
+            method, base + path, json=body, headers={"authorization": f"Bearer {SRE}"}, timeout=10
+        )
+        assert answer.status_code == 200, answer.text
 
 
 @pytest.fixture
@@ -238,9 +374,179 @@ def sre_visit(browser: Browser, seeded: GatewayServer, tmp_path: Path) -> None:
     console.close()
 
 
+def test_an_sre_sets_and_clears_overrides_cancels_the_ramp_and_applies_the_calibration(
+    seeded: GatewayServer, clean_db: str, tmp_path: Path
+) -> None:
+    seed_rollout(seeded)
+    with chromium() as browser:
+        rollout_visit(browser, seeded, tmp_path)
+    events = fetch(
+        clean_db, "SELECT action, reason FROM route_events WHERE actor = 'oncall' ORDER BY id"
+    )
+    assert [(e["action"], e["reason"]) for e in events][-4:] == [
+        ("slice_set", "free tier: half of it"),
+        ("slice_cleared", "gold threshold no longer needed"),
+        ("ramp_cancelled", "hold at 10% over the weekend"),
+        ("slice_calibration", "conservative per-slice thresholds"),
+    ]
+    assert fetch(clean_db, "SELECT status FROM rollout_plans") == [{"status": "cancelled"}]
+    overrides = fetch(
+        clean_db,
+        "SELECT dimension || '=' || value AS slice, mode, rollout_percent, confidence_threshold "
+        "FROM route_slice_overrides ORDER BY 1",
+    )
+    assert [tuple(o.values()) for o in overrides] == [
+        ("tier=enterprise", "teacher", None, None),
+        ("tier=free", None, 50.0, 0.0),
+        ("topic=billing", None, None, 0.45),
+        (f"topic={LONG_TOPIC}", "teacher", None, 0.1),
+    ]
+
+
+def rollout_visit(browser: Browser, seeded: GatewayServer, tmp_path: Path) -> None:
+    console = Console(browser, seeded)
+    page = console.log_in(SRE)
+
+    # the ramp: its four steps, the first the current one, the gate's last word, Cancel
+    ramp = page.locator("#ramp")
+    expect(ramp.locator("ol.steps li")).to_have_count(4)
+    expect(ramp.locator('li[aria-current="step"]')).to_have_text("10%")
+    expect(ramp.locator("[data-field=status]")).to_have_text("active")
+    expect(ramp.locator("[data-field=step]")).to_have_text("1 of 4, at 10%")
+    expect(ramp.locator("[data-field=next_at]")).to_contain_text("UTC")
+    expect(ramp.locator("[data-field=created_by]")).to_have_text("oncall: to everyone")
+    expect(ramp.locator("[data-field=gate]")).to_contain_text("ramp_planned (oncall,")
+    expect(page.locator("#ramp-cancel-form")).to_be_visible()
+
+    # the overrides, who set them and why; a long name cut short, whole in its tooltip
+    overrides = page.locator("#slice-overrides")
+    gold = overrides.locator('tr[data-slice="tier=gold"]')
+    expect(gold.locator("[data-field=confidence_threshold]")).to_have_text("0.95")
+    expect(gold.locator("[data-field=mode]")).to_have_text(DASH)  # the route's
+    expect(gold.locator("[data-field=updated_by]")).to_have_text("oncall")
+    expect(gold.locator("[data-field=reason]")).to_have_text("gold: only the surest answers")
+    long_row = overrides.locator(f'tr[data-slice="topic={LONG_TOPIC}"]')
+    expect(long_row.locator("[data-field=mode]")).to_have_text("teacher")
+    long_name = long_row.locator("span.clip")
+    expect(long_name).to_have_attribute("title", f"topic={LONG_TOPIC}")
+    assert long_name.evaluate("e => e.scrollWidth > e.clientWidth")  # cut with an ellipsis
+
+    # set one with the form, clear another, each with a reason
+    form = page.locator("#slice-form")
+    form.locator("input[name=slice]").fill("tier=free")
+    form.locator("input[name=rollout_percent]").fill("50")
+    form.locator("input[name=reason]").fill("free tier: half of it")
+    form.locator("button[type=submit]").click()
+    expect(page.locator("#slices-result")).to_have_text("Set tier=free: percent 50%.")
+    free = overrides.locator('tr[data-slice="tier=free"]')
+    expect(free.locator("[data-field=rollout_percent]")).to_have_text("50%")
+    gold.locator("input[name=reason]").fill("gold threshold no longer needed")
+    gold.locator("button", has_text="Clear").click()
+    expect(gold).to_have_count(0)
+    expect(page.locator("#slices-result")).to_contain_text("Cleared tier=gold")
+    cleared = page.locator('#events tr[data-action="slice_cleared"]')
+    expect(cleared).to_contain_text("tier=gold: cleared (was threshold 0.95)")
+    expect(cleared).to_contain_text("gold threshold no longer needed")
+
+    # cancel the ramp: it stays at its step, no longer active, without a Cancel button
+    page.fill("#ramp-cancel-form input[name=reason]", "hold at 10% over the weekend")
+    page.click("#ramp-cancel-form button[type=submit]")
+    expect(page.locator("#ramp-result")).to_have_text(
+        "Ramp cancelled at step 1 of 4; the route stays at 10%."
+    )
+    expect(ramp.locator("[data-field=status]")).to_have_text("cancelled")
+    expect(ramp.locator("[data-field=gate]")).to_contain_text("ramp_cancelled")
+    expect(ramp.locator("[data-field=gate]")).to_contain_text("hold at 10% over the weekend")
+    expect(page.locator("#ramp-cancel-form")).to_be_hidden()
+    expect(page.locator('#events tr[data-action="ramp_cancelled"]')).to_be_visible()
+
+    # per-slice calibration over the last 7 days: free meets 90 % as observed only
+    table = page.locator("#slice-calibration")
+    expect(table.locator("th[data-group=plain]")).to_have_text(
+        "Plain recommendation: observed agreement ≥ 90%"
+    )
+    expect(table.locator("th[data-group=conservative]")).to_have_text(
+        "Conservative recommendation: 95% CI low end ≥ 90%"
+    )
+    row = table.locator('tr[data-slice="tier=free"]')
+    expect(row.locator("[data-field=plain-threshold]")).to_have_text("0")
+    expect(row.locator("[data-field=plain-agreement]")).to_have_text(f"90.0% (76.9%{DASH}96.0%)")
+    expect(row.locator("[data-field=conservative-threshold]")).to_have_text("none: teacher")
+    expect(row.locator("[data-field=override]")).to_have_text("percent 50%")
+    gold_line = table.locator('tr[data-slice="tier=gold"]')
+    expect(gold_line.locator("[data-field=conservative-threshold]")).to_have_text("not enough data")
+
+    # over 30 days: billing at 0.3 as observed, 0.45 conservatively
+    page.select_option("#window", "30d")
+    expect(page.locator("body")).to_have_attribute("data-loaded", "true")
+    billing = table.locator('tr[data-slice="topic=billing"]')
+    expect(billing.locator("[data-field=plain-threshold]")).to_have_text("0.3")
+    expect(billing.locator("[data-field=plain-served]")).to_have_text("70.0% (140/200)")
+    expect(billing.locator("[data-field=conservative-threshold]")).to_have_text("0.45")
+    expect(billing.locator("[data-field=conservative-served]")).to_have_text("55.0% (110/200)")
+    expect(billing.locator("[data-field=conservative-agreement]")).to_contain_text(
+        f"96.4% (91.0%{DASH}"
+    )
+    expect(table.locator(f'tr[data-slice="topic={LONG_TOPIC}"] span.clip')).to_have_attribute(
+        "title", f"topic={LONG_TOPIC}"
+    )
+    expect(page.locator("#calibration-preview")).to_contain_text("topic=billing: threshold 0.45")
+    expect(page.locator("#calibration-preview")).to_contain_text("tier=enterprise: mode teacher")
+    assert overlapping(page, "#calibration-section") == []
+    assert overlapping(page, "#route-section") == []
+    save_screenshot(page, tmp_path / "console-calibration-1400.png", "#calibration-section")
+    save_screenshot(page, tmp_path / "console-route-1400.png", "#route-section")
+
+    # apply the conservative one: the overrides now hold its thresholds
+    page.fill("#calibration-apply-form input[name=reason]", "conservative per-slice thresholds")
+    page.click("#calibration-apply-form button[type=submit]")
+    expect(page.locator("#calibration-result")).to_contain_text(
+        "Applied the conservative per-slice thresholds: "
+    )
+    expect(
+        overrides.locator('tr[data-slice="topic=billing"] [data-field=confidence_threshold]')
+    ).to_have_text("0.45")
+    expect(long_row.locator("[data-field=confidence_threshold]")).to_have_text("0.1")
+    expect(long_row.locator("[data-field=mode]")).to_have_text("teacher")
+    expect(free.locator("[data-field=confidence_threshold]")).to_have_text("0")
+    expect(free.locator("[data-field=rollout_percent]")).to_have_text("50%")
+    enterprise = overrides.locator('tr[data-slice="tier=enterprise"]')
+    expect(enterprise.locator("[data-field=mode]")).to_have_text("teacher")
+    expect(enterprise.locator("[data-field=reason]")).to_have_text(
+        "conservative per-slice thresholds"
+    )
+    expect(billing.locator("[data-field=override]")).to_have_text("threshold 0.45")
+    expect(page.locator('#events tr[data-action="slice_calibration"]')).to_contain_text(
+        "topic=billing: threshold 0.45"
+    )
+
+    # the labels at 900 pixels, and on charts whose markers crowd each other
+    page.set_viewport_size({"width": 900, "height": 1000})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 900  # tables scroll inside
+    assert overlapping(page, "#calibration-section") == []
+    assert overlapping(page, "#route-section") == []
+    save_screenshot(page, tmp_path / "console-sre-900.png")
+    save_screenshot(page, tmp_path / "console-calibration-900.png", "#calibration-section")
+    page.evaluate(CROWDED_CHARTS)
+    expect(page.locator("#label-check svg")).to_have_count(5)
+    assert page.locator("#label-check text[data-lane='1']").count() >= 2  # moved up a lane
+    assert overlapping(page, "#label-check") == []
+    save_screenshot(page, tmp_path / "console-crowded-labels-900.png", "#label-check")
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    assert overlapping(page, "#label-check") == []
+
+    assert all(url.startswith(seeded.url) for url in console.requests), console.requests
+    # over 30 days drift has no reference (nothing 30 to 60 days back): that 404 is the only
+    # refusal, and the browser's only complaint
+    assert console.refused == [f"404 /admin/reports/drift?route={ROUTE}&since=30d"]
+    assert [p for p in console.problems if "404 (Not Found)" not in p] == []
+    console.close()
+
+
 def test_an_analyst_reads_but_cannot_change(
     seeded: GatewayServer, clean_db: str, tmp_path: Path
 ) -> None:
+    seed_rollout(seeded)
     with chromium() as browser:
         analyst_visit(browser, seeded, tmp_path)
     mode = fetch(clean_db, f"SELECT mode FROM route_state WHERE route = '{ROUTE}'")
@@ -252,6 +558,21 @@ def analyst_visit(browser: Browser, seeded: GatewayServer, tmp_path: Path) -> No
     page = console.log_in(ANALYST)
     expect(page.locator("#write-panel")).to_be_hidden()
     expect(page.locator("#read-only-note")).to_be_visible()
+    # the ramp, the overrides and the per-slice calibration, without a button to change them
+    expect(page.locator('#ramp li[aria-current="step"]')).to_have_text("10%")
+    expect(page.locator("#ramp [data-field=status]")).to_have_text("active")
+    gold = page.locator('#slice-overrides tr[data-slice="tier=gold"]')
+    expect(gold.locator("[data-field=updated_by]")).to_have_text("oncall")
+    expect(gold.locator("[data-field=confidence_threshold]")).to_have_text("0.95")
+    free = page.locator('#slice-calibration tr[data-slice="tier=free"]')
+    expect(free.locator("[data-field=plain-threshold]")).to_have_text("0")
+    expect(free.locator("[data-field=conservative-threshold]")).to_have_text("none: teacher")
+    expect(page.locator("#ramp-cancel-form")).to_be_hidden()
+    expect(page.locator("#slice-form")).to_be_hidden()
+    expect(page.locator("#calibration-apply-form")).to_be_hidden()
+    expect(page.locator("#slice-overrides form, #slice-overrides button")).to_have_count(0)
+    expect(page.locator("#route-section button:visible")).to_have_count(0)
+    assert page.locator("#calibration-section button:visible").all_inner_texts() == ["Recompute"]
     expect(page.locator('#slice-charts .chart[data-slice="tier=enterprise"]')).to_have_class(
         "chart failing"
     )

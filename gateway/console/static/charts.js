@@ -35,7 +35,12 @@ export function pct(value, digits = 1) {
 }
 
 export function utc(iso, withTime = true) {
-  const text = iso.replace("T", " ").replace(/(\.\d+)?Z$/, "");
+  let text = String(iso);
+  if (/[+-]\d\d:\d\d$/.test(text)) { // an offset (Python's isoformat): to UTC first
+    const parsed = new Date(text);
+    if (!Number.isNaN(parsed.getTime())) text = parsed.toISOString();
+  }
+  text = text.replace("T", " ").replace(/(\.\d+)?Z$/, "");
   return withTime ? `${text.slice(0, 16)} UTC` : text.slice(0, 10);
 }
 
@@ -52,10 +57,60 @@ function frame(svg, yTicks = [0, 0.5, 1]) {
   svg.append(svgEl("line", { class: "axis", x1: M.left, x2: W - M.right, y1: M.top + PLOT_H, y2: M.top + PLOT_H }));
 }
 
+// Labels never overlap: each one's width is measured in the page's font (a canvas; without
+// one, estimated generously), and a label that would touch one already placed, or cross the
+// bar line, goes up a lane. SVG text is 10 units high whatever the chart's size on screen.
+const CHAR_W = 6.6, LABEL_H = 11, LANE = 12;
+let ruler;
+function labelWidth(text) {
+  if (ruler === undefined) {
+    ruler = null;
+    try {
+      const context = document.createElement("canvas").getContext("2d");
+      context.font = `10px ${getComputedStyle(document.body).fontFamily}`;
+      ruler = context;
+    } catch {
+      // no canvas: the estimate below
+    }
+  }
+  const measured = ruler ? ruler.measureText(String(text)).width : 0;
+  return measured > 0 ? measured * 1.08 + 1 : String(text).length * CHAR_W;
+}
+const touches = (a, b) => a.x0 < b.x1 + 2 && b.x0 < a.x1 + 2 && a.y0 < b.y1 && b.y0 < a.y1;
+
 function barLine(svg, bar) {
-  if (bar === null || bar === undefined) return;
+  if (bar === null || bar === undefined) return [];
+  const text = `bar ${pct(bar, 0)}`;
+  const below = yOf(bar) - 3 - LABEL_H + 2 < 0; // no room above the line: write it under
+  const y = below ? yOf(bar) + LABEL_H : yOf(bar) - 3;
   svg.append(svgEl("line", { class: "bar-line", "data-bar": bar, x1: M.left, x2: W - M.right, y1: yOf(bar), y2: yOf(bar) }));
-  svg.append(svgEl("text", { x: M.left + 3, y: yOf(bar) - 3, class: "bar-label" }, `bar ${pct(bar, 0)}`));
+  svg.append(svgEl("text", { x: M.left + 3, y, class: "bar-label" }, text));
+  return [
+    { x0: M.left + 3, x1: M.left + 3 + labelWidth(text), y0: y - LABEL_H + 2, y1: y + 2 },
+    { x0: M.left, x1: W - M.right, y0: yOf(bar) - 1, y1: yOf(bar) + 1 }, // the line itself
+  ];
+}
+
+// Marker labels ({x, text, cls}) beside their lines (left of it near the right edge), in their
+// lines' colours, from the bottom of the plot up: each in the lowest lane where it touches
+// nothing already placed (``taken``: boxes in SVG units).
+function placeLabels(svg, labels, taken) {
+  for (const label of [...labels].sort((a, b) => a.x - b.x)) {
+    const width = labelWidth(label.text);
+    const end = label.x + 2 + width > W; // near the right edge: write it left of the line
+    const x0 = end ? label.x - 2 - width : label.x + 2;
+    let lane = 0, box;
+    for (; lane < 8; lane++) {
+      const y = M.top + PLOT_H - 4 - lane * LANE;
+      box = { x0, x1: x0 + width, y0: y - LABEL_H + 2, y1: y + 2 };
+      if (!taken.some((other) => touches(box, other))) break;
+    }
+    taken.push(box);
+    svg.append(svgEl("text", {
+      x: end ? label.x - 2 : label.x + 2, y: box.y1 - 2, "text-anchor": end ? "end" : "start",
+      class: label.cls, "data-lane": lane,
+    }, label.text));
+  }
 }
 
 function polyline(svg, points, cls) {
@@ -109,12 +164,14 @@ export function calibrationChart(curve, current, recommended) {
   const name = curve.dimension === "all" ? "all" : `${curve.dimension}=${curve.value}`;
   const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "data-curve": name, "aria-label": `calibration of ${name}` });
   frame(svg);
-  barLine(svg, curve.bar);
+  const taken = barLine(svg, curve.bar);
+  const labels = [];
   for (const [value, cls, label] of [[current, "marker", "live"], [recommended, "marker recommended", "rec."]]) {
     if (value === null || value === undefined) continue;
     svg.append(svgEl("line", { class: cls, "data-threshold": value, x1: xOf(value), x2: xOf(value), y1: M.top, y2: M.top + PLOT_H }));
-    svg.append(svgEl("text", { x: xOf(value) + 2, y: M.top + PLOT_H - 4 }, `${label} ${value}`));
+    labels.push({ x: xOf(value), text: `${label} ${value}`, cls: `marker-label ${label === "live" ? "live" : "recommended"}` });
   }
+  placeLabels(svg, labels, taken);
   polyline(svg, curve.points.filter((p) => p.served > 0).map((p) => [xOf(p.threshold), yOf(p.agreement)]), "series");
   polyline(svg, curve.points.map((p) => [xOf(p.threshold), yOf(p.share ?? 0)]), "series share");
   for (const p of curve.points) {

@@ -8,7 +8,7 @@ const CSRF = meta("sgw-csrf");
 const CAN_WRITE = meta("sgw-scopes").split(" ").includes("sre");
 const $ = (id) => document.getElementById(id);
 
-const state = { route: null, since: "7d", cursor: null, filters: {} };
+const state = { route: null, since: "7d", cursor: null, filters: {}, overrides: null, sliceCalibration: null };
 
 class ApiError extends Error {
   constructor(status, message, code) {
@@ -77,7 +77,36 @@ function renderRoute(route) {
   );
 }
 
+const KNOBS = [["mode", "mode"], ["rollout_percent", "percent"], ["confidence_threshold", "threshold"]];
+const given = (v) => v !== null && v !== undefined;
+
+// An override's knobs in words: "threshold 0.45" or "mode teacher, percent 50%".
+function knobs(view) {
+  const parts = KNOBS.filter(([k]) => given(view?.[k]))
+    .map(([k, label]) => `${label} ${k === "rollout_percent" ? `${view[k]}%` : view[k]}`);
+  return parts.join(", ") || "no knobs";
+}
+
+function duration(seconds) {
+  if (seconds >= 3600 && seconds % 360 === 0) return `${seconds / 3600} h`;
+  if (seconds >= 60 && seconds % 6 === 0) return `${seconds / 60} min`;
+  return `${seconds} s`;
+}
+
 function describeChange(event) {
+  const detail = event.detail ?? {};
+  if (event.new?.slices || event.old?.slices) { // a calibration: several slices in one change
+    return (event.new?.slices ?? []).map((s) => `${s.slice}: ${knobs(s)}`).join("; ");
+  }
+  if (given(detail.slice) && (event.new || event.old)) { // one slice's override
+    if (!event.new) return `${detail.slice}: cleared (was ${knobs(event.old)})`;
+    return `${detail.slice}: ${event.old ? knobs(event.old) : "(none)"} → ${knobs(event.new)}`;
+  }
+  if (event.action?.startsWith("ramp_") && Array.isArray(detail.steps)) {
+    return `steps ${detail.steps.map((p) => `${p}%`).join(", ")}` +
+      (given(detail.step) ? `; stopped at step ${detail.step}` : "") +
+      (given(detail.hold_s) ? `; each held ${duration(detail.hold_s)}` : "");
+  }
   const keys = Object.keys(event.new ?? {}).filter((k) => k !== "version");
   return keys.map((k) => `${k}: ${event.old?.[k] ?? "–"} → ${event.new[k]}`).join("; ");
 }
@@ -87,11 +116,76 @@ function renderEvents(events) {
     "events",
     [["at"], ["actor"], ["action"], ["change"], ["reason"]],
     events.map((e) =>
-      el("tr", { "data-action": e.action }, el("td", { class: "mono" }, utc(e.at)), el("td", {}, e.actor),
+      el("tr", { "data-action": e.action }, el("td", { class: "mono when" }, utc(e.at)), el("td", {}, e.actor),
         el("td", {}, e.action), el("td", {}, describeChange(e)), el("td", {}, e.reason)),
     ),
   );
   if (!events.length) $("events").append(el("tr", {}, el("td", { colspan: 5, class: "muted" }, "No change recorded yet.")));
+}
+
+// A slice's name in a cell: cut short with an ellipsis (never over its neighbours), whole in
+// the tooltip.
+const clipped = (text, cls = "clip") => el("span", { class: cls, title: text }, text);
+
+const RAMP_STATUS = { active: "pass", completed: "pass", stopped: "fail", cancelled: "muted" };
+
+function renderRamp(ramp) {
+  $("ramp-cancel-form").hidden = !(CAN_WRITE && ramp?.status === "active");
+  if (!ramp) {
+    $("ramp").replaceChildren(el("p", { class: "muted", "data-field": "no-ramp" },
+      "No ramp: the rollout percent changes only when someone changes it."));
+    return;
+  }
+  const steps = el("ol", { class: "steps", "aria-label": "ramp steps" }, ...ramp.steps.map((percent, i) => {
+    const at = i + 1;
+    const cls = at === ramp.step ? "current" : at < ramp.step ? "done" : null;
+    return el("li", { class: cls, "data-step": at, "aria-current": at === ramp.step ? "step" : null,
+      title: at === ramp.step ? `step ${at}: the current one` : `step ${at}` }, `${percent}%`);
+  }));
+  const last = ramp.last_event;
+  const rows = [
+    ["status", el("span", { class: `badge ${RAMP_STATUS[ramp.status] ?? ""}` }, ramp.status), "status"],
+    ["step", `${ramp.step} of ${ramp.steps.length}, at ${ramp.percent}%`, "step"],
+    ["hold", `${duration(ramp.hold_s)} per step, then the gate is checked`, "hold"],
+    ["next check", ramp.status === "active" ? utc(ramp.next_at) : "– (not active)", "next_at"],
+    ["started by", `${ramp.created_by}: ${ramp.reason}`, "created_by"],
+    ["gate", last ? `${last.action} (${last.actor}, ${utc(last.at)}): ${last.reason}` : "not checked yet", "gate"],
+  ];
+  $("ramp").replaceChildren(steps, el("table", { class: "kv" },
+    ...rows.map(([label, value, field]) => el("tr", {}, el("th", {}, label), el("td", { "data-field": field }, value)))));
+}
+
+function clearForm(override) {
+  const form = el("form", { class: "row-action", "data-slice": override.slice },
+    el("input", { name: "reason", required: true, maxlength: 1000, placeholder: "reason",
+      "aria-label": `reason to clear ${override.slice}` }),
+    el("button", { type: "submit", class: "danger" }, "Clear"));
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const path = `${routePath()}/slices/${encodeURIComponent(override.dimension)}/${encodeURIComponent(override.value)}/clear`;
+    send($("slices-result"), path, "POST", { reason: new FormData(form).get("reason") },
+      () => `Cleared ${override.slice}: it follows the route's knobs again.`).then((answer) => answer && loadRoute());
+  });
+  return form;
+}
+
+function renderOverrides(overrides) {
+  state.overrides = overrides;
+  const dash = (v, suffix = "") => (given(v) ? `${v}${suffix}` : "–");
+  const head = [["slice"], ["mode"], ["percent", "num"], ["threshold", "num"], ["set by"], ["when"], ["reason"]];
+  table("slice-overrides", CAN_WRITE ? [...head, [""]] : head, overrides.map((o) =>
+    el("tr", { "data-slice": o.slice },
+      el("td", {}, clipped(o.slice)), el("td", { "data-field": "mode" }, dash(o.mode)),
+      el("td", { class: "num", "data-field": "rollout_percent" }, dash(o.rollout_percent, "%")),
+      el("td", { class: "num", "data-field": "confidence_threshold" }, dash(o.confidence_threshold)),
+      el("td", { "data-field": "updated_by" }, o.updated_by), el("td", { class: "mono when" }, utc(o.updated_at)),
+      el("td", { class: "reason", "data-field": "reason" }, o.reason),
+      CAN_WRITE ? el("td", {}, clearForm(o)) : null)));
+  if (!overrides.length) {
+    $("slice-overrides").append(el("tr", {}, el("td", { colspan: head.length + (CAN_WRITE ? 1 : 0), class: "muted" },
+      "No slice override: every slice follows the route's knobs.")));
+  }
+  if (state.sliceCalibration) renderSliceCalibration(state.sliceCalibration);
 }
 
 // -- agreement over time -------------------------------------------------------------------
@@ -103,7 +197,7 @@ function trendPanel(series, trend) {
     (series.samples ? ` (95% CI ${pct(series.ci_low)}–${pct(series.ci_high)})` : "") +
     (series.bar !== null ? ` · bar ${pct(series.bar, 0)}, ${series.min_samples} samples` : "");
   return el("div", { class: failing ? "chart failing" : "chart", "data-slice": sliceName(series) },
-    el("div", { class: "title" }, el("span", {}, sliceName(series)), badge),
+    el("div", { class: "title" }, el("span", { title: sliceName(series) }, sliceName(series)), badge),
     el("div", { class: "sub" }, sub),
     trendChart(series, trend.buckets, trend.step));
 }
@@ -179,10 +273,105 @@ function renderCalibration(report) {
     `recommended ${rec.threshold ?? "none"}: ${rec.reason}`);
   $("calibration-charts").replaceChildren(...report.curves.map((curve) =>
     el("div", { class: "chart", "data-curve": sliceName(curve) },
-      el("div", { class: "title" }, el("span", {}, sliceName(curve)),
+      el("div", { class: "title" }, el("span", { title: sliceName(curve) }, sliceName(curve)),
         curve.bar !== null ? el("span", { class: "muted" }, `bar ${pct(curve.bar, 0)}`) : null),
       el("div", { class: "sub" }, `${curve.total} comparisons`),
       calibrationChart(curve, report.current_threshold, rec.threshold))));
+}
+
+// Per slice, the plain and the conservative recommendation side by side; the conservative one
+// is what the SRE may apply.
+const STATUS_TITLE = {
+  ok: "the lowest threshold at which the answers the student would serve reach the target",
+  unreachable: "no threshold reaches the target: applying puts the slice on the teacher",
+  not_enough_data: "too few comparisons to judge: applying leaves the slice as it is",
+};
+const target = (v) => `${Number((v * 100).toFixed(1))}%`;
+// A figure and its detail, each kept whole: a narrow cell wraps between them only.
+const pair = (main, detail) => [el("span", { class: "nowrap" }, main), " ", el("span", { class: "nowrap" }, detail)];
+
+function recommendationCells(line, kind) {
+  const at = line?.at_threshold;
+  const cls = `num rec-${kind}`;
+  const threshold = !line ? "–" : line.status === "ok" ? String(line.threshold)
+    : line.status === "unreachable" ? "none: teacher" : "not enough data";
+  return [
+    el("td", { class: `${cls} group-start status-${line?.status ?? "none"}`, "data-field": `${kind}-threshold`,
+      "data-status": line?.status ?? "", title: line ? `${kind}: ${STATUS_TITLE[line.status] ?? line.status}` : null }, threshold),
+    el("td", { class: cls, "data-field": `${kind}-served` },
+      ...(at ? pair(pct(at.share), `(${at.served}/${at.total})`) : ["–"])),
+    el("td", { class: cls, "data-field": `${kind}-agreement` },
+      ...(at ? pair(pct(at.agreement), `(${pct(at.ci_low)}–${pct(at.ci_high)})`) : ["–"])),
+  ];
+}
+
+function renderSliceCalibration(data) {
+  state.sliceCalibration = data;
+  const { plain, conservative } = data;
+  const goal = target(plain.target_agreement);
+  const byName = new Map();
+  for (const [kind, result] of [["plain", plain], ["conservative", conservative]]) {
+    for (const line of result.slices) {
+      const name = sliceName(line);
+      byName.set(name, { ...(byName.get(name) ?? { name, comparisons: line.comparisons }), [kind]: line });
+    }
+  }
+  const live = new Map((state.overrides ?? []).map((o) => [o.slice, o]));
+  const header = [
+    el("tr", {},
+      el("th", { rowspan: 2 }, "slice"), el("th", { rowspan: 2, class: "num" }, "compared"),
+      el("th", { colspan: 3, class: "rec-plain group-start", "data-group": "plain", scope: "colgroup" },
+        `Plain recommendation: observed agreement ≥ ${goal}`),
+      el("th", { colspan: 3, class: "rec-conservative group-start", "data-group": "conservative", scope: "colgroup" },
+        `Conservative recommendation: 95% CI low end ≥ ${goal}`),
+      el("th", { rowspan: 2 }, "override now")),
+    el("tr", {}, ...["plain", "conservative"].flatMap((kind) => [
+      el("th", { class: `num rec-${kind} group-start` }, "threshold"),
+      el("th", { class: `num rec-${kind}` }, "served"),
+      el("th", { class: `num rec-${kind}` }, "agreement (95% CI)"),
+    ])),
+  ];
+  const rows = [...byName.values()].map((line) => {
+    const differs = line.plain?.threshold !== line.conservative?.threshold || line.plain?.status !== line.conservative?.status;
+    const now = live.get(line.name);
+    return el("tr", { "data-slice": line.name, class: differs ? "differs" : null },
+      el("td", {}, clipped(line.name)), num(line.comparisons),
+      ...recommendationCells(line.plain, "plain"), ...recommendationCells(line.conservative, "conservative"),
+      el("td", { "data-field": "override" }, now ? knobs(now) : state.overrides ? "–" : "…"));
+  });
+  $("slice-calibration").replaceChildren(el("thead", {}, ...header), el("tbody", {}, ...rows));
+  const differing = rows.filter((r) => r.classList.contains("differs")).length;
+  note("slice-calibration-note",
+    `Target ${goal} over at least ${plain.min_served} served answers; shadow comparisons from ${utc(plain.since)} ` +
+    `to ${utc(plain.until)}. ${rows.length} slices; the two recommendations differ on ${differing}.`);
+  const changes = conservative.changes.map((c) => `${c.slice}: ${knobs(c)}`);
+  $("calibration-preview").textContent = changes.length
+    ? `Applying the conservative recommendation sets ${changes.join("; ")}. Slices with too few comparisons are left as they are.`
+    : "The conservative recommendation changes nothing: no slice has enough comparisons.";
+  $("calibration-apply-form").hidden = !CAN_WRITE || !changes.length;
+}
+
+function calibrationParams() {
+  const form = $("slice-calibration-form");
+  const goal = Number(form.elements.target_agreement.value);
+  const minServed = Math.round(Number(form.elements.min_served.value));
+  return {
+    target_agreement: goal > 0 && goal <= 1 ? goal : 0.9,
+    min_served: minServed >= 1 ? minServed : 30,
+    since: state.since,
+  };
+}
+
+async function loadSliceCalibration() {
+  state.sliceCalibration = null;
+  $("calibration-apply-form").hidden = true;
+  $("calibration-preview").textContent = "";
+  const params = calibrationParams();
+  const path = `${routePath()}/calibration`;
+  const [plain, conservative] = await Promise.all([
+    api(path, { ...params, conservative: "false" }), api(path, { ...params, conservative: "true" }),
+  ]);
+  renderSliceCalibration({ plain, conservative, params });
 }
 
 function renderDrift(report) {
@@ -262,13 +451,17 @@ async function section(ids, noteId, work) {
   }
 }
 
+const routePath = () => `/admin/routes/${encodeURIComponent(state.route)}`;
+
 async function loadRoute() {
   note("route-note", "");
-  const [route, events] = await Promise.all([
-    api(`/admin/routes/${encodeURIComponent(state.route)}`),
-    api(`/admin/routes/${encodeURIComponent(state.route)}/events`, { limit: 50 }),
+  const path = routePath();
+  const [route, events, overrides] = await Promise.all([
+    api(path), api(`${path}/events`, { limit: 50 }), api(`${path}/slices`),
   ]);
   renderRoute(route);
+  renderRamp(route.ramp ?? null);
+  renderOverrides(overrides.slices);
   renderEvents(events.events);
 }
 
@@ -283,7 +476,7 @@ async function load() {
   state.route = select.value;
   const params = { route: state.route, since: state.since };
   await Promise.all([
-    section(["route-state", "events"], "route-note", loadRoute),
+    section(["route-state", "events", "ramp", "slice-overrides"], "route-note", loadRoute),
     section(["aggregate-chart", "slice-charts", "slice-table"], "agreement-note", async () => {
       const [trend, slices] = await Promise.all([
         api("/console/api/trend", params), api("/admin/reports/slices", params),
@@ -295,6 +488,7 @@ async function load() {
       renderCandidates(await api("/admin/reports/candidates", params))),
     section(["calibration-charts"], "calibration-note", async () =>
       renderCalibration(await api("/admin/reports/thresholds", params))),
+    section(["slice-calibration"], "slice-calibration-note", loadSliceCalibration),
     section(["drift-charts"], "drift-note", async () =>
       renderDrift(await api("/admin/reports/drift", params))),
     loadDisagreements(),
@@ -303,28 +497,84 @@ async function load() {
   document.body.dataset.loaded = "true";
 }
 
+const TEXT_FIELDS = new Set(["reason", "mode", "slice"]);
+
 function formBody(form) {
   const body = {};
   for (const [name, value] of new FormData(form).entries()) {
     if (value === "") continue;
-    body[name] = name === "reason" || name === "mode" ? value : Number(value);
+    body[name] = TEXT_FIELDS.has(name) ? value : Number(value);
   }
   return body;
 }
 
-async function write(form, path, method) {
-  const result = $("write-result");
+// Send one change; the answer's summary (or the refusal) goes into ``result``. Returns the
+// answer, or null when the API said no.
+async function send(result, path, method, body, describe) {
   result.textContent = "Sending…";
   result.className = "";
   try {
-    const answer = await api(path, {}, { method, body: JSON.stringify(formBody(form)) });
-    result.textContent = answer.changed ? `Done: ${state.route} is now ${answer.route.mode} at ${answer.route.rollout_percent}%.`
-      : "Nothing changed: the route already had these values.";
-    form.reset();
-    await loadRoute();
+    const answer = await api(path, {}, { method, body: JSON.stringify(body) });
+    result.textContent = describe(answer);
+    return answer;
   } catch (error) {
     result.textContent = `Refused (${error.status}): ${error.message}`;
     result.className = "error";
+    return null;
+  }
+}
+
+async function write(form, path, method) {
+  const answer = await send($("write-result"), path, method, formBody(form), (a) =>
+    (a.changed ? `Done: ${state.route} is now ${a.route.mode} at ${a.route.rollout_percent}%.`
+      : "Nothing changed: the route already had these values."));
+  if (answer) {
+    form.reset();
+    await loadRoute();
+  }
+}
+
+async function setSlice(form) {
+  const body = formBody(form);
+  const name = String(body.slice ?? "").trim();
+  delete body.slice;
+  const cut = name.indexOf("=");
+  if (cut < 1 || cut === name.length - 1) {
+    $("slices-result").textContent = "Give the slice as dimension=value, for example tier=free.";
+    $("slices-result").className = "error";
+    return;
+  }
+  const path = `${routePath()}/slices/${encodeURIComponent(name.slice(0, cut).trim())}/` +
+    encodeURIComponent(name.slice(cut + 1).trim());
+  const answer = await send($("slices-result"), path, "PATCH", body, (a) =>
+    (a.changed ? `Set ${a.slice.slice}: ${knobs(a.slice)}.` : `Nothing changed: ${a.slice.slice} already had these values.`) +
+    (a.warnings?.length ? ` Warning: ${a.warnings.join(" ")}` : ""));
+  if (answer) {
+    form.reset();
+    await loadRoute();
+  }
+}
+
+async function cancelRamp(form) {
+  const answer = await send($("ramp-result"), `${routePath()}/plan/cancel`, "POST", formBody(form), (a) =>
+    `Ramp cancelled at step ${a.ramp.step} of ${a.ramp.steps.length}; the route stays at ${a.route.rollout_percent}%.`);
+  if (answer) {
+    form.reset();
+    await loadRoute();
+  }
+}
+
+async function applyCalibration(form) {
+  if (!state.sliceCalibration) return; // reloading: the button comes back with the figures
+  const { params } = state.sliceCalibration;
+  const body = { ...params, conservative: true, reason: new FormData(form).get("reason") };
+  const answer = await send($("calibration-result"), `${routePath()}/calibration`, "POST", body, (a) =>
+    (a.applied.length
+      ? `Applied the conservative per-slice thresholds: ${a.applied.map((o) => `${o.slice} ${knobs(o)}`).join("; ")}.`
+      : "Nothing changed: the overrides already had these values."));
+  if (answer) {
+    form.reset();
+    await loadRoute();
   }
 }
 
@@ -351,6 +601,23 @@ function main() {
   $("rollback-form").addEventListener("submit", (e) => {
     e.preventDefault();
     write(e.target, `/admin/routes/${encodeURIComponent(state.route)}/rollback`, "POST");
+  });
+  $("slice-form").hidden = !CAN_WRITE;
+  $("slice-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    setSlice(e.target);
+  });
+  $("ramp-cancel-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    cancelRamp(e.target);
+  });
+  $("calibration-apply-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    applyCalibration(e.target);
+  });
+  $("slice-calibration-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    section(["slice-calibration"], "slice-calibration-note", loadSliceCalibration);
   });
   state.since = $("window").value;
   load().catch((error) => { $("status").textContent = error.message; });
