@@ -8,11 +8,15 @@
    with the teacher and the candidate's paired difference to the champion, with a verdict.
 3. Print the threshold calibration (:meth:`~gateway.services.reports.Reports.thresholds`):
    the lowest confidence threshold at which every critical slice keeps its agreement bar.
-4. Switch the route to rollout at that threshold through the admin API (audited, with a
-   reason, under the demo's admin key) and replay ``rollout_requests`` more: the champion now
-   answers when its confidence reaches the threshold, the teacher otherwise (and the
+4. Calibrate per slice through the admin API and apply it (one audited change): each style
+   gets the lowest threshold at which the champion's served answers agree with the teacher
+   at least 95 % of the time, and a style no threshold makes good enough (relative dates,
+   which the student never learned) goes back to the teacher.
+5. Switch the route to rollout at the route's threshold through the admin API (audited, with
+   a reason, under the demo's admin key) and replay ``rollout_requests`` more: the champion
+   now answers where its slice and its confidence allow, the teacher otherwise (and the
    candidate is shadowed where the teacher answers).
-5. Print the slice report (agreement, fallbacks, student share per style).
+6. Print the slice report (agreement, fallbacks, student share, requests kept per style).
 """
 
 from __future__ import annotations
@@ -248,7 +252,7 @@ def print_candidates(result: dict[str, Any], say: Callable[[str], None]) -> None
 
 def print_slices(result: dict[str, Any], say: Callable[[str], None]) -> None:
     header = f"  {'SLICE':<18}{'REQUESTS':>9}{'COMPARED':>9}{'AGREEMENT':>10}"
-    say(f"{header}{'BAR':>6}  {'VERDICT':<16}{'FALLBACKS':>9}{'STUDENT':>8}")
+    say(f"{header}{'BAR':>6}  {'VERDICT':<16}{'FALLBACKS':>9}{'STUDENT':>8}{'KEPT':>6}")
     for line in [*result["slices"], result["aggregate"]]:
         name = "all" if line is result["aggregate"] else f"{line['dimension']}={line['value']}"
         say(
@@ -256,6 +260,7 @@ def print_slices(result: dict[str, Any], say: Callable[[str], None]) -> None:
             f"{_pct(line['agreement']):>10}{_pct(line['bar']):>6}  "
             f"{(line['verdict'] or '-'):<16}{_pct(line['fallback_rate']):>9}"
             f"{_pct(line['student_share']):>8}"
+            f"{line['out_of_scope'] + line['slice_teacher_only']:>6}"
         )
 
 
@@ -274,6 +279,47 @@ def print_replay(result: ReplayResult, say: Callable[[str], None]) -> None:
         if result.by_style[style]
     )
     say(f"      right answers the app got, by style: {correct}")
+
+
+CALIBRATION_TARGET = 0.95
+
+
+def calibrate_slices(stack: DemoStack) -> dict[str, Any]:
+    """Per-slice calibration, applied through the admin API as an SRE would."""
+    response = httpx.post(
+        f"{stack.gateway_url}/admin/routes/{ROUTE}/calibration",
+        headers={"authorization": f"Bearer {stack.admin_key}"},
+        json={
+            "target_agreement": CALIBRATION_TARGET,
+            "since": "1d",
+            "min_served": 10,  # the demo's scale: a few dozen requests per style
+            "reason": "demo: per-style thresholds from the shadow comparisons",
+        },
+        timeout=30,
+        trust_env=False,
+    )
+    if response.status_code != 200:
+        raise DemoError(f"the admin API refused the calibration: {response.text}")
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def print_slice_calibration(result: dict[str, Any], say: Callable[[str], None]) -> None:
+    notes = {"ok": "", "not_enough_data": "too few comparisons", "unreachable": "-> teacher"}
+    say(f"  {'SLICE':<18}{'COMPARED':>9}{'THRESHOLD':>10}{'SERVED':>8}{'AGREEMENT':>10}  NOTE")
+    for line in result["slices"]:
+        at = line["at_threshold"] or {}
+        threshold = "-" if line["threshold"] is None else f"{line['threshold']:g}"
+        say(
+            f"  {line['dimension'] + '=' + line['value']:<18}{line['comparisons']:>9}"
+            f"{threshold:>10}{_pct(at.get('share')):>8}{_pct(at.get('agreement')):>10}"
+            f"  {notes[line['status']]}"
+        )
+    kept = [o["slice"] for o in result["applied"] if o["mode"] == "teacher"]
+    say(
+        f"      applied to {len(result['applied'])} slice(s) in one audited change"
+        + (f"; back on the teacher: {', '.join(kept)}" if kept else "")
+    )
 
 
 def switch_to_rollout(stack: DemoStack, threshold: float) -> dict[str, Any]:
@@ -304,7 +350,7 @@ def walkthrough(
     seed: int,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Steps 1-5 of the module docstring; returns what happened, for tests and callers."""
+    """Steps 1-6 of the module docstring; returns what happened, for tests and callers."""
     say(f"\n== 1. shadow: {shadow_requests} requests (the teacher answers, both students shadow)")
     since = time.time() - 1
     shadow = replay(
@@ -331,7 +377,14 @@ def walkthrough(
         threshold = stack.threshold
         say(f"      keeping the configured threshold {threshold:g}")
 
-    say(f"\n== 4. rollout: 100% of users at confidence threshold {threshold:g} (admin API)")
+    say(
+        f"\n== 4. calibration per style: the lowest threshold whose served answers agree "
+        f"{CALIBRATION_TARGET:.0%} of the time (admin API, applied)"
+    )
+    per_slice = calibrate_slices(stack)
+    print_slice_calibration(per_slice, say)
+
+    say(f"\n== 5. rollout: 100% of users at confidence threshold {threshold:g} (admin API)")
     live = switch_to_rollout(stack, threshold)
     say(
         f"      route {ROUTE}: mode={live['mode']} percent={live['rollout_percent']:g} "
@@ -349,7 +402,7 @@ def walkthrough(
     print_replay(rollout, say)
     wait_logged(stack, shadow.sent + rollout.sent, since)
 
-    say("\n== 5. slice report (both phases), worst slice first")
+    say("\n== 6. slice report (both phases), worst slice first")
     slices = reports(stack, "slices")
     print_slices(slices, say)
     return {
@@ -358,6 +411,7 @@ def walkthrough(
         "threshold": threshold,
         "candidates": candidates,
         "calibration": calibration,
+        "slice_calibration": per_slice,
         "slices": slices,
         "route": live,
     }

@@ -101,7 +101,9 @@ def test_demo_command_runs_the_whole_loop_and_stops_everything(
     assert "shadow comparisons with a student confidence" in out
     assert "Recommended threshold:" in out
     assert "mode=rollout percent=100" in out
-    assert "the teacher stepped in: low_confidence" in out  # relative dates, at least
+    # relative dates, at least: kept on the teacher by the per-style calibration
+    assert "back on the teacher: style=relative" in out
+    assert re.search(r"the teacher stepped in: .*slice_teacher_only", out), out
     assert "style=relative" in out
     assert "style=iso" in out
     # The candidates report, between the shadow phase and the calibration.
