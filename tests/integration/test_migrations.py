@@ -443,3 +443,23 @@ def test_0010_adds_slice_overrides_and_takes_them_away(scratch_url: str) -> None
     assert fetch(scratch_url, "SELECT status FROM rollout_plans") == [{"status": "stopped"}]
     with pytest.raises(asyncpg.CheckViolationError, match="rollout_plans_status"):
         execute(scratch_url, "UPDATE rollout_plans SET status = 'cancelled'")
+
+
+def test_0011_adds_the_student_views_and_takes_them_away(scratch_url: str) -> None:
+    config = alembic_config(scratch_url)
+    command.upgrade(config, "0011")
+    views = (
+        "SELECT to_regclass('student_agreement_daily') AS a, "
+        "to_regclass('student_disagreements') AS d"
+    )
+    assert fetch(scratch_url, views) == [
+        {"a": "student_agreement_daily", "d": "student_disagreements"}
+    ]
+    described = fetch(
+        scratch_url,
+        "SELECT obj_description('student_agreement_daily'::regclass) AS a, "
+        "obj_description('student_disagreements'::regclass) AS d",
+    )
+    assert all(described[0].values())
+    command.downgrade(config, "0010")
+    assert fetch(scratch_url, views) == [{"a": None, "d": None}]

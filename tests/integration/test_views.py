@@ -370,3 +370,72 @@ def test_view_query_times_on_a_large_table(clean_db: str) -> None:
         started = time.perf_counter()
         rows = fetch(clean_db, query)
         print(f"\n{name}: {len(rows)} rows in {1000 * (time.perf_counter() - started):.0f} ms")
+
+
+# --- per student ---------------------------------------------------------------------------
+
+
+def test_student_views_give_each_students_agreement_and_disagreements(clean_db: str) -> None:
+    """Two students on the same 30 requests: small agrees on 27, tiny on 12 (all free ones
+    wrong); tiny's replay of 10 of them agrees on 10."""
+    requests = [
+        row(
+            n,
+            slices={"tier": "free" if n < 15 else "pro"},
+            request_payload={"messages": [{"role": "user", "content": f"question {n}"}]},
+            teacher_output=f"answer {n}",
+            teacher_model="big",
+        )
+        for n in range(30)
+    ]
+    insert(clean_db, requests)
+    answers = (
+        [("small", "live", n, n >= 3) for n in range(30)]
+        + [("tiny", "live", n, n >= 18) for n in range(30)]
+        + [("tiny", "replay", n, True) for n in range(20, 30)]
+    )
+    values = ", ".join(
+        f"('r{n}', '{student}', '{source}', '{DAY1.isoformat()}', 'support-bot', 'chat', "
+        f"'{{\"tier\": \"{'free' if n < 15 else 'pro'}\"}}'::jsonb, 'ok', "
+        f"'{'same' if agree else 'other'} {n}', {str(agree).lower()}, 0.5, 20)"
+        for student, source, n, agree in answers
+    )
+    execute(
+        clean_db,
+        "INSERT INTO student_answers (request_id, student, source, created_at, route, "
+        "endpoint, slices, student_status, student_output, agree, student_confidence, "
+        f"student_latency_ms) VALUES {values}",
+    )
+    daily = fetch(
+        clean_db,
+        "SELECT student, source, dimension, value, answers, compared, agreed, agreement_low, "
+        "agreement_high FROM student_agreement_daily ORDER BY 1, 2, 3, 4",
+    )
+    by_key = {(d["student"], d["source"], d["dimension"], d["value"]): d for d in daily}
+    for key, agreed, compared in (
+        (("small", "live", "(all)", "(all)"), 27, 30),
+        (("small", "live", "tier", "free"), 12, 15),
+        (("tiny", "live", "(all)", "(all)"), 12, 30),
+        (("tiny", "live", "tier", "free"), 0, 15),
+        (("tiny", "replay", "(all)", "(all)"), 10, 10),
+    ):
+        line = by_key[key]
+        assert (line["agreed"], line["compared"], line["answers"]) == (agreed, compared, compared)
+        low, high = wilson_interval(agreed, compared)
+        assert (line["agreement_low"], line["agreement_high"]) == (low, high)  # bit for bit
+
+    disagreements = fetch(
+        clean_db,
+        "SELECT student, source, request_id, prompt, teacher_output, student_output "
+        "FROM student_disagreements ORDER BY student, request_id",
+    )
+    assert [(d["student"], d["source"]) for d in disagreements] == [("small", "live")] * 3 + [
+        ("tiny", "live")
+    ] * 18
+    first = disagreements[0]
+    assert (first["request_id"], first["prompt"], first["teacher_output"]) == (
+        "r0",
+        "question 0",
+        "answer 0",
+    )
+    assert first["student_output"] == "other 0"
