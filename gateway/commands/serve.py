@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,10 @@ def _fresh_dir(path: Path) -> Path:
     return path
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -54,6 +59,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     server = settings.config.server
+    # uvicorn drains on SIGTERM, then raises the signal again with the default action, which
+    # kills the process before exit handlers run: the embedded PostgreSQL's stop among them.
+    # As an exception the same signal ends the process normally, with the same status (143).
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     url, embedded = database_url(settings)
     if embedded or settings.config.database.auto_migrate:
         migrate(url)

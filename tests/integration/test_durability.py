@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import orjson
+import psutil
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -286,12 +287,23 @@ def test_sigterm_drains_shadow_calls_and_the_log_queue(
             response = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, headers=headers)
             assert response.status_code == 200
         assert student.in_progress > 0
-        # uvicorn re-raises SIGTERM after its clean shutdown, so the exit is by that signal.
-        assert gateway.terminate() in (0, -signal.SIGTERM), gateway.output()
+        # after its clean shutdown the process ends with SIGTERM's status, 128 + 15
+        assert gateway.terminate() == 128 + signal.SIGTERM, gateway.output()
     finally:
         gateway.kill()
     assert count_complete(clean_db) == (10, 10, 10), gateway.output()
     assert "log queue drained" in gateway.output()
+
+
+def embedded_postmasters(data_dir: Path) -> list[int]:
+    """Postgres server processes running on this data directory."""
+    pgdata = str(data_dir / "postgres")
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if cmdline and cmdline[0].endswith("postgres") and pgdata in cmdline:
+            found.append(process.info["pid"])
+    return found
 
 
 def test_embedded_default_starts_migrates_and_serves(
@@ -311,9 +323,11 @@ def test_embedded_default_starts_migrates_and_serves(
             headers={"Authorization": f"Bearer {app_key}"},
         )
         assert response.status_code == 200
-        assert gateway.terminate() in (0, -signal.SIGTERM)
+        # SIGTERM (systemd, Docker, Kubernetes): drained, and the embedded server stopped too
+        assert gateway.terminate() == 128 + signal.SIGTERM
     finally:
         gateway.kill()
+    assert embedded_postmasters(server_dir / "data") == []
     # The data lives next to the config; start it again to read what was logged.
     server = EmbeddedPostgres(server_dir / "data")
     url = server.start()
@@ -321,3 +335,28 @@ def test_embedded_default_starts_migrates_and_serves(
         assert count_complete(url) == (1, 1, 1)
     finally:
         server.stop()
+
+
+def test_a_killed_embedded_serve_leaves_no_server_behind_the_next_one(
+    server_dir: Path, app_key: str, teacher: FakeOpenAI, student: FakeOpenAI
+) -> None:
+    """SIGKILL leaves the server running and the dead pid in its handle list; the next
+    serve adopts the server, forgets the dead holder, and stops the server at its own exit."""
+    config = write_config(
+        server_dir / "gateway.yaml", [route(ROUTE, teacher.base_url, [student.base_url])]
+    )
+    env = {"SGW_TEST_APP_KEY": app_key, "DATABASE_URL": ""}
+    killed = GatewayProcess(config, env, server_dir / "killed.log")
+    try:
+        killed.wait_ready()
+    finally:
+        killed.kill()
+    [postmaster] = embedded_postmasters(server_dir / "data")
+    gateway = GatewayProcess(config, env, server_dir / "gateway.log")
+    try:
+        gateway.wait_ready()
+        assert embedded_postmasters(server_dir / "data") == [postmaster]  # adopted, not twice
+        assert gateway.terminate() == 128 + signal.SIGTERM
+    finally:
+        gateway.kill()
+    assert embedded_postmasters(server_dir / "data") == []

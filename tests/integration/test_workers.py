@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import signal
 from pathlib import Path
 
 import httpx
@@ -50,7 +49,7 @@ def test_metrics_add_up_across_workers(
             scrapes = [client.get(f"{gateway.url}/metrics").text for _ in range(4)]
         assert all(total_requests(text) == 30 for text in scrapes), gateway.output()
         assert "shadow_gateway_route_mode" in scrapes[0]
-        assert gateway.terminate() in (0, -signal.SIGTERM)
+        assert gateway.terminate() == 0  # uvicorn's worker supervisor ends normally
     finally:
         gateway.kill()
     pids = {line for line in gateway.output().splitlines() if "Started server process" in line}
