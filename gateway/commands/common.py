@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from functools import wraps
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import Settings
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InvalidRequest
 
 T = TypeVar("T")
 
@@ -55,6 +57,35 @@ def common_options() -> argparse.ArgumentParser:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     return parent
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def arguments_checked(command: str, subcommand: str) -> Callable[[Handler], Handler]:
+    """Arguments a parser type cannot judge alone (since < until, a slice, a range): a
+    handler's InvalidRequest is one line on stderr, naming the command, and exit status 2."""
+
+    def decorate(handler: Handler) -> Handler:
+        @wraps(handler)
+        def run(args: argparse.Namespace) -> int:
+            try:
+                return handler(args)
+            except InvalidRequest as exc:
+                name = f"{command} {getattr(args, subcommand)}"
+                print(f"shadow-gateway {name}: {exc.message}", file=sys.stderr)
+                return 2
+
+        return run
+
+    return decorate
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Rows of text as aligned columns under a header (the CLI's tables)."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def default_actor() -> str:

@@ -9,16 +9,14 @@ too little data, a malformed reference file).
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable, Sequence
-from functools import wraps
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.commands.common import CommandError, with_engine
+from gateway.commands.common import CommandError, arguments_checked, print_table, with_engine
 from gateway.config import load_settings
 from gateway.core.paired import MIN_PAIRS
 from gateway.errors import GatewayError, InvalidRequest
@@ -39,21 +37,7 @@ from gateway.services.reports import (
     reference_dataset,
 )
 
-Handler = Callable[[argparse.Namespace], int]
-
-
-def _arguments_checked(handler: Handler) -> Handler:
-    """Arguments a parser type cannot judge alone (since < until, ranges): exit 2."""
-
-    @wraps(handler)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except InvalidRequest as exc:
-            print(f"shadow-gateway report {args.report}: {exc.message}", file=sys.stderr)
-            return 2
-
-    return run
+_checked = arguments_checked("report", "report")
 
 
 def _run(args: argparse.Namespace, work: Callable[[Reports], Any]) -> dict[str, Any]:
@@ -81,7 +65,7 @@ def _print(args: argparse.Namespace, result: dict[str, Any], table: Callable[...
 # -- the four reports -----------------------------------------------------------------------
 
 
-@_arguments_checked
+@_checked
 def cmd_slices(args: argparse.Namespace) -> int:
     span = window(args.since, args.until, DAY)
     dimension = check_dimension(args.dimension) if args.dimension else None
@@ -89,7 +73,7 @@ def cmd_slices(args: argparse.Namespace) -> int:
     return _print(args, result, _slices_table)
 
 
-@_arguments_checked
+@_checked
 def cmd_disagreements(args: argparse.Namespace) -> int:
     span = window(args.since, args.until, DAY)
     slices = [parse_slice(text, "--slice") for text in args.slice]
@@ -114,7 +98,7 @@ def cmd_disagreements(args: argparse.Namespace) -> int:
     return _print(args, result, _disagreements_table)
 
 
-@_arguments_checked
+@_checked
 def cmd_thresholds(args: argparse.Namespace) -> int:
     span = window(args.since, args.until, WEEK)
     candidates = parse_thresholds(args.thresholds, "--thresholds") if args.thresholds else None
@@ -128,7 +112,7 @@ def cmd_thresholds(args: argparse.Namespace) -> int:
     return _print(args, result, _thresholds_table)
 
 
-@_arguments_checked
+@_checked
 def cmd_drift(args: argparse.Namespace) -> int:
     current = window(args.since, args.until, DAY, params=("--since", "--until"))
     dimension = check_dimension(args.dimension) if args.dimension else None
@@ -172,7 +156,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     return _print(args, _run(args, drift), _drift_table)
 
 
-@_arguments_checked
+@_checked
 def cmd_candidates(args: argparse.Namespace) -> int:
     span = window(args.since, args.until, WEEK)
     result = _run(
@@ -193,12 +177,6 @@ def _interval(item: dict[str, Any]) -> str:
     if item.get("ci_low") is None:
         return "-"
     return f"{item['ci_low']:.1%}-{item['ci_high']:.1%}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _short(text: str | None, width: int = 40) -> str:
@@ -231,7 +209,7 @@ def _slices_table(result: dict[str, Any]) -> None:
         for line in [*result["slices"], result["aggregate"]]
     ]
     header = ("SLICE", "REQUESTS", "COMPARED", "AGREEMENT", "95% CI", "BAR", "VERDICT")
-    _table((*header, "FALLBACKS", "STUDENT", "KEPT"), rows)
+    print_table((*header, "FALLBACKS", "STUDENT", "KEPT"), rows)
 
 
 def _disagreements_table(result: dict[str, Any]) -> None:
@@ -253,7 +231,7 @@ def _disagreements_table(result: dict[str, Any]) -> None:
         print(f"{result['route']}: no disagreements match, {result['since']} to {result['until']}")
         return
     header = ("CREATED", "REQUEST", "SERVED", "CONF", "SCORE", "REASON", "PROMPT")
-    _table((*header, "TEACHER", "STUDENT"), rows)
+    print_table((*header, "TEACHER", "STUDENT"), rows)
     if result["next_cursor"]:
         print(f"\nmore: add --cursor {result['next_cursor']}")
 
@@ -280,7 +258,7 @@ def _thresholds_table(result: dict[str, Any]) -> None:
             star = "*" if at["meets_bar"] else ""
             row += [f"{_pct(at['share'])} ({at['served']})", f"{_pct(at['agreement'])}{star}"]
         rows.append(row)
-    _table(header, rows)
+    print_table(header, rows)
     print()
     if recommended is None:
         print(f"No recommendation: {result['recommendation']['reason']}")
@@ -316,7 +294,7 @@ def _drift_table(result: dict[str, Any]) -> None:
         )
         flag = "DRIFT" if item["flagged"] else "-"
         rows.append((item["dimension"], f"{item['psi']:.3f}", flag, movers))
-    _table(("DIMENSION", "PSI", f"PSI>={result['psi_threshold']:g}", "BIGGEST MOVES"), rows)
+    print_table(("DIMENSION", "PSI", f"PSI>={result['psi_threshold']:g}", "BIGGEST MOVES"), rows)
     for skipped in result["skipped_dimensions"]:
         print(f"not compared: {skipped['dimension']} ({skipped['why']})")
     print("\nagreement per day (UTC)")
@@ -330,7 +308,7 @@ def _drift_table(result: dict[str, Any]) -> None:
         )
         for day in result["agreement_trend"]
     ]
-    _table(("DAY", "REQUESTS", "COMPARED", "AGREEMENT", "95% CI"), trend)
+    print_table(("DAY", "REQUESTS", "COMPARED", "AGREEMENT", "95% CI"), trend)
     if result["reference_agreement"] is not None:
         agreement = result["reference_agreement"]
         print(f"reference window: {_pct(agreement['agreement'])} ({_interval(agreement)})")
@@ -388,7 +366,7 @@ def _candidates_table(result: dict[str, Any]) -> None:
                 )
                 name = ""
         header = ("SLICE", "STUDENT", "COMPARED", "AGREEMENT", "95% CI", "PAIRS", "DIFF")
-        _table((*header, "DIFF 95% CI", "VERDICT", "P50 MS", "P95 MS", "CONF"), rows)
+        print_table((*header, "DIFF 95% CI", "VERDICT", "P50 MS", "P95 MS", "CONF"), rows)
 
 
 # -- the parser -----------------------------------------------------------------------------

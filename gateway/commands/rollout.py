@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.commands.common import (
     CommandError,
+    arguments_checked,
     bounded,
     default_actor,
     positive_int,
+    print_table,
     reason_text,
     with_engine,
 )
@@ -30,7 +32,7 @@ from gateway.errors import InvalidRequest
 from gateway.metrics import Metrics
 from gateway.protocol.reports import WEEK, check_dimension, parse_slice, window
 from gateway.services.control import ControlPlane, slice_view, state_view
-from gateway.services.reports import Reports, calibrated_overrides
+from gateway.services.reports import calibrated_overrides
 from gateway.services.reports.thresholds import DEFAULT_MIN_SERVED
 
 
@@ -68,7 +70,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
         for r in rows
     ]
-    _print_table(header, table)
+    print_table(header, table)
     ramps = [(r["route"], r["ramp"]) for r in rows if r["ramp"]]
     if ramps:
         print("\nramps")
@@ -104,47 +106,54 @@ def _knobs(override: dict[str, Any]) -> str:
     return " ".join(knobs)
 
 
+T = TypeVar("T")
+_checked = arguments_checked("rollout", "action")
+
+
+def _on_route(args: argparse.Namespace, work: Callable[[ControlPlane], Awaitable[T]]) -> T:
+    """One operation on the route's control plane, seeded from the config as a gateway
+    would seed it; an unknown route fails before anything else."""
+    settings = load_settings(args.config)
+
+    async def run(engine: AsyncEngine) -> T:
+        control = ControlPlane(engine, settings.config, Metrics())
+        control.route(args.route)
+        await control.seed()
+        return await work(control)
+
+    return with_engine(settings, run)
+
+
+def _slice(args: argparse.Namespace) -> tuple[str, str]:
+    return parse_slice(args.slice, "--slice")
+
+
 def _change_slice(args: argparse.Namespace) -> int:
     """``rollout set ROUTE --slice DIM=VALUE …``: one slice's own knobs."""
-    try:
-        dimension, value = parse_slice(args.slice, "--slice")
-    except InvalidRequest as exc:
-        print(f"shadow-gateway rollout: {exc.message}", file=sys.stderr)
-        return 2
+    dimension, value = _slice(args)
     if args.method is not None or args.audit_sample is not None:
-        print(
-            "shadow-gateway rollout: --method and --audit-sample are the route's; a slice "
-            "takes --mode (teacher or rollout), --percent and --threshold",
-            file=sys.stderr,
+        raise InvalidRequest(
+            "--method and --audit-sample are the route's; a slice takes --mode (teacher or "
+            "rollout), --percent and --threshold"
         )
-        return 2
     if args.mode is not None and args.mode not in SLICE_MODES:
-        print(
-            f"shadow-gateway rollout: a slice's --mode is teacher or rollout, not {args.mode}",
-            file=sys.stderr,
-        )
-        return 2
+        raise InvalidRequest(f"a slice's --mode is teacher or rollout, not {args.mode}")
     knobs = {
         "mode": args.mode,
         "rollout_percent": args.percent,
         "confidence_threshold": args.threshold,
     }
-    settings = load_settings(args.config)
-
-    async def change(engine: AsyncEngine) -> Any:
-        control = ControlPlane(engine, settings.config, Metrics())
-        control.route(args.route)
-        await control.seed()
-        return await control.change_slice(
+    override, changed, warnings = _on_route(
+        args,
+        lambda control: control.change_slice(
             args.route,
             dimension,
             value,
             knobs,
             actor=args.actor or default_actor(),
             reason=args.reason,
-        )
-
-    override, changed, warnings = with_engine(settings, change)
+        ),
+    )
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     shown = _knobs(slice_view(override))
@@ -155,45 +164,29 @@ def _change_slice(args: argparse.Namespace) -> int:
     return 0
 
 
+@_checked
 def cmd_clear(args: argparse.Namespace) -> int:
-    try:
-        dimension, value = parse_slice(args.slice, "--slice")
-    except InvalidRequest as exc:
-        print(f"shadow-gateway rollout: {exc.message}", file=sys.stderr)
-        return 2
-    settings = load_settings(args.config)
-
-    async def clear(engine: AsyncEngine) -> Any:
-        control = ControlPlane(engine, settings.config, Metrics())
-        control.route(args.route)
-        await control.seed()
-        return await control.clear_slice(
+    dimension, value = _slice(args)
+    cleared = _on_route(
+        args,
+        lambda control: control.clear_slice(
             args.route, dimension, value, actor=args.actor or default_actor(), reason=args.reason
-        )
-
-    cleared = with_engine(settings, clear)
+        ),
+    )
     print(f"{args.route} {cleared.name}: cleared; the slice follows the route's knobs")
     return 0
 
 
+@_checked
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """A confidence threshold per slice from the logged comparisons; with --apply, set."""
-    try:
-        span = window(args.since, args.until, WEEK)
-        dimension = check_dimension(args.dimension) if args.dimension else None
-    except InvalidRequest as exc:
-        print(f"shadow-gateway rollout: {exc.message}", file=sys.stderr)
-        return 2
+    span = window(args.since, args.until, WEEK)
+    dimension = check_dimension(args.dimension) if args.dimension else None
     if args.apply and not args.reason:
-        print("shadow-gateway rollout: --apply needs --reason (it is recorded)", file=sys.stderr)
-        return 2
-    settings = load_settings(args.config)
+        raise InvalidRequest("--apply needs --reason (it is recorded)")
 
-    async def calibrate(engine: AsyncEngine) -> tuple[dict[str, Any], list[Any]]:
-        control = ControlPlane(engine, settings.config, Metrics())
-        control.route(args.route)
-        await control.seed()
-        result = await Reports(engine, settings.config).slice_thresholds(
+    async def calibrate(control: ControlPlane) -> tuple[dict[str, Any], list[Any]]:
+        result = await control.reports().slice_thresholds(
             args.route,
             span,
             args.target_agreement,
@@ -217,7 +210,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             )
         return result, applied
 
-    result, applied = with_engine(settings, calibrate)
+    result, applied = _on_route(args, calibrate)
     if args.json:
         result = {**result, "applied": [slice_view(o) for o in applied] if args.apply else None}
         print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
@@ -240,7 +233,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         )
         for line in result["slices"]
     ]
-    _print_table(("SLICE", "COMPARED", "THRESHOLD", "SERVED", "AGREEMENT", "NOTE"), rows)
+    print_table(("SLICE", "COMPARED", "THRESHOLD", "SERVED", "AGREEMENT", "NOTE"), rows)
     if args.apply:
         print(f"\napplied to {len(applied)} slice(s) in one audited change")
     elif calibrated_overrides(result):
@@ -248,29 +241,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
-    table = [header, *rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
 def _change(args: argparse.Namespace, knobs: dict[str, Any], action: str) -> int:
-    settings = load_settings(args.config)
-
-    async def change(engine: AsyncEngine) -> tuple[Any, bool]:
-        control = ControlPlane(engine, settings.config, Metrics())
-        control.route(args.route)  # an unknown route fails before anything else
-        await control.seed()
-        return await control.change(
+    state, changed = _on_route(
+        args,
+        lambda control: control.change(
             args.route,
             knobs,
             actor=args.actor or default_actor(),
             reason=args.reason,
             action=action,
-        )
-
-    state, changed = with_engine(settings, change)
+        ),
+    )
     summary = (
         f"mode={state.mode} percent={state.rollout_percent:g} "
         f"threshold={state.confidence_threshold:g} method={state.confidence_method} "
@@ -283,6 +264,7 @@ def _change(args: argparse.Namespace, knobs: dict[str, Any], action: str) -> int
     return 0
 
 
+@_checked
 def cmd_set(args: argparse.Namespace) -> int:
     if args.slice is not None:
         return _change_slice(args)
@@ -306,21 +288,16 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-
-    async def plan(engine: AsyncEngine) -> Any:
-        control = ControlPlane(engine, settings.config, Metrics())
-        control.route(args.route)
-        await control.seed()
-        return await control.start_plan(
+    state = _on_route(
+        args,
+        lambda control: control.start_plan(
             args.route,
             args.steps,
             args.hold,
             actor=args.actor or default_actor(),
             reason=args.reason,
-        )
-
-    state = with_engine(settings, plan)
+        ),
+    )
     steps = ", ".join(f"{step:g}%" for step in args.steps)
     print(
         f"{args.route}: ramp {steps}, holding {args.hold:g}s per step while every critical "
@@ -330,16 +307,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-
-    async def cancel(engine: AsyncEngine) -> Any:
-        control = ControlPlane(engine, settings.config, Metrics())
-        control.route(args.route)
-        return await control.cancel_plan(
+    ramp = _on_route(
+        args,
+        lambda control: control.cancel_plan(
             args.route, actor=args.actor or default_actor(), reason=args.reason
-        )
-
-    ramp = with_engine(settings, cancel)
+        ),
+    )
     print(
         f"{args.route}: ramp cancelled at step {ramp['step']} of {len(ramp['steps'])}; "
         f"the route stays at {ramp['percent']:g}%"

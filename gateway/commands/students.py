@@ -20,6 +20,7 @@ from gateway.commands.common import (
     bounded,
     default_actor,
     positive_int,
+    print_table,
     reason_text,
     with_engine,
 )
@@ -62,7 +63,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(orjson.dumps(views, option=orjson.OPT_INDENT_2).decode())
         return 0
     header = ("NAME", "STATUS", "MODEL", "SHADOW", "CONCURRENCY", "TIMEOUT", "VERSION", "URLS")
-    table = [header] + [
+    table = [
         (
             s.name,
             s.status,
@@ -75,9 +76,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         )
         for s in students
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print_table(header, table)
     return 0
 
 

@@ -26,6 +26,8 @@ from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+# Fewest served comparisons a per-slice threshold is judged on (rollout calibrate).
+MIN_SERVED = 30
 Z_95 = 1.959963984540054
 DECILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 PSI_SMOOTHING = 0.5

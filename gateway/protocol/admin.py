@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.config import ConfidenceMethod
 from gateway.core.routing import Mode, SliceMode
+from gateway.core.statistics import MIN_SERVED
 
 
 class _Body(BaseModel):
@@ -40,7 +41,7 @@ class CalibrationApply(_Body):
     since: str | None = Field(default=None, max_length=100)
     until: str | None = Field(default=None, max_length=100)
     dimension: str | None = Field(default=None, max_length=63)
-    min_served: int = Field(default=30, ge=1)
+    min_served: int = Field(default=MIN_SERVED, ge=1)
     reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")
 
 

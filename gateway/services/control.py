@@ -41,6 +41,8 @@ from gateway.db.tables import (
 )
 from gateway.errors import InvalidRequest, PlanNotFound, RouteNotFound, SliceNotFound
 from gateway.metrics import Metrics
+from gateway.services.reports import Reports
+from gateway.services.reports.common import HAS_DIMENSION, configured_dimensions
 
 _log = logging.getLogger("shadow_gateway.control")
 KNOBS = ("mode", "rollout_percent", "confidence_threshold", "confidence_method", "audit_sample")
@@ -278,22 +280,13 @@ def _plan_view(row: Any, last: Any) -> dict[str, Any]:
     }
 
 
-_HAS_DIMENSION = text(
-    "SELECT EXISTS (SELECT 1 FROM requests WHERE route = :route AND slices ? :dimension)"
-)
-
-
 async def _dimension_warnings(
     connection: AsyncConnection, route: RouteConfig, dimension: str
 ) -> list[str]:
     """A warning when no request has carried the dimension and the config does not name it."""
-    named = {c.dimension for c in route.slices.critical} | set(route.slices.defaults)
-    named |= {rule.dimension for rule in route.slices.rules}
-    if route.slices.length_buckets:
-        named.add(route.slices.length_buckets.dimension)
-    if dimension in named:
+    if dimension in configured_dimensions(route):
         return []
-    found = await connection.execute(_HAS_DIMENSION, {"route": route.name, "dimension": dimension})
+    found = await connection.execute(HAS_DIMENSION, {"route": route.name, "dimension": dimension})
     if found.scalar():
         return []
     return [
@@ -317,6 +310,10 @@ class ControlPlane:
 
     def route(self, name: str) -> RouteConfig:
         return self._config.find_route(name)
+
+    def reports(self) -> Reports:
+        """The reports on this control plane's database (calibration reads them)."""
+        return Reports(self._engine, self._config)
 
     # -- keeping the copy current ------------------------------------------------------------
 

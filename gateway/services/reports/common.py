@@ -79,7 +79,7 @@ LABELS = (
 )
 _ROWS = text(f"SELECT count(*) AS n FROM requests AS r WHERE {IN_WINDOW}")
 _NO_JIT = text("SET LOCAL jit = off")
-_HAS_DIMENSION = text(
+HAS_DIMENSION = text(
     "SELECT EXISTS (SELECT 1 FROM requests WHERE route = :route AND slices ? :dimension)"
 )
 
@@ -134,7 +134,7 @@ class ReportsBase:
         if dimension in configured_dimensions(route):
             return
         found = {"route": route.name, "dimension": dimension}
-        if not (await connection.execute(_HAS_DIMENSION, found)).scalar():
+        if not (await connection.execute(HAS_DIMENSION, found)).scalar():
             raise UnknownDimension(
                 f"Route '{route.name}' has no slice dimension '{dimension}': no request was "
                 "ever labelled with it and the route's config does not name it.",

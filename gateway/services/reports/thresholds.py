@@ -34,7 +34,7 @@ _CALIBRATION = text(
 )
 
 
-DEFAULT_MIN_SERVED = 30
+DEFAULT_MIN_SERVED = stats.MIN_SERVED
 
 
 class ThresholdReport(ReportsBase):
