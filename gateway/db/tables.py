@@ -13,12 +13,14 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    ForeignKey,
     Identity,
     Index,
     Integer,
     MetaData,
     Table,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -92,6 +94,8 @@ requests = Table(
     Column("teacher_refusal", Text),
     Column("teacher_model_reported", Text),
     Column("teacher_fingerprint", Text),
+    # migration 0012: the student that answered the app (NULL when the teacher did)
+    Column("served_student", Text),
     Index("ix_requests_route_created_at", "route", "created_at"),
     Index("ix_requests_created_at", "created_at"),
     # the UTC day the analyst views (migration 0005) group by, so filtering them on day is fast
@@ -218,6 +222,65 @@ api_keys = Table(
     Column("created_by", Text, nullable=False),
     Column("revoked_at", DateTime(timezone=True)),
     Column("revoked_by", Text),
+)
+
+# What apps said of their answers, and people's reviews of teacher answers (migration 0012).
+VERDICTS = ("teacher_correct", "student_correct", "both_correct", "both_wrong")
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("request_id", Text, nullable=False),
+    Column("request_created_at", DateTime(timezone=True), nullable=False),
+    Column("route", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("key_name", Text, nullable=False),
+    Column("source", Text),
+    Column("answered_by", Text, nullable=False),  # teacher, or the student's name
+    Column("score", Float),
+    Column("correct", Boolean),
+    Column("label", Text),
+    Column("comment", Text),
+    Column("corrected_output", Text),
+    Index("ix_feedback_route_created_at", "route", "created_at"),
+    Index("ix_feedback_request_id", "request_id"),
+)
+
+reviews = Table(
+    "reviews",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("route", Text, nullable=False),
+    Column("request_id", Text, nullable=False),
+    Column("request_created_at", DateTime(timezone=True), nullable=False),
+    Column("student", Text, nullable=False),
+    Column("slices", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("disagreement", Boolean),
+    Column("group_key", Text, nullable=False),
+    Column("batch", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("created_by", Text, nullable=False),
+    Column("verdict", Text),
+    Column("corrected_output", Text),
+    Column("reviewer", Text),
+    Column("judged_at", DateTime(timezone=True)),
+    UniqueConstraint("route", "request_id", "student", name="ux_reviews_request_student"),
+    Index("ix_reviews_route_verdict", "route", "verdict"),
+    Index("ix_reviews_group_key", "route", "group_key"),
+)
+
+review_verdicts = Table(
+    "review_verdicts",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("review_id", BigInteger, ForeignKey("reviews.id", ondelete="CASCADE"), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("reviewer", Text, nullable=False),
+    Column("verdict", Text, nullable=False),
+    Column("corrected_output", Text),
+    Column("via_review", BigInteger),
+    Index("ix_review_verdicts_review_id", "review_id"),
 )
 
 rollout_plans = Table(

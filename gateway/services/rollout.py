@@ -142,6 +142,7 @@ class StudentFirst:
         def after(client_gone: bool = False) -> None:
             record = student_served(
                 identity,
+                call.student,
                 payload=body if self._store_payloads else None,
                 stream=ex.stream,
                 completed_at=datetime.now(UTC),

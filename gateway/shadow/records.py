@@ -235,6 +235,7 @@ def teacher_columns(endpoint: Endpoint, answer: Reading) -> Record:
 
 def student_served(
     identity: RowIdentity,
+    student: str,
     *,
     payload: dict[str, Any] | None,
     stream: bool,
@@ -242,11 +243,12 @@ def student_served(
     overhead_s: float,
     fallback_reason: str | None = None,
 ) -> Record:
-    """The columns of a request the student answered (rollout; ``fallback_reason``
+    """The columns of a request ``student`` answered (rollout; ``fallback_reason``
     ``teacher_error`` when it stood in for a failed teacher)."""
     record = identity.columns()
     record.update(
         served_by="student",
+        served_student=student,
         fallback_reason=fallback_reason,
         status_code=200,
         stream=stream,
