@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
+import types
+import typing
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import (
@@ -112,7 +116,11 @@ def load_config_file(path: Path) -> GatewayConfig:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path} does not exist") from exc
+        raise ConfigError(
+            f"config file {path} does not exist: name one with --config FILE or "
+            "$SHADOW_GATEWAY_CONFIG (examples/shadow-gateway.yaml is a commented starting "
+            "point; `shadow-gateway demo` runs without one)"
+        ) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     except yaml.YAMLError as exc:
@@ -123,10 +131,51 @@ def load_config_file(path: Path) -> GatewayConfig:
         return GatewayConfig.model_validate(raw)
     except ValidationError as exc:
         problems = "\n".join(
-            f"  {'.'.join(str(part) for part in err['loc']) or '(top level)'}: {err['msg']}"
+            f"  {'.'.join(str(part) for part in err['loc']) or '(top level)'}: {_message(err)}"
             for err in exc.errors()
         )
         raise ConfigError(f"config file {path} is invalid:\n{problems}") from exc
+
+
+def _message(error: Any) -> str:
+    """Pydantic's message; for an unknown key, the valid keys there and the closest one."""
+    if error["type"] != "extra_forbidden":
+        return str(error["msg"])
+    loc = error["loc"]
+    known = _keys_at(GatewayConfig, loc[:-1])
+    if not known:
+        return "unknown key"
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key; {hint}valid keys here: {', '.join(sorted(known))}"
+
+
+def _keys_at(model: Any, path: tuple[Any, ...]) -> list[str]:
+    """The field names of the model found by following ``path`` (field names and list
+    indexes) down from ``model``; empty when the path leads elsewhere (a dict, a union)."""
+    current: Any = model
+    for part in path:
+        if isinstance(part, int):
+            args = [a for a in typing.get_args(current) if a is not type(None)]
+            if len(args) != 1:
+                return []
+            current = args[0]
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return []
+        current = field.annotation
+        # Optional[X] and list[X] both lead to X
+        while typing.get_origin(current) in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(current) if a is not type(None)]
+            if len(args) != 1:
+                return []
+            current = args[0]
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
 
 
 def load_settings(config_path: str | Path | None = None) -> Settings:

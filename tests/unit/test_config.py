@@ -34,8 +34,17 @@ def test_minimal_config_loads_with_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (ROUTE + "surprise: 1\n", "surprise: Extra inputs are not permitted"),
-        (ROUTE.replace("model: t}", "model: t, timeout: 3}"), "routes.0.teacher.timeout"),
+        (ROUTE + "surprise: 1\n", "surprise: unknown key; valid keys here: auth,"),
+        (
+            ROUTE.replace("model: t}", "model: t, timeout: 3}"),
+            "routes.0.teacher.timeout: unknown key; did you mean 'timeout_s'?",
+        ),
+        (ROUTE + "servr: {port: 1}\n", "servr: unknown key; did you mean 'server'?"),
+        (
+            ROUTE + "    rollout: {percnt: 5}\n",
+            "routes.0.rollout.percnt: unknown key; did you mean 'percent'?",
+        ),
+        (ROUTE + "    slices: {critical: [{dimension: t, value: v, bar: 1}]}\n", "valid keys here"),
         ("routes: []\n", "routes: List should have at least 1 item"),
         (ROUTE + ROUTE.replace("routes:\n", ""), "used twice"),
         (ROUTE.replace("student:", "mode: shadow\n    x_student:"), "routes.0.x_student"),
@@ -69,8 +78,9 @@ def test_shadow_route_without_student_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_file_and_missing_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist: name one with --config") as caught:
         load_settings(tmp_path / "absent.yaml")
+    assert "examples/shadow-gateway.yaml" in str(caught.value)
     text = ROUTE + "auth: {keys: [{name: app, key_env: SGW_UNSET_KEY}]}\n"
     monkeypatch.delenv("SGW_UNSET_KEY", raising=False)
     unset = load_settings(write(tmp_path, text))  # loads: secrets are read when first used
