@@ -46,15 +46,19 @@ def migrate(url: str) -> None:
         raise CommandError(f"cannot migrate the database: {first_line}") from exc
 
 
-def common_options() -> argparse.ArgumentParser:
-    """``--config`` and ``--log-level``, for every subcommand."""
+def common_options(config: bool = True) -> argparse.ArgumentParser:
+    """``--config`` (unless the command makes its own) and ``--log-level``."""
     parent = argparse.ArgumentParser(add_help=False)
+    if config:
+        parent.add_argument(
+            "--config",
+            help="config file (default: $SHADOW_GATEWAY_CONFIG, else ./shadow-gateway.yaml)",
+        )
     parent.add_argument(
-        "--config",
-        help="config file (default: $SHADOW_GATEWAY_CONFIG, else ./shadow-gateway.yaml)",
-    )
-    parent.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="how much the command logs on stderr (default: INFO)",
     )
     return parent
 

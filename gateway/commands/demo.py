@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from gateway.commands.common import CommandError, positive_int
+from gateway.commands.common import CommandError, common_options, positive_int
 
 
 def _wait_for_ctrl_c() -> None:
@@ -106,9 +106,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
+    del parent  # the demo writes its own config: it takes no --config
     demo = commands.add_parser(
         "demo",
-        parents=[parent],
+        parents=[common_options(config=False)],
         help="Run the whole loop on this machine: a demo teacher, two vLLM students on CPU, "
         "shadow traffic, the candidates report, a threshold, a rollout.",
         description="Start the embedded PostgreSQL, the demo teacher, the two demo students "

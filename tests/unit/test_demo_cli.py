@@ -33,3 +33,17 @@ def test_request_counts_must_be_positive(capsys: pytest.CaptureFixture[str]) -> 
         main(["demo", "--requests", "0"])
     assert exited.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_demo_takes_no_config_and_every_option_has_help(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["demo", "--config", "x.yaml"])
+    assert refused.value.code == 2
+    assert "unrecognized arguments: --config" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["report", "slices", "--help"])
+    shown = capsys.readouterr().out
+    assert "--log-level" in shown
+    assert "how much the command logs" in shown
