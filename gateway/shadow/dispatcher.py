@@ -209,7 +209,10 @@ class ShadowDispatcher:
             confidence=analysis.confidence,
         )
         outcome = record["student_status"]
+        was_open = breaker.is_open
         breaker.record(not counts_as_failure(outcome, reply.status), time.monotonic())
+        if breaker.is_open != was_open:  # once per episode: a failed probe keeps it open
+            _breaker_changed(identity.route, student, outcome, record.get("student_error"))
         if self._students.is_live(*labels):
             self._metrics.circuit_open.labels(*labels).set(1 if breaker.is_open else 0)
             self._metrics.shadow_calls.labels(*labels, outcome).inc()
@@ -281,3 +284,21 @@ class ShadowDispatcher:
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
             _log.warning("cancelled %d shadow call(s) still running at shutdown", len(pending))
+
+
+def _breaker_changed(route: str, student: Student, outcome: str, error: object) -> None:
+    """One log line when a student's circuit opens, one when it closes again."""
+    breaker = student.breaker
+    if breaker.is_open:
+        _log.warning(
+            "route %s: student %s failed %d calls in a row (last: %s%s); not calling it for "
+            "%gs, then one probe (shadow calls are logged as circuit_open meanwhile)",
+            route,
+            student.name,
+            breaker.failures,
+            outcome,
+            f": {str(error)[:200]}" if error else "",
+            breaker.cooldown_s,
+        )
+    else:
+        _log.info("route %s: student %s answered a probe; calling it again", route, student.name)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+
+import pytest
 
 from tests.integration.conftest import ROUTE, closed_port_url, complete_row, rows
 from tests.support.db import wait_for
@@ -136,7 +139,9 @@ def test_circuit_breaker_stops_calling_a_failing_student_and_probes_it_back(
     teacher: FakeOpenAI,
     student: FakeOpenAI,
     clean_db: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="shadow_gateway.shadow")
     spec = route(ROUTE, teacher.base_url, [student.base_url])
     spec["student"].update(breaker_failures=2, breaker_cooldown_s=0.5)
     gateway = make_gateway([spec])
@@ -173,3 +178,10 @@ def test_circuit_breaker_stops_calling_a_failing_student_and_probes_it_back(
     )
     ask()
     wait_for(lambda: len(student.received) == calls + 2, what="calls flowing again")
+    # one line when it opened (with the reason), one when it closed: not one per skipped call
+    said = [r.getMessage() for r in caplog.records if r.name == "shadow_gateway.shadow"]
+    opened = [line for line in said if "failed 2 calls in a row" in line]
+    closed = [line for line in said if "answered a probe" in line]
+    assert len(opened) == 1
+    assert "http_error" in opened[0]
+    assert len(closed) == 1
