@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import signal
 import threading
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from gateway.commands.common import CommandError, common_options, positive_int
 
@@ -59,7 +62,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"the demo's student runs on vLLM's CPU build, in its own virtual environment, "
                 f"and there is none{where}. Make it with `bash {INSTALL_SCRIPT}` (a few "
-                "minutes, about 2 GB, needs Python 3.11), or rerun with --install-student to "
+                "minutes, about 3.5 GB, needs Python 3.11), or rerun with --install-student to "
                 "do that now, or point --student-python at one"
             )
         print(f"installing the student's environment with {INSTALL_SCRIPT} ...", flush=True)
@@ -71,11 +74,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(line, flush=True)
 
+    data_dir = Path(args.data_dir).resolve()
+    if args.keep_data:
+        say(f"continuing in {data_dir}: the earlier runs' rows and route state stay")
+    elif clear_data_dir(data_dir):
+        say(f"starting clean: removed the previous demo run's data in {data_dir}")
+
     # One line per request from the replay's HTTP client would drown the progress lines.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     stack = DemoStack(
-        data_dir=Path(args.data_dir).resolve(),
+        data_dir=data_dir,
         student_python=python,
         model_dir=model_dir.resolve(),
         gateway_port=args.port,
@@ -105,6 +114,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+DATA_DIR_MARK = ".shadow-gateway-demo"
+
+
+def clear_data_dir(data_dir: Path) -> bool:
+    """Empty a data directory an earlier demo made (its mark file says so); make it, marked,
+    if it is new. A directory with other things in it and no mark is refused, never emptied.
+    Whether an earlier run's data was removed."""
+    mark = data_dir / DATA_DIR_MARK
+    existed = data_dir.is_dir() and any(data_dir.iterdir())
+    if existed and not mark.exists():
+        raise CommandError(
+            f"{data_dir} holds files the demo did not make: pass another --data-dir (the demo "
+            "empties its own at each start)"
+        )
+    if existed:
+        for pidfile in data_dir.rglob("postmaster.pid"):
+            pid = pidfile.read_text().split("\n", 1)[0].strip()
+            if pid.isdigit() and psutil.pid_exists(int(pid)):
+                raise CommandError(
+                    f"a PostgreSQL from an earlier demo still runs on {pidfile.parent} (pid "
+                    f"{pid}): stop it (kill {pid}), or pass --keep-data to go on with it"
+                )
+        for entry in data_dir.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    mark.write_text("made by `shadow-gateway demo`, which empties this directory at each start\n")
+    return existed
+
+
 def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     del parent  # the demo writes its own config: it takes no --config
     demo = commands.add_parser(
@@ -131,6 +172,11 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     )
     demo.add_argument(
         "--data-dir", default=".shadow-gateway-demo", help="Postgres data, logs, the config"
+    )
+    demo.add_argument(
+        "--keep-data",
+        action="store_true",
+        help="continue the previous run's database (default: start clean)",
     )
     demo.add_argument("--model", help="the champion's model directory (default: the demo's)")
     demo.add_argument("--student-python", help="the Python of vLLM's CPU environment")

@@ -22,8 +22,11 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -417,7 +420,17 @@ def walkthrough(
     }
 
 
+def runnable_cli() -> str:
+    """The command line that runs ``shadow-gateway`` from any shell: the script beside this
+    Python when there is one (its venv need not be active), else ``python -m gateway``."""
+    script = Path(sys.executable).with_name("shadow-gateway")
+    return (
+        shlex.quote(str(script)) if script.exists() else f"{shlex.quote(sys.executable)} -m gateway"
+    )
+
+
 def try_it(stack: DemoStack, say: Callable[[str], None] = print) -> None:
+    cli, python = runnable_cli(), shlex.quote(sys.executable)
     base = stack.gateway_url
     key = stack.app_key
     students = "\n".join(
@@ -439,13 +452,13 @@ def try_it(stack: DemoStack, say: Callable[[str], None] = print) -> None:
     -H 'authorization: Bearer {key}' -H 'content-type: application/json' \\
     -d '{{"model": "{ROUTE}", "messages": [{{"role": "user", "content": "July 4th, 2025"}}]}}' -i
 
-  # with the openai package (pip install openai):
-  python -c 'import openai; c = openai.OpenAI(base_url="{base}/v1", api_key="{key}"); \\
+  # with the openai package (pip install openai, if this Python lacks it):
+  {python} -c 'import openai; c = openai.OpenAI(base_url="{base}/v1", api_key="{key}"); \\
 print(c.chat.completions.create(model="{ROUTE}", \\
 messages=[{{"role": "user", "content": "9 days after 2024-02-25"}}]).choices[0].message.content)'
 
   SHADOW_GATEWAY_CONFIG={stack.config_path} DATABASE_URL='{stack.database_url}' \\
-    shadow-gateway report candidates {ROUTE}
+    {cli} report candidates {ROUTE}
   (likewise: report slices {ROUTE} --dimension style, report thresholds {ROUTE},
    students list {ROUTE}, export --route {ROUTE} -o dates.jsonl, rollout status)
 """

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from gateway.cli import main
+from gateway.commands.common import CommandError
+from gateway.commands.demo import DATA_DIR_MARK, clear_data_dir
+from gateway.demo.walkthrough import runnable_cli
 
 
 def test_without_the_students_environment_it_says_how_to_make_it(
@@ -47,3 +54,36 @@ def test_demo_takes_no_config_and_every_option_has_help(
     shown = capsys.readouterr().out
     assert "--log-level" in shown
     assert "how much the command logs" in shown
+
+
+def test_each_demo_starts_clean_in_its_own_directory_and_never_empties_another(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "demo"
+    assert clear_data_dir(data) is False  # new: made and marked
+    (data / "postgres").mkdir()
+    (data / "postgres" / "PG_VERSION").write_text("16")
+    (data / "student-v1.log").write_text("old")
+    assert clear_data_dir(data) is True
+    assert sorted(p.name for p in data.iterdir()) == [DATA_DIR_MARK]
+    # a PostgreSQL still running there (this process's pid stands in for it) is not pulled away
+    (data / "postgres").mkdir()
+    (data / "postgres" / "postmaster.pid").write_text(f"{os.getpid()}\n/data\n")
+    with pytest.raises(CommandError, match="still runs"):
+        clear_data_dir(data)
+    assert (data / "postgres" / "postmaster.pid").exists()
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(CommandError, match="did not make"):
+        clear_data_dir(other)
+    assert (other / "notes.txt").read_text() == "keep me"
+
+
+def test_the_printed_commands_run_without_an_active_venv() -> None:
+    command = runnable_cli()
+    assert command.startswith(str(Path(sys.executable).parent)) or "-m gateway" in command
+    result = subprocess.run(
+        [*shlex.split(command), "--version"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
