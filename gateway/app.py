@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from gateway import __version__
-from gateway.api import admin, console, health, openai, reports
+from gateway.api import admin, console, health, openai, reports, reviews, teachers
 from gateway.api.errors import (
     gateway_error_handler,
     http_exception_handler,
@@ -34,10 +34,13 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.metrics import Metrics, describe_routes, forget_dead_workers
 from gateway.services.auth import KeyRing
 from gateway.services.control import ControlPlane
+from gateway.services.feedback import FeedbackStore
 from gateway.services.guardian import Guardian
 from gateway.services.proxy import ProxyService
 from gateway.services.reports import DriftMonitor
+from gateway.services.reviews import ReviewQueue
 from gateway.services.students import StudentRegistry, StudentState
+from gateway.services.teachers import TeacherVersions
 from gateway.shadow.analysis import build_analyses
 from gateway.shadow.dispatcher import ShadowDispatcher
 from gateway.shadow.records import RedactingWriter, route_redactors
@@ -93,9 +96,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             students_changed(route.name, students.live(route.name))
         dispatcher = ShadowDispatcher(pool, writer, metrics, analyses)
         control = ControlPlane(engine, config, metrics)
+        teacher_versions = TeacherVersions(engine, metrics)
+        writer.observe(teacher_versions.saw)  # new teacher versions, from the rows written
         try:
             await control.seed()
             await students.seed()
+            await teacher_versions.seed()
         except Exception as exc:  # Postgres down: serve the config's knobs until it is back
             _log.warning("cannot load route state from Postgres (%s); using the config's", exc)
         listener = ChangeListener(
@@ -113,6 +119,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         drift.start()
         partitions = PartitionMaintainer(engine, config.database.partitions)
         partitions.start()  # at once, then every check_interval_s
+        teacher_versions.start()
         app.state.gateway = GatewayState(
             settings=settings,
             metrics=metrics,
@@ -123,6 +130,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             dispatcher=dispatcher,
             writer=writer,
             engine=engine,
+            feedback=FeedbackStore(
+                engine, redactors, wait_s=max(2.0, 5 * config.log_writer.flush_interval_s)
+            ),
+            reviews=ReviewQueue(engine, config),
             started_at=int(time.time()),
         )
         # Everything built so far lives as long as the process: keep it out of the cyclic
@@ -140,6 +151,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             await listener.stop()
             await dispatcher.drain(config.server.drain_timeout_s)
             await writer.close()
+            await teacher_versions.stop()  # after the writer: its last rows are counted too
             await student_session.close()
             await teacher_session.close()
             await engine.dispose()
@@ -161,6 +173,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(admin.router)
     app.include_router(reports.router)
+    app.include_router(reviews.router)
+    app.include_router(teachers.router)
     console.install(app, settings)
     app.add_exception_handler(GatewayError, gateway_error_handler)
     app.add_exception_handler(HTTPException, http_exception_handler)

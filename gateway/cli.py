@@ -20,6 +20,7 @@ from gateway.commands import (
     partitions,
     replay,
     report,
+    review,
     rollout,
     serve,
     students,
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_parsers(commands, parent)
     students.add_parsers(commands, parent)
     report.add_parsers(commands, parent)
+    review.add_parsers(commands, parent)
     replay.add_parsers(commands, parent)
     export.add_parsers(commands, parent)
     partitions.add_parsers(commands, parent)

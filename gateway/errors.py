@@ -17,6 +17,8 @@ above them needs to know about aiohttp or asyncpg.
     ├── RateLimited             429  the key's token bucket is empty (``retry-after`` set)
     ├── StudentNotFound         404  a route has no student of that name
     ├── UnknownDimension        404  a report names a slice dimension the route never had
+    ├── RequestNotFound         404  feedback or a review names no logged request
+    ├── ReviewNotFound          404  a verdict names no review task
     ├── NoData                  404  a report's window holds no rows of the route
     ├── NotEnoughData           400  rows, but too few for the report to say anything
     └── UpstreamError           the teacher failed
@@ -155,6 +157,20 @@ class UnknownDimension(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"
     default_code = "dimension_not_found"
+
+
+class RequestNotFound(GatewayError):
+    """No logged request has the id (feedback, review)."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "request_not_found"
+
+
+class ReviewNotFound(GatewayError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "review_not_found"
 
 
 class NoData(GatewayError):

@@ -114,6 +114,13 @@ class Metrics:
             ["key"],
             registry=reg,
         )
+        self.feedback = Counter(
+            "shadow_gateway_feedback_total",
+            "Feedback stored from apps (POST /v1/feedback), by route and who gave the answer "
+            "judged (teacher or student).",
+            ["route", "answered_by"],
+            registry=reg,
+        )
         self.teacher_latency = Histogram(
             "shadow_gateway_teacher_latency_seconds",
             "Teacher call latency (whole answer; for streams, until the last chunk).",
@@ -288,6 +295,15 @@ class Metrics:
             ["route", "dimension", "slice"],
             registry=reg,
         )
+        # Every route's series exists from start-up at 0 (describe_routes), so increase() sees
+        # the first change; counted by the replica that recorded it (gateway.services.teachers).
+        self.teacher_changes = Counter(
+            "shadow_gateway_teacher_changes_total",
+            "New teacher versions: the route's teacher answered with a (model, "
+            "system_fingerprint) it had not reported before (not its first; not a return).",
+            ["route"],
+            registry=reg,
+        )
         # Slices bounded like the agreement metrics: the allow-list, "other", and "all".
         self.slice_requests = Counter(
             "shadow_gateway_slice_requests_total",
@@ -437,8 +453,10 @@ class Metrics:
 
 
 def describe_routes(config: GatewayConfig, metrics: Metrics) -> None:
-    """Export each route's critical-slice bars (mode and percent come from the control plane)."""
+    """Export each route's critical-slice bars (mode and percent come from the control plane),
+    and its teacher-change counter at 0."""
     for route in config.routes:
+        metrics.teacher_changes.labels(route.name)
         for critical in route.slices.critical:
             labels = (route.name, critical.dimension, critical.value)
             metrics.slice_bar.labels(*labels).set(critical.min_agreement)

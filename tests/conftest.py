@@ -48,7 +48,8 @@ def clean_db(database_url: str) -> str:
     execute(
         database_url,
         "TRUNCATE requests, student_answers, route_state, route_students, route_events, "
-        "route_slice_overrides, rollout_plans, api_keys, feedback, reviews, review_verdicts",
+        "route_slice_overrides, rollout_plans, api_keys, feedback, reviews, review_verdicts, "
+        "teacher_versions",
     )
     return database_url
 

@@ -45,6 +45,7 @@ REQUIRED_ALERTS = {
     "ShadowGatewayAutoRollback",
     "ShadowGatewaySliceRolledBack",
     "ShadowGatewayCandidateDown",
+    "ShadowGatewayTeacherChanged",
 }
 # The metrics that concern one student (they carry a `student` label).
 PER_STUDENT = {

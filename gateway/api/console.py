@@ -1,10 +1,11 @@
-"""``/console``: the built-in page for analysts and SREs (docs/console.md).
+"""``/console``: the built-in page for analysts, SREs and reviewers (docs/console.md).
 
 The page is static HTML, CSS and JavaScript shipped in ``gateway/console/`` (no build step, no
 CDN). It logs in with a key (``POST /console/login``: a signed session cookie, see
 :mod:`gateway.services.sessions`) and then calls the admin API with that cookie: the routes,
 their events, the reports, the writes (SREs only, with the CSRF token), and the two read
-endpoints here that the reports lack: agreement per slice over time, and one raw row.
+endpoints here that the reports lack: agreement per slice over time, and one raw row. A key
+with only the ``reviewer`` scope gets the review page alone (``/admin/reviews``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from gateway.services.sessions import (
 
 router = APIRouter(tags=["console"])
 ASSETS = resources.files("gateway") / "console"
-READER_SCOPES = ("sre", "analyst")
+READER_SCOPES = ("sre", "analyst", "reviewer")
 MAX_FORM_BYTES = 8192
 # The page loads only its own files; nothing inline, nothing from elsewhere, never framed.
 SECURITY_HEADERS = {
@@ -146,7 +147,7 @@ async def login(request: Request) -> Response:
         return login_page("The login form was sent from another site.", 403)
     key = (await _form(request)).get("key", "").strip()
     if not key:
-        return login_page("Enter an API key with the analyst or sre scope.", 401)
+        return login_page("Enter an API key with the analyst, sre or reviewer scope.", 401)
     try:
         found = gateway_state(request).keys.authenticate(f"Bearer {key}", READER_SCOPES)
     except GatewayError as exc:

@@ -1,4 +1,5 @@
-"""``/v1/chat/completions``, ``/v1/completions``, ``/v1/responses`` and ``/v1/models``.
+"""``/v1/chat/completions``, ``/v1/completions``, ``/v1/responses``, ``/v1/models`` and
+``/v1/feedback``.
 
 The two POST handlers are plain Starlette endpoints rather than FastAPI routes: they are the
 hot path, and they need the raw body (to pass the app's JSON upstream untouched), not a
@@ -34,7 +35,9 @@ from gateway.errors import (
 from gateway.protocol.openai import (
     ChatCompletionRequest,
     CompletionRequest,
+    FeedbackRequest,
     ResponsesRequest,
+    validate_model,
     validate_request,
 )
 from gateway.services.answers import Answer, RequestContext
@@ -161,6 +164,32 @@ async def responses(request: Request) -> Response:
     return await _proxy(request, "responses")
 
 
+async def feedback(request: Request) -> Response:
+    """``POST /v1/feedback``: what the app says of an answer it got (201, or an OpenAI error)."""
+    state = gateway_state(request)
+    try:
+        key = state.keys.authenticate(request.headers.get("authorization"))
+        state.keys.throttle(key)
+        body = await read_json_body(request, state.settings.config.server.max_body_bytes)
+        parsed = validate_model(FeedbackRequest, body)
+        if not parsed.judges_something():
+            raise InvalidRequest(
+                "Feedback needs at least one of score, correct, label, comment or "
+                "corrected_output.",
+                code="missing_required_parameter",
+            )
+        stored = await state.feedback.record(parsed, key.name)
+    except RateLimited as exc:
+        state.metrics.rejected.labels("429").inc()
+        state.metrics.rate_limited.labels(exc.key).inc()
+        return error_response(exc)
+    except GatewayError as exc:
+        return error_response(exc)
+    judged = "teacher" if stored["answered_by"] == "teacher" else "student"
+    state.metrics.feedback.labels(stored["route"], judged).inc()
+    return Response(orjson.dumps(stored), status_code=201, media_type=JSON)
+
+
 def _model_card(state: GatewayState, name: str) -> dict[str, Any]:
     return {
         "id": name,
@@ -233,7 +262,12 @@ def add_to_openapi(app: FastAPI) -> None:
         schema = build()
         components = schema.setdefault("components", {})
         schemas = components.setdefault("schemas", {})
-        for request_model in (ChatCompletionRequest, CompletionRequest, ResponsesRequest):
+        for request_model in (
+            ChatCompletionRequest,
+            CompletionRequest,
+            ResponsesRequest,
+            FeedbackRequest,
+        ):
             found = request_model.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(found.pop("$defs", {}))
             schemas[request_model.__name__] = found
@@ -281,6 +315,27 @@ def add_to_openapi(app: FastAPI) -> None:
                 "/v1/responses": {
                     "post": _completion_operation("Response (Responses API)", "ResponsesRequest")
                 },
+                "/v1/feedback": {
+                    "post": {
+                        "summary": "Feedback on an answer (by its x-request-id)",
+                        "operationId": "create_feedback",
+                        "tags": ["openai"],
+                        "security": [{"bearer": []}],
+                        "requestBody": {
+                            "required": True,
+                            "content": {
+                                JSON: {"schema": {"$ref": "#/components/schemas/FeedbackRequest"}}
+                            },
+                        },
+                        "responses": {
+                            "201": {
+                                "description": "Stored",
+                                "content": {JSON: {"schema": {"type": "object"}}},
+                            },
+                            **_error_responses(400, 401, 403, 404, 413, 415, 429),
+                        },
+                    }
+                },
                 "/v1/models": {"get": models},
                 "/v1/models/{model}": {"get": model},
             }
@@ -311,6 +366,7 @@ routes = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/responses", responses, methods=["POST"]),
+    Route("/v1/feedback", feedback, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
 ]

@@ -1,8 +1,11 @@
-"""``/admin/reports``: slices, disagreements, thresholds, drift, candidates (scope sre or analyst).
+"""``/admin/reports``: slices, disagreements, thresholds, drift, candidates, quality (scope sre
+or analyst).
 
 Thin handlers: parse the query (times, slices, ranges; a 400 naming the parameter when one is
 wrong), call :class:`~gateway.services.reports.Reports`, answer its JSON. ``POST /drift``
 takes a reference dataset as a JSONL body, read line by line as it arrives.
+``teacher_version`` (slices, disagreements, thresholds, candidates) keeps the rows whose
+teacher reported that system fingerprint or model.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from gateway.core.paired import MIN_PAIRS
 from gateway.errors import PayloadTooLarge
 from gateway.protocol.reports import (
     DAY,
+    QUALITY_SPAN,
     WEEK,
     check_dimension,
     check_range,
+    check_teacher_version,
     decode_cursor,
     parse_slice,
     parse_thresholds,
@@ -45,6 +50,14 @@ def _dimension(dimension: str | None) -> str | None:
     return check_dimension(dimension) if dimension is not None else None
 
 
+# teacher_version: only rows whose teacher reported this system_fingerprint or model
+TeacherVersion = Annotated[str | None, Query(max_length=200)]
+
+
+def _teacher_version(version: str | None) -> str | None:
+    return check_teacher_version(version) if version is not None else None
+
+
 @router.get("/slices")
 async def slices(
     request: Request,
@@ -53,9 +66,12 @@ async def slices(
     since: str | None = None,
     until: str | None = None,
     dimension: str | None = None,
+    teacher_version: TeacherVersion = None,
 ) -> dict[str, Any]:
     span = window(since, until, DAY)
-    return await _reports(request).slices(route, span, _dimension(dimension))
+    return await _reports(request).slices(
+        route, span, _dimension(dimension), _teacher_version(teacher_version)
+    )
 
 
 @router.get("/candidates")
@@ -67,9 +83,25 @@ async def candidates(
     until: str | None = None,
     baseline: str | None = Query(default=None, max_length=200),
     min_pairs: int = Query(default=MIN_PAIRS, ge=1),
+    teacher_version: TeacherVersion = None,
 ) -> dict[str, Any]:
     span = window(since, until, WEEK)
-    return await _reports(request).candidates(route, span, baseline, min_pairs)
+    return await _reports(request).candidates(
+        route, span, baseline, min_pairs, _teacher_version(teacher_version)
+    )
+
+
+@router.get("/quality")
+async def quality(
+    request: Request,
+    _key: ReaderKey,
+    route: str,
+    since: str | None = None,
+    until: str | None = None,
+    dimension: str | None = None,
+) -> dict[str, Any]:
+    span = window(since, until, QUALITY_SPAN)
+    return await _reports(request).quality(route, span, _dimension(dimension))
 
 
 @router.get("/disagreements")
@@ -87,6 +119,7 @@ async def disagreements(
     max_confidence: float | None = Query(default=None, ge=0, le=1),
     limit: int = Query(default=50, ge=1, le=500),
     cursor: str | None = None,
+    teacher_version: TeacherVersion = None,
 ) -> dict[str, Any]:
     return await _reports(request).disagreements(
         route,
@@ -99,6 +132,7 @@ async def disagreements(
         ),
         limit=limit,
         cursor=decode_cursor(cursor) if cursor is not None else None,
+        teacher_version=_teacher_version(teacher_version),
     )
 
 
@@ -112,6 +146,7 @@ async def thresholds(
     candidates: str | None = Query(default=None, alias="thresholds"),
     dimension: str | None = None,
     conservative: bool = False,
+    teacher_version: TeacherVersion = None,
 ) -> dict[str, Any]:
     return await _reports(request).thresholds(
         route,
@@ -119,6 +154,7 @@ async def thresholds(
         parse_thresholds(candidates) if candidates is not None else None,
         _dimension(dimension),
         conservative,
+        _teacher_version(teacher_version),
     )
 
 

@@ -64,3 +64,9 @@ SreKey = Annotated[ApiKey, Depends(require_scopes("sre"))]
 
 ReaderKey = Annotated[ApiKey, Depends(require_scopes("sre", "analyst"))]
 """A key with ``sre`` or ``analyst``: for reads under ``/admin``."""
+
+ReviewReaderKey = Annotated[ApiKey, Depends(require_scopes("reviewer", "sre", "analyst"))]
+"""A key that may read review tasks: ``reviewer``, ``sre`` or ``analyst``."""
+
+ReviewerKey = Annotated[ApiKey, Depends(require_scopes("reviewer", "sre"))]
+"""A key that may judge review tasks and draw them: ``reviewer`` or ``sre``."""

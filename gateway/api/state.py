@@ -12,7 +12,9 @@ from gateway.db.writer import LogWriter
 from gateway.metrics import Metrics
 from gateway.services.auth import KeyRing
 from gateway.services.control import ControlPlane
+from gateway.services.feedback import FeedbackStore
 from gateway.services.proxy import ProxyService
+from gateway.services.reviews import ReviewQueue
 from gateway.services.students import StudentRegistry
 from gateway.shadow.dispatcher import ShadowDispatcher
 
@@ -28,6 +30,8 @@ class GatewayState:
     dispatcher: ShadowDispatcher
     writer: LogWriter
     engine: AsyncEngine
+    feedback: FeedbackStore
+    reviews: ReviewQueue
     started_at: int
     readiness: tuple[float, str] | None = None  # (checked at, database status), cached 1 s
 

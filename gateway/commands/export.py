@@ -1,8 +1,10 @@
 """``export``: logged production traffic as a training set for the next distillation.
 
-Writes JSONL in the OpenAI fine-tuning chat format and a manifest beside it
-(``FILE.manifest.json``: filters, counts per slice, what was dropped and why, time range,
-gateway version). See :mod:`gateway.services.export` for what is kept and how it is sampled.
+Writes JSONL in the OpenAI fine-tuning chat format (``--format openai``, the default) or
+preference pairs from reviewed answers for TRL's DPO trainer (``--format dpo``), and a
+manifest beside it (``FILE.manifest.json``: filters, counts, what was dropped and why, time
+range, gateway version). The summary on stdout is a table, or the manifest as JSON with
+``--json``. See :mod:`gateway.services.export` for what is kept and how it is sampled.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.commands.common import CommandError, positive_int, with_engine
 from gateway.config import load_settings
 from gateway.services.export import (
+    FORMATS,
     Exporter,
     ExportError,
     ExportRequest,
     ExportResult,
     Mix,
+    PreferenceExporter,
+    PreferenceResult,
     build_verifier,
 )
 
@@ -87,12 +92,27 @@ def _mix(text: str) -> Mix:
     return Mix(dimension, shares)
 
 
+def _format(text: str) -> str:
+    if text not in FORMATS:
+        hint = " (the summary as JSON is --json)" if text in ("json", "table") else ""
+        raise argparse.ArgumentTypeError(f"unknown format {text!r}: {' or '.join(FORMATS)}{hint}")
+    return text
+
+
 def _request(args: argparse.Namespace) -> ExportRequest:
     if args.max is not None and not args.only_disagreements:
         raise CommandError("--max caps --only-disagreements; for a sample of all rows use --limit")
     if args.max is not None and args.limit is not None:
         raise CommandError("give --max or --limit, not both")
     limit = args.max if args.max is not None else args.limit
+    if args.format == "dpo":
+        options = {"--limit": args.limit, "--max": args.max, "--mix": args.mix}
+        options["--use-corrections"] = args.use_corrections or None
+        if given := [option for option, value in options.items() if value is not None]:
+            raise CommandError(
+                f"--format dpo takes every reviewed pair the filters match; {given[0]} is for "
+                "--format openai (a both_wrong verdict's correction is always used)"
+            )
     if args.mix is not None and limit is None:
         raise CommandError("--mix needs --limit N: how many examples in all")
     if args.since and args.until and args.since >= args.until:
@@ -110,6 +130,8 @@ def _request(args: argparse.Namespace) -> ExportRequest:
         limit=limit,
         mix=args.mix,
         seed=args.seed,
+        format=args.format,
+        use_corrections=args.use_corrections,
     )
 
 
@@ -123,13 +145,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     config = route.export.verifier
     exporter_verifier = build_verifier(config)
 
-    async def export(engine: AsyncEngine) -> ExportResult:
+    async def export(engine: AsyncEngine) -> ExportResult | PreferenceResult:
+        if request.format == "dpo":
+            return await PreferenceExporter(engine, exporter_verifier, config).run(request)
         return await Exporter(engine, exporter_verifier, config).run(request)
 
     try:
         result = with_engine(settings, export)
     except ExportError as exc:
         raise CommandError(str(exc)) from exc
+    if args.json:
+        summary = {"output": str(request.output), "manifest": str(request.manifest_path)}
+        document = summary | result.manifest()
+        print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+    elif isinstance(result, PreferenceResult):
+        print(_pairs_table(result))
+    else:
+        print(_table(result))
+    if isinstance(result, ExportResult):
+        _warn_short(result)
+    return 0
+
+
+def _warn_short(result: ExportResult) -> None:
     for stratum in result.short:
         labels = ", ".join(f"{k}={v}" for k, v in stratum.labels.items()) or "(no slices)"
         print(
@@ -137,13 +175,6 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"{stratum.quota} its share asks for (too few rows qualify)",
             file=sys.stderr,
         )
-    if args.format == "json":
-        summary = {"output": str(request.output), "manifest": str(request.manifest_path)}
-        document = summary | result.manifest()
-        print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
-    else:
-        print(_table(result))
-    return 0
 
 
 def _table(result: ExportResult) -> str:
@@ -158,6 +189,11 @@ def _table(result: ExportResult) -> str:
     lines += ["dropped"] if dropped else []
     lines += [f"  {reason:<18}{count:>9}" for reason, count in dropped]
     lines.append(f"examples            {result.examples:>9}")
+    if result.corrected:
+        lines.append(f"  corrected         {result.corrected:>9}")
+    if result.judged_wrong:
+        by = ", ".join(f"{n} by {source}" for source, n in sorted(result.judged_wrong.items()))
+        lines.append(f"judged wrong: {by}")
     if result.checks_failed:
         checks = ", ".join(f"{check} {n}" for check, n in result.checks_failed.most_common(5))
         lines.append(f"failed verifier checks: {checks}")
@@ -172,14 +208,33 @@ def _table(result: ExportResult) -> str:
     return "\n".join(lines)
 
 
+def _pairs_table(result: PreferenceResult) -> str:
+    request = result.request
+    lines = [
+        f"wrote {result.examples} preference pairs ({result.form}) to {request.output}",
+        f"manifest: {request.manifest_path}",
+        "",
+        f"review tasks judged {result.judged:>9}",
+        f"  used              {result.used:>9}",
+    ]
+    skipped = [(reason, count) for reason, count in result.skipped.items() if count]
+    lines += ["skipped"] if skipped else []
+    lines += [f"  {reason:<18}{count:>9}" for reason, count in skipped]
+    lines.append("pairs")
+    lines += [f"  {verdict:<18}{result.pairs[verdict]:>9}" for verdict in sorted(result.pairs)]
+    return "\n".join(lines)
+
+
 def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     export = commands.add_parser(
         "export",
         parents=[parent],
-        help="Write logged traffic as a JSONL training set (OpenAI chat format) + manifest.",
+        help="Write logged traffic as a JSONL training set (OpenAI chat or DPO) + manifest.",
         description="Write the teacher's answers to logged production traffic as JSONL in the "
         "OpenAI fine-tuning chat format, with a manifest beside it. Only complete teacher "
-        "answers that pass the route's export.verifier are kept, one per normalised prompt.",
+        "answers that pass the route's export.verifier and were not judged wrong (by a review "
+        "or the app's feedback) are kept, one per normalised prompt. --format dpo writes "
+        "preference pairs from reviewed answers instead, for TRL's DPOTrainer.",
     )
     export.add_argument("--route", required=True, help="the route whose traffic to export")
     export.add_argument("--output", "-o", required=True, help="the JSONL file to write")
@@ -220,5 +275,19 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
         help="with --limit: sample to these shares of one dimension, e.g. tier=free:0.7,paid:0.3",
     )
     export.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    export.add_argument("--format", choices=["table", "json"], default="table", help="summary")
+    export.add_argument(
+        "--format",
+        type=_format,
+        default="openai",
+        metavar="|".join(FORMATS),
+        help="openai: the OpenAI chat fine-tuning format (default); dpo: preference pairs "
+        "from reviewed answers (TRL's DPO format)",
+    )
+    export.add_argument(
+        "--use-corrections",
+        action="store_true",
+        help="export a teacher answer judged wrong with its correction, when it has one, "
+        "instead of dropping it",
+    )
+    export.add_argument("--json", action="store_true", help="the summary as JSON")
     export.set_defaults(handler=cmd_export)

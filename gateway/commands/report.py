@@ -1,9 +1,11 @@
-"""``report slices|disagreements|thresholds|drift|candidates``: the analyst reports from a shell.
+"""``report slices|disagreements|thresholds|drift|candidates|quality``: the analyst reports.
 
 The same reports as ``/admin/reports`` (the same JSON with ``--json``), read straight from
 Postgres. Exit status 2 for arguments that cannot work (a malformed time, since after until,
 a bad range), 1 for what the data says no to (unknown route or dimension, an empty window,
-too little data, a malformed reference file).
+too little data, a malformed reference file). ``--teacher-version`` (slices, disagreements,
+thresholds, candidates) keeps the requests whose teacher reported that fingerprint or model;
+``report teacher-versions ROUTE`` lists them.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from gateway.core.paired import MIN_PAIRS
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.protocol.reports import (
     DAY,
+    QUALITY_SPAN,
     WEEK,
     check_dimension,
     check_range,
+    check_teacher_version,
     decode_cursor,
     parse_slice,
     parse_thresholds,
@@ -36,8 +40,14 @@ from gateway.services.reports import (
     Reports,
     reference_dataset,
 )
+from gateway.services.teachers import route_versions
 
 _checked = arguments_checked("report", "report")
+
+
+def _teacher_version(args: argparse.Namespace) -> str | None:
+    version: str | None = args.teacher_version
+    return check_teacher_version(version, "--teacher-version") if version is not None else None
 
 
 def _run(args: argparse.Namespace, work: Callable[[Reports], Any]) -> dict[str, Any]:
@@ -69,7 +79,8 @@ def _print(args: argparse.Namespace, result: dict[str, Any], table: Callable[...
 def cmd_slices(args: argparse.Namespace) -> int:
     span = window(args.since, args.until, DAY)
     dimension = check_dimension(args.dimension) if args.dimension else None
-    result = _run(args, lambda reports: reports.slices(args.route, span, dimension))
+    version = _teacher_version(args)
+    result = _run(args, lambda reports: reports.slices(args.route, span, dimension, version))
     return _print(args, result, _slices_table)
 
 
@@ -82,6 +93,7 @@ def cmd_disagreements(args: argparse.Namespace) -> int:
         args.min_confidence, args.max_confidence, ("--min-confidence", "--max-confidence")
     )
     cursor = decode_cursor(args.cursor, "--cursor") if args.cursor else None
+    version = _teacher_version(args)
     result = _run(
         args,
         lambda reports: reports.disagreements(
@@ -93,6 +105,7 @@ def cmd_disagreements(args: argparse.Namespace) -> int:
             confidence=confidence,
             limit=args.limit,
             cursor=cursor,
+            teacher_version=version,
         ),
     )
     return _print(args, result, _disagreements_table)
@@ -103,10 +116,11 @@ def cmd_thresholds(args: argparse.Namespace) -> int:
     span = window(args.since, args.until, WEEK)
     candidates = parse_thresholds(args.thresholds, "--thresholds") if args.thresholds else None
     dimension = check_dimension(args.dimension) if args.dimension else None
+    version = _teacher_version(args)
     result = _run(
         args,
         lambda reports: reports.thresholds(
-            args.route, span, candidates, dimension, args.conservative
+            args.route, span, candidates, dimension, args.conservative, version
         ),
     )
     return _print(args, result, _thresholds_table)
@@ -159,11 +173,31 @@ def cmd_drift(args: argparse.Namespace) -> int:
 @_checked
 def cmd_candidates(args: argparse.Namespace) -> int:
     span = window(args.since, args.until, WEEK)
+    version = _teacher_version(args)
     result = _run(
         args,
-        lambda reports: reports.candidates(args.route, span, args.baseline, args.min_pairs),
+        lambda reports: reports.candidates(
+            args.route, span, args.baseline, args.min_pairs, version
+        ),
     )
     return _print(args, result, _candidates_table)
+
+
+@_checked
+def cmd_teacher_versions(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    result = with_engine(
+        settings, lambda engine: route_versions(engine, settings.config, args.route)
+    )
+    return _print(args, result, _teacher_versions_table)
+
+
+@_checked
+def cmd_quality(args: argparse.Namespace) -> int:
+    span = window(args.since, args.until, QUALITY_SPAN)
+    dimension = check_dimension(args.dimension) if args.dimension else None
+    result = _run(args, lambda reports: reports.quality(args.route, span, dimension))
+    return _print(args, result, _quality_table)
 
 
 # -- tables ---------------------------------------------------------------------------------
@@ -210,6 +244,43 @@ def _slices_table(result: dict[str, Any]) -> None:
     ]
     header = ("SLICE", "REQUESTS", "COMPARED", "AGREEMENT", "95% CI", "BAR", "VERDICT")
     print_table((*header, "FALLBACKS", "STUDENT", "KEPT"), rows)
+    if result["teacher_versions"]:
+        print("\nper teacher version (fingerprint, else model), oldest first")
+        versions = [
+            (
+                str(line["version"]),
+                line["model_reported"] or "-",
+                str(line["requests"]),
+                str(line["samples"]),
+                _pct(line["agreement"]),
+                _interval(line),
+                line["first_seen"],
+                line["last_seen"],
+            )
+            for line in result["teacher_versions"]
+        ]
+        columns = ("TEACHER VERSION", "MODEL", "REQUESTS", "COMPARED", "AGREEMENT", "95% CI")
+        print_table((*columns, "FIRST", "LAST"), versions)
+
+
+def _teacher_versions_table(result: dict[str, Any]) -> None:
+    if not result["versions"]:
+        print(f"{result['route']}: no teacher version seen yet")
+        return
+    rows = [
+        (
+            str(line["version"]) + (" (latest)" if line["latest"] else ""),
+            line["model_reported"] or "-",
+            line["fingerprint"] or "-",
+            line["first_seen"],
+            line["last_seen"],
+            str(line["requests"]),
+        )
+        for line in result["versions"]
+    ]
+    print_table(
+        ("TEACHER VERSION", "MODEL", "FINGERPRINT", "FIRST SEEN", "LAST SEEN", "REQUESTS"), rows
+    )
 
 
 def _disagreements_table(result: dict[str, Any]) -> None:
@@ -369,6 +440,35 @@ def _candidates_table(result: dict[str, Any]) -> None:
         print_table((*header, "DIFF 95% CI", "VERDICT", "P50 MS", "P95 MS", "CONF"), rows)
 
 
+def _quality_table(result: dict[str, Any]) -> None:
+    print(f"{result['route']}: {result['since']} to {result['until']}")
+    print(f"who was judged wrong, from reviews and feedback ({result['rules']})")
+    rows = []
+    for name, subjects in [
+        *((f"{line['dimension']}={line['value']}", line["subjects"]) for line in result["slices"]),
+        ("all", result["overall"]),
+    ]:
+        for subject, figures in subjects.items():
+            error = figures["error"]
+            right = figures.get("student_right_in_disagreements")
+            rows.append(
+                (
+                    name,
+                    subject,
+                    str(figures["judged"]),
+                    str(figures["wrong"]),
+                    _pct(error["rate"]),
+                    _interval(error),
+                    f"{figures['from_reviews']}/{figures['from_feedback']}",
+                    "-" if right is None else str(figures["reviewed_disagreements"]),
+                    "-" if right is None else _pct(right["rate"]),
+                )
+            )
+            name = ""
+    header = ("SLICE", "ANSWERS OF", "JUDGED", "WRONG", "ERROR", "95% CI", "REVIEW/FEEDBACK")
+    print_table((*header, "DISAGREEMENTS", "STUDENT RIGHT"), rows)
+
+
 # -- the parser -----------------------------------------------------------------------------
 
 
@@ -399,10 +499,19 @@ def _positive(kind: Callable[[str], Any], what: str, most: float | None = None) 
     return parse
 
 
+def _teacher_version_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--teacher-version",
+        metavar="V",
+        help="only requests whose teacher reported this system_fingerprint or this model "
+        "(report teacher-versions lists them)",
+    )
+
+
 def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     report = commands.add_parser(
         "report",
-        help="Analyst reports: slices, disagreements, thresholds, drift, candidates.",
+        help="Analyst reports: slices, disagreements, thresholds, drift, candidates, quality.",
         description="Analyst reports from the logged traffic (tables; --json for JSON).",
     )
     kinds = report.add_subparsers(dest="report", required=True, metavar="REPORT")
@@ -422,6 +531,7 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
 
     slices = sub("slices", "Agreement per slice with Wilson intervals, worst first.", "1 day")
     slices.add_argument("--dimension", help="only this slice dimension, e.g. tier")
+    _teacher_version_option(slices)
     slices.set_defaults(handler=cmd_slices)
 
     listing = sub("disagreements", "Comparisons that disagreed, newest first.", "1 day")
@@ -437,6 +547,7 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
         "--limit", type=_positive(int, "--limit", 500), default=50, help="rows per page (1-500)"
     )
     listing.add_argument("--cursor", help="next page: the cursor the previous page printed")
+    _teacher_version_option(listing)
     listing.set_defaults(handler=cmd_disagreements)
 
     calibration = sub(
@@ -453,6 +564,7 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
         action="store_true",
         help="judge bars by the lower end of the 95%% interval, not the observed agreement",
     )
+    _teacher_version_option(calibration)
     calibration.set_defaults(handler=cmd_thresholds)
 
     drift = sub(
@@ -497,4 +609,25 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
         default=MIN_PAIRS,
         help=f"fewest paired comparisons a verdict needs (default {MIN_PAIRS})",
     )
+    _teacher_version_option(candidates)
     candidates.set_defaults(handler=cmd_candidates)
+
+    versions = kinds.add_parser(
+        "teacher-versions",
+        parents=[parent],
+        help="The versions (model, system fingerprint) the route's teacher answered with.",
+        description="The versions (model, system fingerprint) the route's teacher answered "
+        "with, oldest first: when each was first and last seen, on how many requests.",
+    )
+    versions.add_argument("route", help="the route's name")
+    versions.add_argument("--json", action="store_true", help="JSON instead of a table")
+    versions.set_defaults(handler=cmd_teacher_versions)
+
+    quality = sub(
+        "quality",
+        "Per slice, how often the teacher and each student were judged wrong (reviews, "
+        "feedback), and how often the student was right where it disagreed.",
+        "30 days",
+    )
+    quality.add_argument("--dimension", help="only this slice dimension")
+    quality.set_defaults(handler=cmd_quality)

@@ -17,7 +17,7 @@ from gateway.config.base import Strict
 from gateway.config.route import RedactionConfig, RouteConfig
 from gateway.errors import RouteNotFound
 
-Scope = Literal["app", "sre", "analyst"]
+Scope = Literal["app", "sre", "analyst", "reviewer"]
 
 
 class RateLimit(Strict):

@@ -211,6 +211,32 @@ route_events = Table(
     Index("ix_route_events_route_at", "route", "at"),
 )
 
+# Each version (reported model, system fingerprint) a route's teacher answered with, once per
+# route (migration 0013; gateway.services.teachers fills it). NULL is one value in the unique
+# index, so a version without a fingerprint is recorded once too.
+teacher_versions = Table(
+    "teacher_versions",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("route", Text, nullable=False),
+    Column("model_reported", Text),
+    Column("fingerprint", Text),
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+    Column("first_request_id", Text),
+    Column("requests", BigInteger, nullable=False, server_default=text("0")),
+    CheckConstraint(
+        "model_reported IS NOT NULL OR fingerprint IS NOT NULL", name="teacher_versions_something"
+    ),
+    Index(
+        "ux_teacher_versions_version",
+        "route",
+        text("coalesce(model_reported, '')"),
+        text("coalesce(fingerprint, '')"),
+        unique=True,
+    ),
+)
+
 api_keys = Table(
     "api_keys",
     metadata,

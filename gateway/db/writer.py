@@ -18,6 +18,9 @@ files of dead processes) is replayed before new batches. A row Postgres rejects 
 content (not its availability) is retried alone and, if still refused, kept in
 ``rejected.jsonl`` next to the journal: it is never silently dropped. ``queue_max`` and
 ``memory_max`` count the records of both tables.
+
+Observers (:meth:`LogWriter.observe`) see the ``requests`` records of every batch once it is in
+Postgres, fresh or replayed, in the writer's own task: never on the request path.
 """
 
 from __future__ import annotations
@@ -183,6 +186,7 @@ class LogWriter:
         self.database_up = False
         self._reported_down = False
         self._shedding = False
+        self._observers: list[Callable[[list[Record]], None]] = []
 
     # -- request path -----------------------------------------------------------------------
 
@@ -232,6 +236,19 @@ class LogWriter:
     @property
     def queue_depth(self) -> int:
         return len(self._pending)
+
+    def observe(self, observer: Callable[[list[Record]], None]) -> None:
+        """Call ``observer`` with the ``requests`` records (row halves) of each batch written
+        to Postgres, in the writer's task, after the write: it must be quick and must not
+        block; an error it raises is logged, never the writer's."""
+        self._observers.append(observer)
+
+    def _tell_observers(self, written: list[Record]) -> None:
+        for observer in self._observers:
+            try:
+                observer(written)
+            except Exception:
+                _log.exception("a log writer observer failed")
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -382,6 +399,15 @@ class LogWriter:
                 return False
         if unknown:  # last: a batch journaled again (Postgres gone meanwhile) sets none aside
             self._keep_rejected(unknown)
+        if self._observers:
+            self._tell_observers(
+                [
+                    record
+                    for marker, rows in by_table.items()
+                    if _TARGETS.get(marker) is _REQUESTS
+                    for record in rows
+                ]
+            )
         return True
 
     async def _write_rows(self, target: _Target, batch: list[Record]) -> bool:

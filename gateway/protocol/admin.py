@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.config import ConfidenceMethod
 from gateway.core.routing import Mode, SliceMode
 from gateway.core.statistics import MIN_SERVED
+
+Verdict = Literal["teacher_correct", "student_correct", "both_correct", "both_wrong"]
 
 
 class _Body(BaseModel):
@@ -84,3 +88,23 @@ class RampPlan(_Body):
     steps: list[float] = Field(min_length=1, max_length=50)
     hold_s: float = Field(gt=0)
     reason: str = Field(min_length=1, max_length=1000, pattern=r"\S")
+
+
+class ReviewVerdict(_Body):
+    """A verdict on a review task; ``group`` gives every open task of its group the same."""
+
+    verdict: Verdict
+    corrected_output: str | None = Field(default=None, min_length=1)
+    group: bool = False
+
+
+class ReviewSample(_Body):
+    """Draw review tasks: up to ``per_slice`` per slice of the route, from a window."""
+
+    route: str = Field(min_length=1, max_length=200)
+    per_slice: int = Field(default=20, ge=1, le=10_000)
+    disagreements_only: bool = False
+    student: str | None = Field(default=None, min_length=1, max_length=200)
+    dimension: str | None = Field(default=None, max_length=63)
+    since: str | None = Field(default=None, max_length=100)
+    until: str | None = Field(default=None, max_length=100)

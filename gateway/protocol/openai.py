@@ -8,7 +8,7 @@ not a re-serialisation of these models.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -99,14 +99,18 @@ def validate_request(endpoint: str, body: dict[str, Any]) -> Request:
     try:
         validated: Request = _ADAPTERS[endpoint].validate_python(body)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        param = _param_path(first["loc"])
-        raise InvalidRequest(
-            f"Invalid value for '{param}': {first['msg']}" if param else first["msg"],
-            param=param or None,
-            code="invalid_value" if first["type"] != "missing" else "missing_required_parameter",
-        ) from None
+        raise _invalid(exc) from None
     return validated
+
+
+def _invalid(exc: ValidationError) -> InvalidRequest:
+    first = exc.errors(include_url=False)[0]
+    param = _param_path(first["loc"])
+    return InvalidRequest(
+        f"Invalid value for '{param}': {first['msg']}" if param else first["msg"],
+        param=param or None,
+        code="invalid_value" if first["type"] != "missing" else "missing_required_parameter",
+    )
 
 
 def _param_path(loc: tuple[int | str, ...]) -> str:
@@ -120,3 +124,33 @@ def _param_path(loc: tuple[int | str, ...]) -> str:
         else:
             path += f".{part}" if path else part
     return path
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback``: what the app says of an answer it was given. At least one of
+    score, correct, label, comment or corrected_output."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    request_id: str = Field(min_length=1, max_length=128)
+    score: float | None = Field(default=None, ge=0, le=1)
+    correct: bool | None = None
+    label: str | None = Field(default=None, min_length=1, max_length=200)
+    comment: str | None = Field(default=None, max_length=10_000)
+    corrected_output: str | None = Field(default=None, min_length=1)
+    source: str | None = Field(default=None, min_length=1, max_length=200)
+
+    def judges_something(self) -> bool:
+        fields = (self.score, self.correct, self.label, self.comment, self.corrected_output)
+        return any(value is not None for value in fields)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_model(model: type[M], body: dict[str, Any]) -> M:
+    """Validate ``body`` as ``model``; raise :class:`InvalidRequest` naming the first field."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise _invalid(exc) from None

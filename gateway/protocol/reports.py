@@ -34,6 +34,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SLICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 DAY = timedelta(days=1)
 WEEK = timedelta(days=7)
+QUALITY_SPAN = timedelta(days=30)  # reviews and feedback are sparse: a month by default
 LENGTH_DIMENSION = "_prompt_length"  # no slice dimension can take it (no leading _)
 
 
@@ -130,6 +131,30 @@ def check_dimension(text: str, param: str = "dimension") -> str:
             code="invalid_value",
         )
     return text
+
+
+MAX_TEACHER_VERSION = 200
+
+
+def check_teacher_version(text: str, param: str = "teacher_version") -> str:
+    """A teacher version to filter on: a ``system_fingerprint`` or a model name the teacher
+    reported (a row matches when its ``teacher_fingerprint`` or its ``teacher_model_reported``
+    is exactly this)."""
+    version = text.strip()
+    if not version or len(version) > MAX_TEACHER_VERSION:
+        raise InvalidRequest(
+            f"{param} must be a system fingerprint or a model name the teacher reported "
+            f"(1 to {MAX_TEACHER_VERSION} characters); the route's teacher versions lists them.",
+            param=param,
+            code="invalid_value",
+        )
+    return version
+
+
+def version_name(model: str | None, fingerprint: str | None) -> str | None:
+    """What ``teacher_version`` takes to pick one version: its fingerprint, else its model
+    (a model name picks every fingerprint of that model)."""
+    return fingerprint if fingerprint is not None else model
 
 
 def check_range(
@@ -305,6 +330,28 @@ def slice_json(
         "student_share": student_served / rows if rows else None,
         "out_of_scope": out_of_scope,
         "slice_teacher_only": slice_kept,
+    }
+
+
+def teacher_version_json(
+    model: str | None,
+    fingerprint: str | None,
+    counts: tuple[int, int, int],
+    seen: tuple[datetime, datetime],
+) -> dict[str, Any]:
+    """One teacher version's line in the slice report: ``counts`` are requests, comparisons
+    and agreed; ``seen`` the first and last request in the window."""
+    rows, samples, agreed = counts
+    return {
+        "version": version_name(model, fingerprint),
+        "model_reported": model,
+        "fingerprint": fingerprint,
+        "requests": rows,
+        "samples": samples,
+        "agreed": agreed,
+        **proportion_json(agreed, samples),
+        "first_seen": iso_time(seen[0]),
+        "last_seen": iso_time(seen[1]),
     }
 
 

@@ -6,6 +6,9 @@ as an SRE, be refused as an analyst; with slice overrides and a ramp set as the 
 (:func:`seed_rollout`), see them, set and clear an override, cancel the ramp and apply the
 conservative per-slice calibration as an SRE, and see it all without a button as an analyst.
 The calibration view's labels are checked not to overlap, at 1400 and at 900 pixels wide.
+On rows of their own (:func:`seed_review`), a reviewer draws review tasks and judges them
+with the keyboard, one and then a whole group, seeing the review page alone; the SRE and the
+analyst then see the quality figures, the analyst without a verdict button.
 Screenshots are saved in the test's tmp dir, and copied to ``$SGW_TEST_ARTIFACTS`` when that
 is set.
 
@@ -25,6 +28,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from gateway.core.statistics import wilson_interval
 from tests.integration.test_console import (
     ANALYST,
     KEYS,
@@ -33,9 +37,10 @@ from tests.integration.test_console import (
     STUDENT,
     TEACHER,
     console_routes,
+    insert,
     seed_console,
 )
-from tests.support.db import fetch
+from tests.support.db import execute, fetch
 from tests.support.gateway import GatewayServer
 
 CHROMIUM = Path(os.environ.get("SGW_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -594,3 +599,305 @@ def analyst_visit(browser: Browser, seeded: GatewayServer, tmp_path: Path) -> No
     # 403 in the console is expected above; nothing else went wrong
     assert [p for p in console.problems if "403" not in p] == []
     console.close()
+
+
+# -- the review page -------------------------------------------------------------------------
+
+REVIEWER = "console-reviewer-secret"
+CONVERSATION = (
+    "jsonb_build_object('messages', jsonb_build_array("
+    "jsonb_build_object('role', 'system', 'content', 'You answer questions about refunds.'), "
+    "jsonb_build_object('role', 'user', 'content', 'I sent the jacket back.'), "
+    "jsonb_build_object('role', 'assistant', 'content', 'Thanks, the return is registered.'), "
+    "jsonb_build_object('role', 'user', 'content', 'How long do refunds take? #' || i)))"
+)
+
+
+def seed_review(url: str) -> None:
+    """Eight requests of the last day: four enterprise ones where the champion (``default``)
+    gave the same other answer (one group of four), and four free ones, a whole conversation
+    each, where it agreed once and otherwise answered 7, 8 or 9 days (three groups of one).
+    ``rival`` answered every request as the teacher did."""
+    enterprise = """'{"tier": "enterprise"}'::jsonb"""
+    free = """'{"tier": "free"}'::jsonb"""
+    insert(url, 4, "rv-ent", 0.1, slices=enterprise, agree="false", teacher_status="200")
+    insert(
+        url,
+        4,
+        "rv-free",
+        0.1,
+        slices=free,
+        agree="i = 0",
+        teacher_status="200",
+        request_payload=CONVERSATION,
+    )
+    free_answer = (
+        "'Refunds take ' || (6 + right(request_id, 1)::int) || ' business days to reach your card.'"
+    )
+    for student, output, agree in (
+        (
+            "default",
+            f"CASE WHEN agree THEN teacher_output WHEN slices->>'tier' = 'enterprise' "
+            f"THEN '{STUDENT}' ELSE {free_answer} END",
+            "agree",
+        ),
+        ("rival", "teacher_output", "true"),
+    ):
+        execute(
+            url,
+            "INSERT INTO student_answers (request_id, student, source, created_at, route, "
+            "endpoint, slices, student_status, student_output, agree) "
+            f"SELECT request_id, '{student}', 'live', created_at, route, endpoint, slices, 'ok', "
+            f"{output}, {agree} FROM requests WHERE request_id LIKE 'rv-%'",
+        )
+
+
+@pytest.fixture
+def reviewing(
+    make_gateway: Callable[..., GatewayServer],
+    monkeypatch: pytest.MonkeyPatch,
+    app_key: str,
+    clean_db: str,
+) -> GatewayServer:
+    monkeypatch.setenv("SGW_TEST_SRE_KEY", SRE)
+    monkeypatch.setenv("SGW_TEST_ANALYST_KEY", ANALYST)
+    monkeypatch.setenv("SGW_TEST_REVIEWER_KEY", REVIEWER)
+    reviewer = {"name": "rita", "key_env": "SGW_TEST_REVIEWER_KEY", "scopes": ["reviewer"]}
+    gateway = make_gateway(console_routes(), auth={"keys": [*KEYS, reviewer]})
+    seed_review(clean_db)
+    return gateway
+
+
+def test_a_reviewer_judges_by_keyboard_and_the_quality_view_counts_it(
+    reviewing: GatewayServer, clean_db: str, tmp_path: Path
+) -> None:
+    with chromium() as browser:
+        picked = reviewer_visit(browser, reviewing, tmp_path)
+        quality_visit(browser, reviewing, tmp_path)
+    tasks = fetch(
+        clean_db,
+        "SELECT id, request_id, verdict, corrected_output, reviewer FROM reviews ORDER BY id",
+    )
+    expected = {f"rv-ent-{i}": "student_correct" for i in range(4)}
+    expected.update({f"rv-free-{i}": "teacher_correct" for i in (1, 2, 3)})
+    expected[picked["corrected"]] = "both_wrong"
+    assert {t["request_id"]: t["verdict"] for t in tasks} == expected
+    assert {t["reviewer"] for t in tasks} == {"rita"}
+    assert [t["corrected_output"] for t in tasks if t["corrected_output"]] == [
+        "Refunds take 5 to 7 business days."
+    ]
+    history = fetch(clean_db, "SELECT review_id, verdict, via_review FROM review_verdicts")
+    assert len(history) == 7  # the analyst's key press judged nothing
+    group = [h for h in history if h["verdict"] == "student_correct"]
+    leader = next(t["id"] for t in tasks if t["request_id"] == picked["group"])
+    assert sorted(h["via_review"] or 0 for h in group) == [0, leader, leader, leader]
+
+
+def focus_task(page: Page, group_open: str) -> str:
+    """Press k, then j, until the task in focus is one of a group of ``group_open`` open
+    tasks; the task's request id."""
+    task = page.locator("#review-task")
+    for key in ["k"] * 7 + ["j"] * 7:
+        expect(task).to_have_attribute("data-ready", "true")
+        if task.get_attribute("data-group-open") == group_open:
+            request_id = task.locator("header a, header span.mono").first.inner_text()
+            return request_id.removeprefix("request ")
+        page.keyboard.press(key)
+    raise AssertionError(f"no open task in a group of {group_open}")
+
+
+def reviewer_visit(browser: Browser, gateway: GatewayServer, tmp_path: Path) -> dict[str, str]:
+    console = Console(browser, gateway)
+    page = console.log_in(REVIEWER)
+
+    # the review page alone: no other section, no link to one
+    expect(page.locator("#review-section")).to_be_visible()
+    for hidden in (
+        "#route-section",
+        "#agreement-section",
+        "#disagreements-section",
+        "#quality-section",
+    ):
+        expect(page.locator(hidden)).to_be_hidden()
+    expect(page.locator("#pages")).to_be_hidden()
+    expect(page.locator("#review-note")).to_contain_text("No open task here")
+
+    # draw every disagreement of the last 7 days
+    draw = page.locator("#review-draw")
+    draw.locator("input[name=per_slice]").fill("10")
+    expect(draw.locator("input[name=disagreements_only]")).to_be_checked()
+    draw.locator("button[type=submit]").click()
+    expect(page.locator("#review-draw-result")).to_have_text(
+        "Drew 7 new tasks for default (tier=enterprise: 4; tier=free: 3)."
+    )
+    expect(page.locator("#review-queue li")).to_have_count(7)
+    students = page.locator("#review-filter select[name=student] option")
+    expect(students).to_have_text(["(any)", "default (champion, 7 open)"])
+    progress = page.locator("#review-progress")
+    expect(progress).to_have_attribute("data-open", "7")
+
+    # a free task: the whole conversation, the answers diffed, every student's answer
+    task = page.locator("#review-task")
+    corrected = focus_task(page, "1")
+    expect(task.locator(".turn")).to_have_count(4)
+    roles = task.locator(".turn").evaluate_all("ts => ts.map(t => t.dataset.role)")
+    assert roles == ["system", "user", "assistant", "user"]
+    expect(task.locator(".turn").last).to_contain_text("How long do refunds take? #")
+    assert task.locator('[data-side="teacher"] del.diff').all_inner_texts() == ["5"]
+    assert task.locator('[data-side="student"] ins.diff').all_inner_texts() == [
+        str(6 + int(corrected[-1]))
+    ]
+    expect(task.locator('.other[data-student="rival"]')).to_contain_text("agrees")
+    expect(task.locator("[data-field=slices]")).to_have_text("tier=free")
+    expect(task.locator("#review-group")).to_be_disabled()
+
+    # e: the correction box (keys are text there), Escape leaves it, 4: both wrong
+    page.keyboard.press("e")
+    expect(page.locator("#review-correction")).to_be_focused()
+    page.keyboard.type("Refunds take 5 to 7 business days.")
+    page.keyboard.press("Escape")
+    expect(page.locator("#review-correction")).not_to_be_focused()
+    page.keyboard.press("4")
+    expect(page.locator("#review-result")).to_contain_text(": Both wrong.")
+    expect(progress).to_have_attribute("data-judged", "1")
+    expect(page.locator("#review-queue li")).to_have_count(6)
+    expect(task).not_to_have_attribute("data-task-id", "")
+
+    # an enterprise task: its group of four, judged at once with g and 2
+    leader = focus_task(page, "4")
+    expect(page.locator("#review-group-size")).to_have_text(
+        "This answer pair repeats in 4 open tasks (this one and 3 more)."
+    )
+    assert task.locator('[data-side="student"] ins.diff').all_inner_texts() == ["7", "account."]
+    page.keyboard.press("g")
+    expect(page.locator("#review-group")).to_be_checked()
+    save_screenshot(page, tmp_path / "console-review.png")
+    page.keyboard.press("2")
+    expect(page.locator("#review-result")).to_contain_text(
+        ": Student correct, with 3 more of its group"
+    )
+    expect(progress).to_have_attribute("data-judged", "5")
+    expect(page.locator("#review-queue li")).to_have_count(2)
+
+    # the last two with letters; then nothing is open
+    expect(task).to_have_attribute("data-ready", "true")
+    page.keyboard.press("t")
+    expect(progress).to_have_attribute("data-judged", "6")
+    expect(task).to_have_attribute("data-ready", "true")
+    page.keyboard.press("1")
+    expect(progress).to_have_attribute("data-open", "0")
+    expect(progress).to_have_attribute("data-judged", "7")
+    expect(task).to_be_hidden()
+
+    # the judged ones: a group member's verdict and its history
+    page.select_option("#review-filter select[name=status]", "judged")
+    expect(page.locator("#review-queue li")).to_have_count(7)
+    page.locator('#review-queue li:not(.current)[data-verdict="student_correct"]').first.click()
+    expect(task).to_have_attribute("data-ready", "true")
+    expect(task.locator("[data-field=verdict]")).to_contain_text("Judged: Student correct, by rita")
+    expect(task.locator("table.history")).to_contain_text("with its group, from task #")
+    save_screenshot(page, tmp_path / "console-review-judged.png")
+
+    # no request outside the review API, nothing refused, nothing complained of
+    admin = [u for u in console.requests if "/admin/" in u or "/console/api/" in u]
+    assert all("/admin/reviews" in u for u in admin), admin
+    assert console.refused == []
+    assert console.problems == []
+    console.close()
+    return {"corrected": corrected, "group": leader}
+
+
+def quality_visit(browser: Browser, gateway: GatewayServer, tmp_path: Path) -> None:
+    """As the SRE: the review page with verdict buttons and the quality figures; as the
+    analyst: the same figures, no verdict button, and keys that judge nothing."""
+    sre = Console(browser, gateway)
+    page = sre.log_in(SRE)
+    page.click("#pages a[data-page=review]")
+    expect(page.locator("body")).to_have_attribute("data-page", "review")
+    expect(page.locator("#route-section")).to_be_hidden()
+    expect(page.locator("#review-note")).to_contain_text("No open task here")
+    page.select_option("#review-filter select[name=status]", "judged")
+    expect(page.locator("#review-task")).to_have_attribute("data-ready", "true")
+    expect(page.locator("#review-form")).to_be_visible()
+    expect(page.locator("#review-draw-panel")).to_be_visible()
+    check_quality(page)
+    save_screenshot(page, tmp_path / "console-quality.png", "#quality-section")
+    # the overview it logged in to has too few rows for drift (400): the review page, nothing
+    assert [r for r in sre.refused if "/admin/reviews" in r or "/quality" in r] == []
+    sre.close()
+
+    analyst = Console(browser, gateway)
+    page = analyst.log_in(ANALYST)
+    page.goto(f"{gateway.url}/console#review")
+    expect(page.locator("body")).to_have_attribute("data-page", "review")
+    expect(page.locator("body")).to_have_attribute("data-loaded", "true")
+    expect(page.locator("#review-read-only")).to_be_visible()
+    expect(page.locator("#review-form")).to_be_hidden()
+    expect(page.locator("#review-draw-panel")).to_be_hidden()
+    page.select_option("#review-filter select[name=status]", "judged")
+    expect(page.locator("#review-task")).to_have_attribute("data-ready", "true")
+    page.locator("body").press("2")  # judges nothing (the verdicts are counted afterwards)
+    check_quality(page)
+    assert [r for r in analyst.refused if "/admin/reviews" in r or "/quality" in r] == []
+    analyst.close()
+
+
+def check_quality(page: Page) -> None:
+    """Judged: enterprise teacher wrong 4/4, default 0/4 (right in all 4 disagreements); free
+    teacher wrong 1/3 (both wrong), default 3/3 (right in none); so the route: teacher 5/7,
+    default 3/7, default right in 4 of 7 disagreements. Free's default row lies wholly above
+    its route-wide rate; enterprise (the teacher's interval highest) comes first."""
+
+    def rate(part: int, whole: int) -> tuple[str, str]:
+        low, high = wilson_interval(part, whole)
+        return f"{100 * part / whole:.1f}%", f"{100 * low:.1f}%{DASH}{100 * high:.1f}%"
+
+    table = page.locator("#quality")
+    expect(table.locator("tbody")).to_have_count(3)
+    order = table.locator("tbody").evaluate_all("bs => bs.map(b => b.dataset.slice)")
+    assert order == ["tier=enterprise", "tier=free", "all"]
+    expected = {
+        ("tier=enterprise", "teacher"): (4, 4, None),
+        ("tier=enterprise", "default"): (4, 0, (4, 4)),
+        ("tier=free", "teacher"): (3, 1, None),
+        ("tier=free", "default"): (3, 3, (0, 3)),
+        ("all", "teacher"): (7, 5, None),
+        ("all", "default"): (7, 3, (4, 7)),
+    }
+    shown = {
+        (row["slice"], row["subject"]): row["cells"]
+        for row in table.locator("tr[data-subject]").evaluate_all(
+            """rows => rows.map(r => ({slice: r.dataset.slice, subject: r.dataset.subject,
+                cells: Object.fromEntries([...r.querySelectorAll("[data-field]")].map(
+                    c => [c.dataset.field, c.textContent]))}))"""
+        )
+    }
+    assert set(shown) == set(expected)
+    for (slice_, subject), (judged, wrong, right) in expected.items():
+        error, error_ci = rate(wrong, judged)
+        figures = {
+            "subject": subject,
+            "judged": str(judged),
+            "wrong": str(wrong),
+            "error": error,
+            "error-ci": error_ci,
+            "from-reviews": str(judged),
+            "from-feedback": "0",
+            "disagreements": DASH,
+            "student-right": DASH,
+            "student-right-ci": DASH,
+        }
+        if right is not None:
+            share, share_ci = rate(*right)
+            figures.update(
+                {
+                    "disagreements": str(right[1]),
+                    "student-right": share,
+                    "student-right-ci": share_ci,
+                }
+            )
+        assert shown[(slice_, subject)] == figures, (slice_, subject)
+    assert table.locator("tr[data-worse]").evaluate_all(
+        "rs => rs.map(r => `${r.dataset.slice} ${r.dataset.subject}`)"
+    ) == ["tier=free default"]
+    expect(page.locator("#quality-note")).to_contain_text("teacher wrong in 5 of 7 (71.4%)")

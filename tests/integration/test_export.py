@@ -224,7 +224,7 @@ def test_exports_verified_deduplicated_teacher_answers_with_a_manifest(
     cli: Cli, tmp_path: Path
 ) -> None:
     output = tmp_path / "train.jsonl"
-    done = cli("--route", ROUTE, "--output", str(output), "--format", "json")
+    done = cli("--route", ROUTE, "--output", str(output), "--json")
     assert done.returncode == 0, done.stderr
     summary = orjson.loads(done.stdout)
     examples = [orjson.loads(line) for line in output.read_bytes().splitlines()]
@@ -252,6 +252,7 @@ def test_exports_verified_deduplicated_teacher_answers_with_a_manifest(
     assert manifest["dropped"] == {
         "teacher_failed": dropped["teacher_failed"],
         "teacher_truncated": dropped["teacher_truncated"],
+        "judged_wrong": 0,
         "no_prompt": dropped["no_prompt"],
         "verifier": dropped["invalid_json"] + dropped[ENUM_CHECK],
         "duplicate_prompt": dropped["duplicate_prompt"],
@@ -273,9 +274,9 @@ def test_exports_verified_deduplicated_teacher_answers_with_a_manifest(
     assert manifest["time_range"]["last_row"] == (START + timedelta(minutes=15 * 399)).isoformat()
     tiers = Counter(tier(i) for i in kept)
     assert manifest["slices"]["tier"] == {
-        "enterprise": {"live": 40, "examples": tiers["enterprise"]},
-        "free": {"live": 240, "examples": tiers["free"]},
-        "paid": {"live": 120, "examples": tiers["paid"]},
+        "enterprise": {"live": 40, "judged_wrong": 0, "examples": tiers["enterprise"]},
+        "free": {"live": 240, "judged_wrong": 0, "examples": tiers["free"]},
+        "paid": {"live": 120, "judged_wrong": 0, "examples": tiers["paid"]},
     }
     assert manifest["sha256"] == hashlib.sha256(output.read_bytes()).hexdigest()
     assert sorted(p.name for p in tmp_path.iterdir()) == [

@@ -22,10 +22,14 @@ from gateway.db.engine import plain_dsn, sqlalchemy_url
 from gateway.db.migrate import alembic_config, current_revision, head_revision
 from gateway.db.tables import (
     declared,
+    feedback,
     metadata,
+    review_verdicts,
+    reviews,
     route_slice_overrides,
     route_students,
     student_answers,
+    teacher_versions,
 )
 from tests.support.db import execute, fetch
 
@@ -463,3 +467,100 @@ def test_0011_adds_the_student_views_and_takes_them_away(scratch_url: str) -> No
     assert all(described[0].values())
     command.downgrade(config, "0010")
     assert fetch(scratch_url, views) == [{"a": None, "d": None}]
+
+
+def test_0012_adds_feedback_and_reviews_and_takes_them_away(scratch_url: str) -> None:
+    config = alembic_config(scratch_url)
+    command.upgrade(config, "0012")
+    for table in (feedback, reviews, review_verdicts):
+        columns = [r["attname"] for r in fetch(scratch_url, COLUMNS_OF, table.name)]
+        assert columns == [c.name for c in table.columns]
+        assert fetch(scratch_url, UNCOMMENTED, table.name) == []
+    execute(
+        scratch_url,
+        "INSERT INTO reviews (route, request_id, request_created_at, student, group_key, "
+        "batch, created_by) VALUES ('r', 'req', now(), 's', 'g', 'b', 'cli')",
+    )
+    with pytest.raises(asyncpg.CheckViolationError, match="reviews_verdict"):
+        execute(scratch_url, "UPDATE reviews SET verdict = 'maybe'")
+    feedback_row = (
+        "INSERT INTO feedback (request_id, request_created_at, route, key_name, answered_by{}) "
+        "VALUES ('req', now(), 'r', 'app', 'teacher'{})"
+    )
+    with pytest.raises(asyncpg.CheckViolationError, match="feedback_something"):
+        execute(scratch_url, feedback_row.format("", ""))
+    with pytest.raises(asyncpg.CheckViolationError, match="feedback_score"):
+        execute(scratch_url, feedback_row.format(", score", ", 2"))
+    command.downgrade(config, "0011")
+    gone = fetch(
+        scratch_url,
+        "SELECT to_regclass('feedback') AS f, to_regclass('reviews') AS r, "
+        "to_regclass('review_verdicts') AS v",
+    )
+    assert gone == [{"f": None, "r": None, "v": None}]
+    served = fetch(scratch_url, COLUMNS_OF, "requests")
+    assert "served_student" not in {row["attname"] for row in served}
+
+
+# --- 0013: teacher_versions ---------------------------------------------------------------------
+
+TEACHER_VERSIONS = (
+    "SELECT route, model_reported, fingerprint, first_seen, last_seen, first_request_id, "
+    "requests FROM teacher_versions ORDER BY route, first_seen, fingerprint NULLS FIRST"
+)
+VERSIONS_OF_ROWS = (
+    "SELECT route, teacher_model_reported AS model_reported, teacher_fingerprint AS fingerprint, "
+    "min(created_at) AS first_seen, max(created_at) AS last_seen, NULL AS first_request_id, "
+    "count(*) AS requests FROM requests "
+    "WHERE teacher_model_reported IS NOT NULL OR teacher_fingerprint IS NOT NULL "
+    "GROUP BY 1, 2, 3 ORDER BY route, first_seen, fingerprint NULLS FIRST"
+)
+VERSION = (
+    "INSERT INTO teacher_versions (route, model_reported, fingerprint, first_seen, last_seen) "
+    "VALUES ('r9', {model}, {fingerprint}, now(), now())"
+)
+
+
+def test_0013_adds_teacher_versions_filled_from_the_log_and_takes_them_away(
+    scratch_url: str,
+) -> None:
+    config = alembic_config(scratch_url)
+    command.upgrade(config, "0012")
+    execute(scratch_url, ROWS)
+    # route r0 changes fingerprint halfway; r1 reports a model without one; 'ancient' nothing
+    execute(
+        scratch_url,
+        "UPDATE requests SET teacher_model_reported = 'm-' || route, teacher_fingerprint = "
+        "CASE WHEN route = 'r1' THEN NULL WHEN created_at < '2026-10-20Z' THEN 'fp_1' "
+        "ELSE 'fp_2' END WHERE request_id <> 'ancient'",
+    )
+    rows_before = fetch(scratch_url, SNAPSHOT)
+
+    command.upgrade(config, "0013")
+    columns = [r["attname"] for r in fetch(scratch_url, COLUMNS_OF, "teacher_versions")]
+    assert columns == [c.name for c in teacher_versions.columns]
+    assert fetch(scratch_url, UNCOMMENTED, "teacher_versions") == []
+    filled = fetch(scratch_url, TEACHER_VERSIONS)
+    assert [(v["route"], v["model_reported"], v["fingerprint"]) for v in filled] == [
+        ("r0", "m-r0", "fp_1"),
+        ("r0", "m-r0", "fp_2"),
+        ("r1", "m-r1", None),
+    ]
+    assert filled == fetch(scratch_url, VERSIONS_OF_ROWS)
+    assert sum(v["requests"] for v in filled) == 150
+    assert fetch(scratch_url, "SELECT count(*) AS n FROM route_events") == [{"n": 0}]
+    assert fetch(scratch_url, SNAPSHOT) == rows_before
+
+    # once per route: a missing half counts as one value; a version says something
+    execute(scratch_url, VERSION.format(model="'m'", fingerprint="NULL"))
+    execute(scratch_url, VERSION.format(model="NULL", fingerprint="'m'"))  # another version
+    with pytest.raises(asyncpg.UniqueViolationError, match="ux_teacher_versions_version"):
+        execute(scratch_url, VERSION.format(model="'m'", fingerprint="NULL"))
+    with pytest.raises(asyncpg.CheckViolationError, match="teacher_versions_something"):
+        execute(scratch_url, VERSION.format(model="NULL", fingerprint="NULL"))
+
+    command.downgrade(config, "0012")
+    assert fetch(scratch_url, "SELECT to_regclass('teacher_versions') AS t") == [{"t": None}]
+    assert fetch(scratch_url, SNAPSHOT) == rows_before
+    command.upgrade(config, "head")
+    assert len(fetch(scratch_url, TEACHER_VERSIONS)) == 3

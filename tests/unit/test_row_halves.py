@@ -92,7 +92,7 @@ def test_every_half_of_a_requests_row_names_only_its_columns() -> None:
         "student_half": {**student, **verdict},
         "student_skipped": student_skipped(IDENTITY, "dropped", "full"),
         "student_served": student_served(
-            IDENTITY, payload={}, stream=False, completed_at=NOW, overhead_s=0.001
+            IDENTITY, "default", payload={}, stream=False, completed_at=NOW, overhead_s=0.001
         ),
         "teacher_audit": teacher_audit(
             IDENTITY, teacher_model="t", status=200, answer=answer, latency_s=0.1, error=None

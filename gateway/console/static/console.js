@@ -1,45 +1,15 @@
 // The console page: reads the admin API with the session cookie, draws it, and (for sre keys)
 // changes a route through the same API with the session's CSRF token.
+import { api, CAN_READ_ADMIN, CAN_WRITE } from "./api.js";
 import { calibrationChart, driftChart, el, pct, trendChart, utc } from "./charts.js";
 import { wordDiff } from "./diff.js";
+import { loadQuality } from "./quality.js";
+import { initReview, loadReview } from "./review.js";
+import { loadTeacherVersions } from "./teachers.js";
 
-const meta = (name) => document.querySelector(`meta[name="${name}"]`).getAttribute("content");
-const CSRF = meta("sgw-csrf");
-const CAN_WRITE = meta("sgw-scopes").split(" ").includes("sre");
 const $ = (id) => document.getElementById(id);
 
 const state = { route: null, since: "7d", cursor: null, filters: {}, overrides: null, sliceCalibration: null };
-
-class ApiError extends Error {
-  constructor(status, message, code) {
-    super(message);
-    this.status = status;
-    this.code = code;
-  }
-}
-
-async function api(path, params = {}, init = {}) {
-  const url = new URL(path, location.origin);
-  for (const [name, value] of Object.entries(params)) {
-    for (const one of Array.isArray(value) ? value : [value]) {
-      if (one !== null && one !== undefined && one !== "") url.searchParams.append(name, one);
-    }
-  }
-  const headers = { accept: "application/json" };
-  if (init.method && init.method !== "GET") {
-    headers["content-type"] = "application/json";
-    headers["x-csrf-token"] = CSRF;
-  }
-  const response = await fetch(url, { credentials: "same-origin", ...init, headers });
-  const body = await response.json().catch(() => null);
-  if (response.status === 401) {
-    location.assign("/console"); // the session ended: back to the login form
-  }
-  if (!response.ok) {
-    throw new ApiError(response.status, body?.error?.message ?? response.statusText, body?.error?.code);
-  }
-  return body;
-}
 
 const sliceName = (s) => (s.dimension === "all" ? "all" : `${s.dimension}=${s.value}`);
 const num = (value) => el("td", { class: "num" }, value);
@@ -465,18 +435,53 @@ async function loadRoute() {
   renderEvents(events.events);
 }
 
+// -- pages ---------------------------------------------------------------------------------
+// Two pages in one document: the route's overview (the sections above) and the review queue
+// with the quality view. A key with only the reviewer scope has the review page alone, and the
+// page never asks for what that key may not read.
+
+const PAGES = CAN_READ_ADMIN ? ["overview", "review"] : ["review"];
+
+function currentPage() {
+  const wanted = location.hash.slice(1);
+  return PAGES.includes(wanted) ? wanted : PAGES[0];
+}
+
+function showPage(page) {
+  document.body.dataset.page = page;
+  for (const node of document.querySelectorAll("main > section")) {
+    node.hidden = (node.dataset.page ?? "overview") !== page || (node.dataset.needs === "reader" && !CAN_READ_ADMIN);
+  }
+  for (const link of document.querySelectorAll("#pages a")) {
+    if (link.dataset.page === page) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+}
+
 async function load() {
   $("status").textContent = "Loading…";
   document.body.dataset.loaded = "false";
-  const { routes } = await api("/admin/routes");
+  const page = currentPage();
+  showPage(page);
+  const { routes } = await api(CAN_READ_ADMIN ? "/admin/routes" : "/admin/reviews/routes");
   const select = $("route");
   if (!select.options.length) {
     select.replaceChildren(...routes.map((r) => el("option", { value: r.name }, r.name)));
   }
   state.route = select.value;
+  if (page === "review") {
+    await Promise.all([
+      loadReview(state.route, state.since),
+      CAN_READ_ADMIN ? loadQuality(state.route, state.since) : null,
+    ]);
+    $("status").textContent = `Route ${state.route}, review queue, updated ${utc(new Date().toISOString())}.`;
+    document.body.dataset.loaded = "true";
+    return;
+  }
   const params = { route: state.route, since: state.since };
   await Promise.all([
     section(["route-state", "events", "ramp", "slice-overrides"], "route-note", loadRoute),
+    section(["teacher-versions"], "teacher-versions-note", () => loadTeacherVersions(state.route)),
     section(["aggregate-chart", "slice-charts", "slice-table"], "agreement-note", async () => {
       const [trend, slices] = await Promise.all([
         api("/console/api/trend", params), api("/admin/reports/slices", params),
@@ -579,6 +584,14 @@ async function applyCalibration(form) {
 }
 
 function main() {
+  $("pages").hidden = PAGES.length < 2;
+  window.addEventListener("hashchange", () => load().catch((error) => { $("status").textContent = error.message; }));
+  let qualityTimer = null; // verdicts come in bursts: the quality view follows a second later
+  initReview(() => {
+    if (!CAN_READ_ADMIN) return;
+    clearTimeout(qualityTimer);
+    qualityTimer = setTimeout(() => loadQuality(state.route, state.since), 1000);
+  });
   $("write-panel").hidden = !CAN_WRITE;
   $("read-only-note").hidden = CAN_WRITE;
   $("route").addEventListener("change", () => {

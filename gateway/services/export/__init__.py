@@ -7,6 +7,12 @@ examples only) ends in exactly one place, so ``rows_matched = examples + sum(dro
 
 - ``teacher_failed``: no complete teacher answer (not HTTP 200, no text, an error mid-stream);
 - ``teacher_truncated``: the teacher stopped at ``max_tokens``;
+- ``judged_wrong``: a review or the app's feedback judged the teacher's answer wrong (the
+  rules are :mod:`gateway.services.judgements`'; counted by which of the two decided, per
+  stratum and per slice). With ``use_corrections``, such an answer that has a correction is
+  exported with the correction as the assistant turn instead (``corrected``), and goes
+  through the checks below like any answer. A correction of an answer judged right is not
+  used: the teacher's answer stands;
 - ``no_prompt``: the app's request body was not stored (``log_writer.store_payloads``);
 - ``verifier``: the route's verifier rejected the answer (counted per failed check);
 - ``duplicate_prompt``: the same normalised conversation was already exported;
@@ -16,28 +22,43 @@ examples only) ends in exactly one place, so ``rows_matched = examples + sum(dro
   repeated) until every quota is full.
 
 Memory stays flat: rows come through a server-side cursor and go straight to the file; what is
-held is a counter per stratum and one 64-bit hash per exported prompt for the dedupe (about 70
-bytes each, i.e. ~70 MB per million distinct prompts). Counts and rows are read in one
-REPEATABLE READ snapshot, so they agree while the gateway keeps logging. The file and its
-manifest are written beside their final names and renamed at the end: a failed export never
-leaves a half-written file.
+held is a counter per stratum, one 64-bit hash per exported prompt for the dedupe (about 70
+bytes each, i.e. ~70 MB per million distinct prompts), and the keys of the rows judged wrong
+(as many as people and apps judged, read first by key from ``reviews`` and ``feedback``).
+Counts and rows are read in one REPEATABLE READ snapshot, so they agree while the gateway
+keeps logging. The file and its manifest are written beside their final names and renamed at
+the end: a failed export never leaves a half-written file.
+
+``format = "dpo"`` writes preference pairs from reviewed answers instead
+(:mod:`.preference`).
 
 Modules: :mod:`.model` (request, result, manifest, quotas), :mod:`.verifier`, :mod:`.queries`,
-:mod:`.output` (the atomic file), :mod:`.exporter` (the run).
+:mod:`.output` (the atomic file), :mod:`.exporter` (the run), :mod:`.preference` (the pairs).
 """
 
 from __future__ import annotations
 
 from gateway.services.export.exporter import Exporter
-from gateway.services.export.model import ExportError, ExportRequest, ExportResult, Mix, Stratum
+from gateway.services.export.model import (
+    FORMATS,
+    ExportError,
+    ExportRequest,
+    ExportResult,
+    Mix,
+    Stratum,
+)
+from gateway.services.export.preference import PreferenceExporter, PreferenceResult
 from gateway.services.export.verifier import build_verifier
 
 __all__ = [
+    "FORMATS",
     "ExportError",
     "ExportRequest",
     "ExportResult",
     "Exporter",
     "Mix",
+    "PreferenceExporter",
+    "PreferenceResult",
     "Stratum",
     "build_verifier",
 ]

@@ -23,13 +23,16 @@ from gateway.services.export.model import (
     nothing_left,
     set_quotas,
 )
-from gateway.services.export.output import AtomicFile
+from gateway.services.export.output import AtomicFile, check_output, commit_with_manifest
 from gateway.services.export.queries import (
     COLUMNS,
     USABLE,
+    JudgedWrong,
     explain_empty,
     in_window,
+    judged_wrong,
     matching,
+    snapshot,
     stratum_key,
     survey,
     unknown_slice,
@@ -78,19 +81,14 @@ class Exporter:
         self._verifier = verifier
         self._verifier_config = verifier_config
         self._seen: set[int] = set()
+        self._wrong: set[tuple[str, datetime]] = set()  # judged wrong, no correction used
+        self._corrections: dict[tuple[str, datetime], str] = {}  # judged wrong, corrected
 
     async def run(self, request: ExportRequest) -> ExportResult:
-        if request.output.is_dir():
-            raise ExportError(f"the output {request.output} is a folder; give a file name")
-        if not request.output.parent.is_dir():
-            raise ExportError(f"the folder {request.output.parent} does not exist")
-        self._seen = set()
-        async with self._engine.connect() as connection:
-            await connection.execution_options(
-                isolation_level="REPEATABLE READ", postgresql_readonly=True
-            )
-            async with connection.begin():
-                return await self._export(connection, request)
+        check_output(request.output)
+        self._seen, self._wrong, self._corrections = set(), set(), {}
+        async with snapshot(self._engine) as connection:
+            return await self._export(connection, request)
 
     async def _export(self, connection: AsyncConnection, request: ExportRequest) -> ExportResult:
         result = await survey(connection, request)
@@ -109,8 +107,8 @@ class Exporter:
         set_quotas(result)
         if self._verifier_config is not None:
             result.verifier = self._verifier_config.model_dump(by_alias=True)
+        self._sort_judged(await judged_wrong(connection, request), result)
         out = AtomicFile(request.output)
-        manifest: AtomicFile | None = None
         try:
             if result.sampled:
                 await self._sampled(connection, result, out)
@@ -120,17 +118,26 @@ class Exporter:
                 raise ExportError(nothing_left(result))
             out.close()
             result.sha256 = out.digest.hexdigest()
-            manifest = AtomicFile(request.manifest_path)
-            manifest.write(orjson.dumps(result.manifest(), option=orjson.OPT_INDENT_2) + b"\n")
-            manifest.close()
-            out.commit()
-            manifest.commit()
+            commit_with_manifest(out, request.manifest_path, result.manifest())
         except BaseException:
             out.discard()
-            if manifest is not None:
-                manifest.discard()
             raise
         return result
+
+    def _sort_judged(
+        self, judged: dict[tuple[str, datetime], JudgedWrong], result: ExportResult
+    ) -> None:
+        """Judged-wrong rows are dropped and counted here, before any is read in full (so the
+        counts are whole, sampled or not); with ``use_corrections``, those with a correction
+        are exported with it instead (and may still be dropped later, like any row)."""
+        for key, wrong in judged.items():
+            if result.request.use_corrections and wrong.correction is not None:
+                self._corrections[key] = wrong.correction
+                continue
+            self._wrong.add(key)
+            result.judged_wrong["review" if wrong.by_review else "feedback"] += 1
+            result.strata[wrong.stratum].judged_wrong += 1
+            result.judged_per_slice.update(wrong.labels.items())
 
     async def _everything(
         self, connection: AsyncConnection, result: ExportResult, out: AtomicFile
@@ -178,7 +185,7 @@ class Exporter:
                 stratum = strata[key]
                 if not room:
                     break
-                if stratum.full():
+                if stratum.full() or (request_id, created_at) in self._wrong:
                     continue
                 assert stratum.quota is not None
                 if stratum.examples + pending[key] >= stratum.quota:
@@ -213,18 +220,30 @@ class Exporter:
         """Write the row's example unless it is dropped (and counted); whether it was written.
 
         A tool-call answer is checked against the tools the request offered
-        (:func:`verify.tool_calls`); the route's verifier judges the other answers' text.
+        (:func:`verify.tool_calls`); the route's verifier judges the other answers' text, and
+        a correction's (it replaces the teacher's answer, tool calls included).
         """
+        if (row.request_id, row.created_at) in self._wrong:
+            return False  # counted by _sort_judged
         payload = row.request_payload
         messages = prompt_messages(row.endpoint, payload)
         if messages is None:
             result.no_prompt += 1
             return False
+        correction = self._corrections.get((row.request_id, row.created_at))
         outcome = None
-        if row.teacher_tool_calls:
-            outcome = verify.tool_calls(row.teacher_tool_calls, payload)
-        elif self._verifier is not None:
-            outcome = self._verifier(row.teacher_output or row.teacher_refusal or "", payload)
+        if correction is not None:
+            answer = assistant_message(correction, None, None)
+            if self._verifier is not None:
+                outcome = self._verifier(correction, payload)
+        else:
+            answer = assistant_message(
+                row.teacher_output, row.teacher_tool_calls, row.teacher_refusal
+            )
+            if row.teacher_tool_calls:
+                outcome = verify.tool_calls(row.teacher_tool_calls, payload)
+            elif self._verifier is not None:
+                outcome = self._verifier(row.teacher_output or row.teacher_refusal or "", payload)
         if outcome is not None and not outcome.ok:
             result.count_failure(row.request_id, outcome)
             return False
@@ -234,7 +253,6 @@ class Exporter:
             result.duplicates += 1
             return False
         self._seen.add(key)
-        answer = assistant_message(row.teacher_output, row.teacher_tool_calls, row.teacher_refusal)
         example: dict[str, Any] = {"messages": [*messages, answer]}
         if tools:
             example["tools"] = tools
@@ -242,6 +260,8 @@ class Exporter:
                 example["parallel_tool_calls"] = payload["parallel_tool_calls"]
         out.write(orjson.dumps(example) + b"\n")
         result.examples += 1
+        if correction is not None:
+            result.corrected += 1
         result.per_slice.update((row.slices or {}).items())
         result.first_example = min(result.first_example or row.created_at, row.created_at)
         result.last_example = max(result.last_example or row.created_at, row.created_at)

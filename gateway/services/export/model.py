@@ -30,10 +30,14 @@ class Mix:
     shares: Mapping[str, float]
 
 
+FORMATS = ("openai", "dpo")  # the OpenAI chat fine-tuning format; TRL's preference pairs
+
+
 @dataclass(frozen=True)
 class ExportRequest:
     route: str
     output: Path
+    format: str = "openai"
     since: datetime | None = None
     until: datetime | None = None  # exclusive
     slices: Mapping[str, Sequence[str]] = field(default_factory=dict)  # dimension → any of these
@@ -41,10 +45,25 @@ class ExportRequest:
     limit: int | None = None  # examples in all, stratified; None: every row that qualifies
     mix: Mix | None = None  # needs a limit
     seed: int = 0
+    use_corrections: bool = False  # a judged-wrong answer with a correction: export the latter
 
     @property
     def manifest_path(self) -> Path:
         return self.output.with_name(self.output.name + ".manifest.json")
+
+    def filters(self) -> dict[str, Any]:
+        """The filters as the manifest shows them."""
+        return {
+            "route": self.route,
+            "since": _iso(self.since),
+            "until": _iso(self.until),
+            "slices": {dimension: list(values) for dimension, values in self.slices.items()},
+            "only_disagreements": self.only_disagreements,
+            "limit": self.limit,
+            "mix": {self.mix.dimension: dict(self.mix.shares)} if self.mix else None,
+            "seed": self.seed,
+            "use_corrections": self.use_corrections,
+        }
 
 
 # --- what an export found and did --------------------------------------------------------------
@@ -58,6 +77,7 @@ class Stratum:
     share: float | None = None  # the mix's target share
     quota: int | None = None
     examples: int = 0
+    judged_wrong: int = 0  # usable rows dropped because their teacher answer was judged wrong
 
     def full(self) -> bool:
         return self.quota is not None and self.examples >= self.quota
@@ -80,6 +100,9 @@ class ExportResult:
     first_example: datetime | None = None
     last_example: datetime | None = None
     no_prompt: int = 0
+    judged_wrong: Counter[str] = field(default_factory=Counter)  # by "review" or "feedback"
+    judged_per_slice: Counter[tuple[str, str]] = field(default_factory=Counter)
+    corrected: int = 0  # examples whose assistant turn is a correction (--use-corrections)
     duplicates: int = 0
     checks_failed: Counter[str] = field(default_factory=Counter)
     failures: dict[str, list[dict[str, str | None]]] = field(default_factory=dict)
@@ -87,11 +110,12 @@ class ExportResult:
 
     @property
     def dropped(self) -> dict[str, int]:
-        failed = sum(self.checks_failed.values())
-        handled = self.examples + self.no_prompt + failed + self.duplicates
+        failed, wrong = sum(self.checks_failed.values()), sum(self.judged_wrong.values())
+        handled = self.examples + self.no_prompt + wrong + failed + self.duplicates
         return {
             "teacher_failed": self.live - self.answered,
             "teacher_truncated": self.answered - self.usable,
+            "judged_wrong": wrong,
             "no_prompt": self.no_prompt,
             "verifier": failed,
             "duplicate_prompt": self.duplicates,
@@ -116,25 +140,21 @@ class ExportResult:
         request = self.request
         slices: dict[str, dict[str, dict[str, int]]] = {}
         for (dimension, value), live in sorted(self.live_per_slice.items()):
-            counts = {"live": live, "examples": self.per_slice[dimension, value]}
+            counts = {
+                "live": live,
+                "judged_wrong": self.judged_per_slice[dimension, value],
+                "examples": self.per_slice[dimension, value],
+            }
             slices.setdefault(dimension, {})[value] = counts
         manifest: dict[str, Any] = {
             "file": request.output.name,
             "format": "openai-chat-jsonl",
             "examples": self.examples,
+            "corrected": self.corrected,
             "sha256": self.sha256,
             "created_at": datetime.now(UTC).isoformat(),
             "gateway_version": __version__,
-            "filters": {
-                "route": request.route,
-                "since": _iso(request.since),
-                "until": _iso(request.until),
-                "slices": {dimension: list(v) for dimension, v in request.slices.items()},
-                "only_disagreements": request.only_disagreements,
-                "limit": request.limit,
-                "mix": {request.mix.dimension: dict(request.mix.shares)} if request.mix else None,
-                "seed": request.seed,
-            },
+            "filters": request.filters(),
             "verifier": self.verifier,
             "time_range": {
                 "first_row": _iso(self.first_row),
@@ -144,6 +164,10 @@ class ExportResult:
             },
             "rows_matched": self.live,
             "dropped": self.dropped,
+            "judged_wrong": {
+                "review": self.judged_wrong["review"],
+                "feedback": self.judged_wrong["feedback"],
+            },
             "dropped_by_check": dict(self.checks_failed.most_common()),
             "failed_checks_quoted": self.failures,
             "slices": slices,
@@ -154,7 +178,7 @@ class ExportResult:
             manifest["strata"] = [
                 {"slices": s.labels, "live": s.live, "usable": s.usable}
                 | ({"share": s.share} if s.share is not None else {})
-                | {"quota": s.quota, "examples": s.examples}
+                | {"judged_wrong": s.judged_wrong, "quota": s.quota, "examples": s.examples}
                 for s in sorted(self.strata.values(), key=lambda s: (-s.live, str(s.labels)))
             ]
         return manifest

@@ -5,10 +5,21 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import orjson
 
 from gateway.services.export.model import ExportError
+
+
+def check_output(path: Path) -> None:
+    """Before any work: the output must be a file name in a folder that exists."""
+    if path.is_dir():
+        raise ExportError(f"the output {path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise ExportError(f"the folder {path.parent} does not exist")
 
 
 class AtomicFile:
@@ -50,3 +61,17 @@ class AtomicFile:
     def discard(self) -> None:
         self.file.close()
         self.temp.unlink(missing_ok=True)
+
+
+def commit_with_manifest(out: AtomicFile, manifest_path: Path, manifest: Mapping[str, Any]) -> None:
+    """Write the manifest of the closed ``out`` and put both in place; on error the manifest
+    is discarded here, ``out`` by the caller."""
+    written = AtomicFile(manifest_path)
+    try:
+        written.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+        written.close()
+        out.commit()
+        written.commit()
+    except BaseException:
+        written.discard()
+        raise

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Text, and_, cast, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import ColumnElement, Text, and_, cast, func, or_, select, union
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.db.tables import requests
+from gateway.db.tables import feedback, requests, reviews
+from gateway.services import judgements
 from gateway.services.export.model import ExportRequest, ExportResult, Stratum
 
 COLUMNS = (
@@ -34,6 +38,18 @@ ANSWERED = and_(
 )
 USABLE = and_(ANSWERED, requests.c.teacher_finish_reason.is_distinct_from("length"))
 JOINT = cast(requests.c.slices, Text)  # jsonb's text form: the same labels, the same text
+
+
+@asynccontextmanager
+async def snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """One REPEATABLE READ, read-only transaction: counts and rows agree while the gateway
+    keeps logging."""
+    async with engine.connect() as connection:
+        await connection.execution_options(
+            isolation_level="REPEATABLE READ", postgresql_readonly=True
+        )
+        async with connection.begin():
+            yield connection
 
 
 def in_window(request: ExportRequest) -> list[ColumnElement[bool]]:
@@ -154,3 +170,59 @@ async def unknown_slice(
         return None
     listed = ", ".join(seen[:50]) + (", …" if len(seen) > 50 else "")
     return f"no row has {dimension}={missing[0]} (values seen for {dimension}: {listed})"
+
+
+@dataclass(frozen=True)
+class JudgedWrong:
+    """A usable row whose teacher answer was judged wrong (:mod:`gateway.services.judgements`)."""
+
+    stratum: str
+    labels: dict[str, str]
+    by_review: bool
+    correction: str | None
+
+
+async def judged_wrong(
+    connection: AsyncConnection, request: ExportRequest
+) -> dict[tuple[str, datetime], JudgedWrong]:
+    """The usable rows the filters match whose teacher answer was judged wrong, by key.
+
+    The judgement is evaluated only on rows with a review or a feedback row at all (found by
+    key, so each reaches only its own partition): a handful of people's and apps' judgements,
+    not the whole window, so the dict stays small and the query fast.
+    """
+    route = request.route
+    judged = union(
+        select(reviews.c.request_id, reviews.c.request_created_at).where(
+            reviews.c.route == route, reviews.c.verdict.is_not(None)
+        ),
+        select(feedback.c.request_id, feedback.c.request_created_at).where(
+            feedback.c.route == route
+        ),
+    ).subquery("judged")
+    query = (
+        select(
+            requests.c.request_id,
+            requests.c.created_at,
+            stratum_key(request),
+            requests.c.slices,
+            judgements.judged_by_review(),
+            judgements.teacher_correction(),
+        )
+        .select_from(
+            judged.join(
+                requests,
+                and_(
+                    requests.c.request_id == judged.c.request_id,
+                    requests.c.created_at == judged.c.request_created_at,
+                ),
+            )
+        )
+        .where(*matching(request), USABLE, judgements.teacher_judged_wrong())
+    )
+    return {
+        (request_id, created_at): JudgedWrong(key, labels or {}, by_review, correction)
+        for request_id, created_at, key, labels, by_review, correction in await connection.execute(
+            query
+        )
+    }

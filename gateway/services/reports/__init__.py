@@ -1,4 +1,4 @@
-"""The analyst reports: slices, disagreements, threshold calibration, drift, candidates.
+"""The analyst reports: slices, disagreements, threshold calibration, drift, candidates, quality.
 
 Every figure is aggregated in Postgres (``GROUP BY`` over the route's rows in the window:
 labels, ``width_bucket`` of the confidence, prompt length, day); Python only sees per-group
@@ -11,7 +11,7 @@ gateway error: :class:`~gateway.errors.RouteNotFound`, :class:`UnknownDimension`
 (400).
 
 One module per report (:mod:`.slices`, :mod:`.disagreements`, :mod:`.thresholds`,
-:mod:`.drift`, :mod:`.candidates`), each a mixin over :class:`.common.ReportsBase`;
+:mod:`.drift`, :mod:`.candidates`, :mod:`.quality`), each a mixin over :class:`.common.ReportsBase`;
 :class:`Reports` is all of them.
 :class:`DriftMonitor` (:mod:`.monitor`) keeps ``shadow_gateway_drift_psi{route,dimension}``
 current in the background: each route's last day against the week before it.
@@ -30,6 +30,7 @@ from gateway.services.reports.common import (
 from gateway.services.reports.disagreements import DisagreementReport
 from gateway.services.reports.drift import DriftReport, reference_dataset
 from gateway.services.reports.monitor import DriftMonitor
+from gateway.services.reports.quality import QualityReport
 from gateway.services.reports.slices import SliceReport
 from gateway.services.reports.thresholds import ThresholdReport, calibrated_overrides
 
@@ -46,6 +47,8 @@ __all__ = [
 ]
 
 
-class Reports(SliceReport, DisagreementReport, ThresholdReport, DriftReport, CandidateReport):
+class Reports(
+    SliceReport, DisagreementReport, ThresholdReport, DriftReport, CandidateReport, QualityReport
+):
     """Every report over one engine and config: ``slices``, ``disagreements``, ``thresholds``,
-    ``drift`` and ``candidates``."""
+    ``drift``, ``candidates`` and ``quality``."""

@@ -29,7 +29,14 @@ from gateway.core import statistics as stats
 from gateway.core.paired import MIN_PAIRS, PairedCounts, paired_difference
 from gateway.errors import InvalidRequest, NoData, StudentNotFound
 from gateway.protocol.reports import Window
-from gateway.services.reports.common import IN_WINDOW, LABELS, ReportsBase, window_params
+from gateway.services.reports.common import (
+    ANSWER_TEACHER_VERSION,
+    IN_WINDOW,
+    LABELS,
+    ReportsBase,
+    of_version,
+    window_params,
+)
 
 SOURCES = ("live", "replay")
 _JUDGED = ("better", "worse", "inconclusive")
@@ -43,7 +50,8 @@ _FIGURES = text(
     "percentile_cont(0.95) WITHIN GROUP (ORDER BY r.student_latency_ms) "
     "FILTER (WHERE r.student_status = 'ok') AS p95, "
     "avg(r.student_confidence) AS confidence "
-    f"FROM student_answers AS r {LABELS} WHERE {IN_WINDOW} GROUP BY 1, 2, 3, 4"
+    f"FROM student_answers AS r {LABELS} WHERE {IN_WINDOW} AND {ANSWER_TEACHER_VERSION} "
+    "GROUP BY 1, 2, 3, 4"
 )
 # Each compared answer of a student other than the baseline, with the baseline's verdict on
 # the same request: from the same source if it has one, else its live answer.
@@ -59,7 +67,7 @@ _PAIRS = text(
     "AND b.student = :baseline AND b.agree IS NOT NULL AND b.source IN (r.source, 'live') "
     "ORDER BY b.source = r.source DESC LIMIT 1) AS b "
     f"{LABELS} WHERE {IN_WINDOW} AND r.student <> :baseline AND r.agree IS NOT NULL "
-    "GROUP BY 1, 2, 3, 4"
+    f"AND {ANSWER_TEACHER_VERSION} GROUP BY 1, 2, 3, 4"
 )
 _REGISTERED = text("SELECT name, status FROM route_students WHERE route = :route ORDER BY name")
 
@@ -71,26 +79,31 @@ class CandidateReport(ReportsBase):
         window: Window,
         baseline: str | None = None,
         min_pairs: int = MIN_PAIRS,
+        teacher_version: str | None = None,
     ) -> dict[str, Any]:
-        """Every student of the route against ``baseline`` (default: the champion)."""
+        """Every student of the route against ``baseline`` (default: the champion).
+        ``teacher_version``: only requests whose teacher reported that fingerprint or model."""
         route = self.route(name)
         if min_pairs < 1:
             raise InvalidRequest(
                 "min_pairs must be at least 1", param="min_pairs", code="invalid_value"
             )
-        params = window_params(route, window, dimension=None)
+        params = window_params(route, window, dimension=None, teacher_version=teacher_version)
         async with self._reading() as connection:
             registered = {
                 row.name: row.status
                 for row in (await connection.execute(_REGISTERED, {"route": name})).all()
             }
             figures = (await connection.execute(_FIGURES, params)).all()
+            if not figures:
+                await self._check_teacher_version(connection, route, teacher_version)
             chosen = _baseline(name, registered, {row.student for row in figures}, baseline)
             pairs = (await connection.execute(_PAIRS, {**params, "baseline": chosen})).all()
         if not figures:
             raise NoData(
-                f"Route '{name}' has no student answers from {window.describe()}: no student "
-                "was shadowed in that window (check the students' shadow_sample) or replayed."
+                f"Route '{name}' has no student answers from {window.describe()}"
+                f"{of_version(teacher_version)}: no student was shadowed in that window (check "
+                "the students' shadow_sample) or replayed."
             )
         answered = {row.student for row in figures}
         students = sorted(registered.keys() | answered, key=lambda s: (s != chosen, s))
@@ -133,6 +146,7 @@ class CandidateReport(ReportsBase):
             **window.as_json(),
             "baseline": chosen,
             "min_pairs": min_pairs,
+            "teacher_version": teacher_version,
             "students": [
                 {"name": student, "status": registered.get(student, "unregistered")}
                 for student in students

@@ -77,7 +77,23 @@ LABELS = (
     f"CROSS JOIN LATERAL (SELECT NULL::text, NULL::text UNION ALL {EACH_LABEL} "
     "AND (CAST(:dimension AS text) IS NULL OR key = CAST(:dimension AS text))) AS s(dim, val)"
 )
+# teacher_version: the rows whose teacher reported that fingerprint or that model (NULL: all).
+TEACHER_VERSION = (
+    "(CAST(:teacher_version AS text) IS NULL OR r.teacher_fingerprint = :teacher_version "
+    "OR r.teacher_model_reported = :teacher_version)"
+)
+# The same for student_answers rows: their request's teacher.
+ANSWER_TEACHER_VERSION = (
+    "(CAST(:teacher_version AS text) IS NULL OR EXISTS (SELECT 1 FROM requests AS q "
+    "WHERE q.request_id = r.request_id AND q.created_at = r.created_at "
+    "AND (q.teacher_fingerprint = :teacher_version "
+    "OR q.teacher_model_reported = :teacher_version)))"
+)
 _ROWS = text(f"SELECT count(*) AS n FROM requests AS r WHERE {IN_WINDOW}")
+_TEACHER_VERSIONS = text(
+    "SELECT model_reported, fingerprint FROM teacher_versions WHERE route = :route "
+    "ORDER BY first_seen, id"
+)
 _NO_JIT = text("SET LOCAL jit = off")
 HAS_DIMENSION = text(
     "SELECT EXISTS (SELECT 1 FROM requests WHERE route = :route AND slices ? :dimension)"
@@ -94,8 +110,20 @@ def configured_dimensions(route: RouteConfig) -> set[str]:
     return found
 
 
+def of_version(teacher_version: str | None) -> str:
+    """`` answered by teacher version 'V'`` for a message, or nothing."""
+    return f" answered by teacher version '{teacher_version}'" if teacher_version else ""
+
+
 def window_params(route: RouteConfig, window: Window, **extra: Any) -> dict[str, Any]:
-    return {"route": route.name, "since": window.since, "until": window.until, **extra}
+    """The window's parameters, with no teacher version unless ``extra`` names one."""
+    return {
+        "route": route.name,
+        "since": window.since,
+        "until": window.until,
+        "teacher_version": None,
+        **extra,
+    }
 
 
 def enough(rows: int, min_rows: int, subject: str) -> None:
@@ -140,6 +168,25 @@ class ReportsBase:
                 "ever labelled with it and the route's config does not name it.",
                 param="dimension",
             )
+
+    async def _check_teacher_version(
+        self, connection: AsyncConnection, route: RouteConfig, version: str | None
+    ) -> None:
+        """404 unless the route's teacher ever reported ``version`` (as a fingerprint or a
+        model); called when a report filtered on it found nothing."""
+        if version is None:
+            return
+        rows = (await connection.execute(_TEACHER_VERSIONS, {"route": route.name})).all()
+        if any(version in (row.fingerprint, row.model_reported) for row in rows):
+            return
+        known = list(dict.fromkeys(row.fingerprint or row.model_reported for row in rows))
+        raise NoData(
+            f"Route '{route.name}' has no teacher version '{version[:100]}': its teacher never "
+            "reported it as a system_fingerprint or a model (versions: "
+            f"{', '.join(known[-10:]) or 'none yet'}).",
+            param="teacher_version",
+            code="teacher_version_not_found",
+        )
 
     async def _count(self, connection: AsyncConnection, route: RouteConfig, window: Window) -> int:
         return int((await connection.execute(_ROWS, window_params(route, window))).scalar_one())

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, literal_column, select, tuple_
+from sqlalchemy import Text, literal_column, or_, select, tuple_
 
 from gateway.core.outputs import Output
 from gateway.db.tables import requests
@@ -26,8 +26,10 @@ class DisagreementReport(ReportsBase):
         confidence: tuple[float | None, float | None] = (None, None),
         limit: int = 50,
         cursor: tuple[datetime, str] | None = None,
+        teacher_version: str | None = None,
     ) -> dict[str, Any]:
-        """One page of comparisons that disagreed, newest first, with both answers."""
+        """One page of comparisons that disagreed, newest first, with both answers.
+        ``teacher_version``: only rows whose teacher reported that fingerprint or model."""
         route = self.route(name)
         r = requests.c
         prompt = literal_column(last_user_text_sql("requests.request_payload"), Text).label(
@@ -58,6 +60,13 @@ class DisagreementReport(ReportsBase):
             query = query.where(r.slices.contains(dict(slices)))
         if served_by is not None:
             query = query.where(r.served_by == served_by)
+        if teacher_version is not None:
+            query = query.where(
+                or_(
+                    r.teacher_fingerprint == teacher_version,
+                    r.teacher_model_reported == teacher_version,
+                )
+            )
         for column, (low, high) in ((r.agreement_score, score), (r.student_confidence, confidence)):
             if low is not None:
                 query = query.where(column >= low)
@@ -71,6 +80,7 @@ class DisagreementReport(ReportsBase):
             if not rows:
                 for dimension, _ in slices:
                     await self._check_dimension(connection, route, dimension)
+                await self._check_teacher_version(connection, route, teacher_version)
         page = rows[:limit]
         next_cursor = (
             encode_cursor(page[-1].created_at, page[-1].request_id) if len(rows) > limit else None
@@ -85,6 +95,7 @@ class DisagreementReport(ReportsBase):
                 "max_score": score[1],
                 "min_confidence": confidence[0],
                 "max_confidence": confidence[1],
+                "teacher_version": teacher_version,
             },
             "disagreements": [
                 {

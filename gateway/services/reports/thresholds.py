@@ -17,7 +17,13 @@ from gateway.core import statistics as stats
 from gateway.db.tables import route_state
 from gateway.errors import InvalidRequest, NoData, NotEnoughData
 from gateway.protocol.reports import Window, curve_json, point_json
-from gateway.services.reports.common import EACH_LABEL, IN_WINDOW, ReportsBase, window_params
+from gateway.services.reports.common import (
+    EACH_LABEL,
+    IN_WINDOW,
+    TEACHER_VERSION,
+    ReportsBase,
+    window_params,
+)
 
 # Shadow comparisons only: the teacher answered and the student was not chosen. Fallbacks and
 # student-served rows are selected by the live threshold, so they would bias the curve.
@@ -30,7 +36,7 @@ _CALIBRATION = text(
     "OR key = ANY(CAST(:dimensions AS text[])))) AS s(dim, val) "
     f"WHERE {IN_WINDOW} AND r.student_confidence IS NOT NULL AND r.agree IS NOT NULL "
     "AND r.served_by IS DISTINCT FROM 'student' AND r.fallback_reason IS NULL "
-    "GROUP BY 1, 2, 3"
+    f"AND {TEACHER_VERSION} GROUP BY 1, 2, 3"
 )
 
 
@@ -45,8 +51,10 @@ class ThresholdReport(ReportsBase):
         candidates: Sequence[float] | None = None,
         dimension: str | None = None,
         conservative: bool = False,
+        teacher_version: str | None = None,
     ) -> dict[str, Any]:
-        """Served share and agreement per candidate threshold; the lowest that keeps every bar."""
+        """Served share and agreement per candidate threshold; the lowest that keeps every bar.
+        ``teacher_version``: only rows whose teacher reported that fingerprint or model."""
         route = self.route(name)
         bars = [
             stats.Bar(c.dimension, c.value, c.min_agreement, c.min_samples)
@@ -70,10 +78,15 @@ class ThresholdReport(ReportsBase):
                 await self._check_dimension(connection, route, dimension)
                 dimensions.add(dimension)
             params = window_params(
-                route, window, thresholds=list(thresholds), dimensions=sorted(dimensions)
+                route,
+                window,
+                thresholds=list(thresholds),
+                dimensions=sorted(dimensions),
+                teacher_version=teacher_version,
             )
             rows = (await connection.execute(_CALIBRATION, params)).all()
             if not rows:
+                await self._check_teacher_version(connection, route, teacher_version)
                 count = await self._count(connection, route, window)
                 if count == 0:
                     raise NoData(f"Route '{name}' has no requests from {window.describe()}.")
@@ -98,6 +111,7 @@ class ThresholdReport(ReportsBase):
             "comparisons": curves[("all", "all")][0].total,
             "current_threshold": current,
             "conservative": conservative,
+            "teacher_version": teacher_version,
             "bars": [
                 {
                     "dimension": b.dimension,
