@@ -8,7 +8,9 @@
   files of deploy/prometheus and scrapes ports the services listen on; Grafana provisions the
   dashboard from where it is mounted; the gateway config is a valid config for this gateway.
 - The gateway image's ENTRYPOINT + CMD is the serve command README.md documents, and the one
-  docs/deploy.md quotes: the Dockerfile is the one source.
+  docs/deploy.md quotes: the Dockerfile is the one source. Both images run as a numeric
+  non-root user; the student's owns the directories vLLM writes to.
+- The docs name the Compose version the file needs (v2, the ``docker compose`` plugin).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ GATEWAY_DOCKERFILE = DEPLOY / "Dockerfile"
 STUDENT_DOCKERFILE = DEPLOY / "Dockerfile.student"
 DOCS = ROOT / "docs" / "deploy.md"
 
+# The oldest Docker Compose that runs deploy/docker-compose.yml: the top-level `name:` came with
+# v2.3.0 (compose-go 1.1.0). Compose v1 (`docker-compose`, Python) rejects the file.
+COMPOSE_MINIMUM = "v2.3.0"
 # Values for the variables the compose file requires (``${VAR:?…}``); the rest have defaults.
 COMPOSE_ENV = {"SHADOW_GATEWAY_APP_KEY": "test-app-key", "OPENAI_API_KEY": "sk-test"}
 _VARIABLE = re.compile(r"\$(?:\$|\{(\w+)(?:(:?)([-?])([^}]*))?\})")
@@ -81,6 +86,14 @@ def last(instructions: list[Instruction], keyword: str) -> Instruction:
     found = [i for i in instructions if i.keyword == keyword]
     assert found, f"no {keyword} instruction"
     return found[-1]
+
+
+def image_user(path: Path) -> tuple[int, int]:
+    """The uid and gid the image runs as: numeric, so the kubelet can check runAsNonRoot."""
+    user = last(dockerfile(path), "USER").args
+    assert re.fullmatch(r"\d+:\d+", user), f"{path.name}: USER {user} is not numeric uid:gid"
+    uid, gid = user.split(":")
+    return int(uid), int(gid)
 
 
 def gateway_command() -> list[str]:
@@ -242,7 +255,7 @@ def test_the_gateway_reaches_postgres_and_the_student_it_is_given() -> None:
     assert config.server.host == "0.0.0.0"
     assert any(v.endswith(f":{config.data_dir}") for v in gateway["volumes"]), "journal volume"
     student = found["student"]
-    student_port = _dockerfile_env(STUDENT_DOCKERFILE)["STUDENT_PORT"]
+    student_port = dockerfile_env(STUDENT_DOCKERFILE)["STUDENT_PORT"]
     for route in config.routes:
         assert route.student is not None
         assert route.student.model == student["environment"]["STUDENT_SERVED_NAME"]
@@ -290,7 +303,7 @@ def test_prometheus_loads_the_rules_and_scrapes_the_services() -> None:
     }
     gateway_port = parse_gateway_args(gateway_command()[1:]).port  # the CLI's --port wins
     assert f"127.0.0.1:{gateway_port}:{gateway_port}" in found["gateway"]["ports"]
-    student_port = _dockerfile_env(STUDENT_DOCKERFILE)["STUDENT_PORT"]
+    student_port = dockerfile_env(STUDENT_DOCKERFILE)["STUDENT_PORT"]
     assert targets == {f"gateway:{gateway_port}", f"student:{student_port}"}
 
 
@@ -337,12 +350,12 @@ def test_gateway_image_is_slim_multi_stage_unprivileged_and_checks_health() -> N
     assert len(stages) >= 2, "a build stage and a runtime stage"
     base = next(i.args for i in instructions if i.keyword == "ARG" and "PYTHON_IMAGE=" in i.args)
     assert re.fullmatch(r"PYTHON_IMAGE=python:3\.\d+-slim(-\w+)?", base)
-    user = last(instructions, "USER").args.split(":")[0]
-    assert user not in ("root", "0")
+    uid, _gid = image_user(GATEWAY_DOCKERFILE)
+    assert uid != 0
     healthcheck = last(instructions, "HEALTHCHECK").args
     port = parse_gateway_args(gateway_command()[1:]).port
     assert f"127.0.0.1:{port}/healthz" in healthcheck
-    env = _dockerfile_env(GATEWAY_DOCKERFILE)
+    env = dockerfile_env(GATEWAY_DOCKERFILE)
     assert env["SHADOW_GATEWAY_CONFIG"] == parse_gateway_args(gateway_command()[1:]).config
 
 
@@ -378,7 +391,42 @@ def test_student_image_runs_the_vllm_openai_server() -> None:
     assert [i.args for i in instructions if i.keyword == "FROM"][-1].endswith(" AS runtime")
 
 
-def _dockerfile_env(path: Path) -> dict[str, str]:
+def test_student_image_runs_as_an_unprivileged_user() -> None:
+    uid, gid = image_user(STUDENT_DOCKERFILE)
+    assert uid != 0
+    assert gid != 0
+    # The image creates that user and hands it the directories vLLM writes to: its home (the
+    # torch.compile, Triton and FlashInfer caches) and HF_HOME (the downloaded weights).
+    setup = " ".join(i.args for i in dockerfile(STUDENT_DOCKERFILE) if i.keyword == "RUN")
+    assert f"--uid {uid}" in setup
+    assert f"--gid {gid}" in setup
+    owned = [
+        Path(directory)
+        for paths in re.findall(rf"chown (?:-R )?{uid}:{gid} ([^&;]+)", setup)
+        for directory in paths.split()
+    ]
+    env = dockerfile_env(STUDENT_DOCKERFILE)
+    for name in ("HOME", "HF_HOME"):
+        assert any(Path(env[name]).is_relative_to(root) for root in owned), f"{name} not owned"
+    # The compose file's cache volume is mounted where the image made it writable.
+    volumes = services()["student"]["volumes"]
+    assert any(volume.split(":")[1] == env["HF_HOME"] for volume in volumes)
+
+
+# -- the docs ---------------------------------------------------------------------------------
+
+
+def test_docs_say_which_compose_runs_the_file() -> None:
+    assert "name" in compose(), "COMPOSE_MINIMUM is set by the top-level `name:`"
+    for doc in (DOCS, DEPLOY / "README.md"):
+        text = doc.read_text(encoding="utf-8")
+        assert f"Compose {COMPOSE_MINIMUM}" in text, f"{doc.name}: say which Compose it needs"
+        # Commands use the v2 plugin (`docker compose`), never the v1 `docker-compose` binary.
+        legacy = re.findall(r"^\s*docker-compose\s.*$", text, re.MULTILINE)
+        assert not legacy, f"{doc.name}: {legacy}"
+
+
+def dockerfile_env(path: Path) -> dict[str, str]:
     """ENV values of a Dockerfile (``KEY=value`` pairs), later ones winning."""
     env: dict[str, str] = {}
     for instruction in dockerfile(path):
