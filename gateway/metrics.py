@@ -209,6 +209,11 @@ class Metrics:
             multiprocess_mode="livemin",
             registry=reg,
         )
+        self.journal_write_errors = Counter(
+            "shadow_gateway_journal_write_errors_total",
+            "Journal writes (and disk probes) the disk refused; retried with a backoff.",
+            registry=reg,
+        )
         self.log_records_dropped = Counter(
             "shadow_gateway_log_records_dropped_total",
             "Log records dropped because neither Postgres nor the journal took them.",

@@ -46,6 +46,9 @@ REQUIRED_ALERTS = {
     "ShadowGatewaySliceRolledBack",
     "ShadowGatewayCandidateDown",
     "ShadowGatewayTeacherChanged",
+    "ShadowGatewayStudentCircuitOpen",
+    "ShadowGatewayLogRecordsDropped",
+    "ShadowGatewayJournalUnwritable",
 }
 # The metrics that concern one student (they carry a `student` label).
 PER_STUDENT = {

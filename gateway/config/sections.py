@@ -89,6 +89,9 @@ class LogWriterConfig(Strict):
     # memory; past this many the oldest are dropped (counted), rather than the worker dying.
     memory_max: int = Field(default=10_000, ge=1)
     retry_interval_s: float = Field(default=1.0, gt=0)
+    # A batch Postgres has not taken within this long is journaled and Postgres handled as
+    # down: a frozen server (accepting connections, never answering) is noticed in seconds.
+    write_timeout_s: float = Field(default=5.0, gt=0)
     store_payloads: bool = True
 
     @model_validator(mode="after")

@@ -131,6 +131,8 @@ _TARGETS: dict[str | None, _Target] = {
 _ORPHAN_SCAN_INTERVAL_S = 60.0
 _WRITTEN, _DOWN = object(), object()
 
+_JOURNAL_BACKOFF_MAX_S = 10.0
+
 DB_UNAVAILABLE = (
     OSError,
     TimeoutError,
@@ -186,6 +188,10 @@ class LogWriter:
         self.database_up = False
         self._reported_down = False
         self._shedding = False
+        # A journal the disk refused is tried again no sooner than this (monotonic), backing
+        # off from retry_interval_s to _JOURNAL_BACKOFF_MAX_S: never once per request.
+        self._journal_retry_at = 0.0
+        self._journal_backoff_s = 0.0
         self._observers: list[Callable[[list[Record]], None]] = []
 
     # -- request path -----------------------------------------------------------------------
@@ -226,8 +232,8 @@ class LogWriter:
 
     def _queued(self, size: int) -> None:
         """A batch is ready: wake the writer; past ``queue_max``, journal the backlog now."""
-        if size >= self._config.batch_size:
-            self._wake.set()
+        if size >= self._config.batch_size and (self.database_up or self.journal.writable):
+            self._wake.set()  # (with neither taking records, the writer's cycle retries)
         if size >= self._config.queue_max and self.journal.writable:
             # Postgres is not keeping up: move the backlog to disk rather than grow memory.
             # (A journal the disk refuses is retried by the writer's cycle, not per request.)
@@ -289,11 +295,13 @@ class LogWriter:
     async def _cycle(self) -> None:
         if not self.database_up and time.monotonic() >= self._next_probe:
             await self._connect()
+        if not self.journal.writable and time.monotonic() >= self._journal_retry_at:
+            self._probe_journal()
         if self.database_up and (
             self.journal.records or time.monotonic() >= self._next_orphan_scan
         ):
             await self._replay()
-        while self._pending:
+        while self._pending and (self.database_up or self.journal.writable):
             before = len(self._pending)
             await self._flush(self._take(self._config.batch_size))
             if len(self._pending) < self._config.batch_size or len(self._pending) >= before:
@@ -309,7 +317,10 @@ class LogWriter:
         """
         excess = len(self._pending) - self._config.memory_max
         if excess <= 0:
-            self._shedding = False
+            # The episode ends when records have somewhere to go again, not when the backlog
+            # dips under the bound for a moment (that would log the line again and again).
+            if self.database_up or self.journal.writable:
+                self._shedding = False
             return
         for key in list(itertools.islice(self._pending, excess)):
             del self._pending[key]
@@ -362,10 +373,27 @@ class LogWriter:
             return
         self._spill(batch)
 
+    def _probe_journal(self) -> None:
+        """Try a refused journal's disk again; back off while it keeps refusing."""
+        if self.journal.probe():
+            self._journal_backoff_s = 0.0
+        else:
+            self._back_off_journal()
+        self._metrics.journal_writable.set(1 if self.journal.writable else 0)
+
+    def _back_off_journal(self) -> None:
+        self._metrics.journal_write_errors.inc()
+        self._journal_backoff_s = min(
+            _JOURNAL_BACKOFF_MAX_S,
+            max(self._config.retry_interval_s, 2 * self._journal_backoff_s),
+        )
+        self._journal_retry_at = time.monotonic() + self._journal_backoff_s
+
     def _spill(self, batch: list[Record]) -> None:
         try:
             self.journal.append(batch)
         except OSError:
+            self._back_off_journal()
             # Disk refused too (the journal logs that once): keep the records in memory, merged
             # with any half that arrived meanwhile; the next cycle tries again.
             for record in batch:
@@ -435,7 +463,9 @@ class LogWriter:
         """``_WRITTEN``, ``_DOWN``, or the error with which Postgres refused the content."""
         assert self._conn is not None
         try:
-            await self._conn.execute(target.upsert, *target.arrays(batch), timeout=30)
+            await self._conn.execute(
+                target.upsert, *target.arrays(batch), timeout=self._config.write_timeout_s
+            )
         except ValueError as exc:  # refused by the driver before sending (out of range, …)
             return exc
         except DB_UNAVAILABLE as exc:

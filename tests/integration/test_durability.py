@@ -360,3 +360,22 @@ def test_a_killed_embedded_serve_leaves_no_server_behind_the_next_one(
     finally:
         gateway.kill()
     assert embedded_postmasters(server_dir / "data") == []
+
+
+def test_ctrl_c_stops_the_embedded_serve_and_its_postgres_quietly(
+    server_dir: Path, app_key: str, teacher: FakeOpenAI
+) -> None:
+    """SIGINT (Ctrl-C in a terminal) drains like SIGTERM, stops the embedded PostgreSQL, and
+    ends normally (uvicorn handles the signal as a request to stop), with no traceback."""
+    config = write_config(
+        server_dir / "gateway.yaml", [route(ROUTE, teacher.base_url, None, mode="teacher")]
+    )
+    env = {"SGW_TEST_APP_KEY": app_key, "DATABASE_URL": ""}
+    gateway = GatewayProcess(config, env, server_dir / "gateway.log")
+    try:
+        gateway.wait_ready()
+        assert gateway.terminate(signum=signal.SIGINT) == 0, gateway.output()
+    finally:
+        gateway.kill()
+    assert embedded_postmasters(server_dir / "data") == []
+    assert "Traceback" not in gateway.output()

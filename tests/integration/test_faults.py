@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import signal
 import threading
 import time
@@ -96,6 +97,61 @@ def test_journal_disk_refusing_while_postgres_is_down(
     assert sum("cannot write the journal" in m for m in messages) == 1, messages
     assert sum("dropping the oldest" in m for m in messages) == 1, messages
     assert sum("writable again" in m for m in messages) == 1, messages
+
+
+def test_a_refused_journal_is_retried_with_a_backoff_and_health_follows_the_disk(
+    tmp_path: Path,
+    private_postgres: tuple[EmbeddedPostgres, str],
+    app_key: str,
+    teacher: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With Postgres up, a refused disk makes /readyz degraded and freeing it makes it ready
+    again, with no record needing the journal; with both down, traffic does not turn the
+    writer into a retry loop: the refused writes are a handful, not one per request."""
+    server, url = private_postgres
+    monkeypatch.setenv("DATABASE_URL", url)
+    config = write_config(
+        tmp_path / "gateway.yaml",
+        [route(ROUTE, teacher.base_url, None, mode="teacher")],
+        log_writer={
+            "flush_interval_s": 0.05,
+            "retry_interval_s": 0.2,
+            "batch_size": 1,
+            "queue_max": 2,
+            "memory_max": 1000,
+        },
+    )
+    blocked = tmp_path / "data" / "journal"
+    blocked.parent.mkdir()
+    blocked.write_text("a file where the journal's directory should be")
+    gateway = GatewayServer(config).start()
+    try:
+        ready = httpx.get(f"{gateway.url}/readyz").json()
+        assert (ready["status"], ready["database"]) == ("degraded", "ok")
+        blocked.unlink()
+        wait_for(
+            lambda: httpx.get(f"{gateway.url}/readyz").json()["status"] == "ready",
+            what="/readyz ready once the disk takes writes, with nothing to journal",
+        )
+        assert gateway.metric("shadow_gateway_journal_writable") == 1
+
+        gateway.state.writer.journal.close()  # its file goes with the directory
+        shutil.rmtree(blocked)
+        blocked.write_text("refused again")
+        assert not gateway.state.writer.journal.probe()
+        server.stop()
+        errors_before = gateway.metric("shadow_gateway_journal_write_errors_total")
+        started = time.monotonic()
+        ask(gateway, app_key, 60)  # each one is past batch_size and queue_max
+        elapsed = time.monotonic() - started
+        refused = gateway.metric("shadow_gateway_journal_write_errors_total") - errors_before
+        # the backoff doubles from retry_interval_s: at most about log2(elapsed / 0.2) + 2 tries
+        assert refused <= math.log2(max(elapsed, 0.2) / 0.2) + 3, (refused, elapsed)
+        assert gateway.state.writer.queue_depth == 60  # kept, none lost
+    finally:
+        gateway.stop()
+        server.start()
 
 
 def test_sigkill_loses_at_most_the_unjournaled_window(

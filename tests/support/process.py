@@ -58,8 +58,8 @@ class GatewayProcess:
             time.sleep(0.1)
         raise AssertionError(f"the gateway did not come up:\n{self.output()}")
 
-    def terminate(self, timeout_s: float = 30) -> int:
-        self.proc.send_signal(signal.SIGTERM)
+    def terminate(self, timeout_s: float = 30, signum: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(signum)
         return self.proc.wait(timeout=timeout_s)
 
     def kill(self) -> None:

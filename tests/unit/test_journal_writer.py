@@ -159,6 +159,22 @@ def test_an_unwritable_journal_directory_is_reported_and_retried(tmp_path: Path)
     journal.close()
 
 
+def test_a_probe_tells_when_the_disk_takes_writes_again_and_leaves_no_file(
+    tmp_path: Path,
+) -> None:
+    blocked = tmp_path / "journal"
+    blocked.write_text("a file where the journal's directory should be")
+    journal = Journal(blocked)
+    journal.open()
+    assert not journal.probe()
+    assert not journal.writable
+    blocked.unlink()
+    assert journal.probe()
+    assert journal.writable
+    assert [p.name for p in blocked.iterdir() if p.name.startswith(".probe")] == []
+    journal.close()
+
+
 def test_answer_lines_carry_their_table_and_old_lines_are_requests(tmp_path: Path) -> None:
     log, _ = offline_writer(tmp_path)
     log.journal.open()
