@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -59,10 +60,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         code: int = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
     except ConfigError as exc:
         print(f"shadow-gateway: {exc}", file=sys.stderr)
         return 2
     except CommandError as exc:
         print(f"shadow-gateway: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # the reader went away (`… | head`): stop quietly, as other Unix tools do; the rest
+        # of the output goes nowhere, so the interpreter's last flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
+    except KeyboardInterrupt:
+        print("shadow-gateway: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT
     return code

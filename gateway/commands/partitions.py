@@ -31,7 +31,7 @@ def cmd_partitions(args: argparse.Namespace) -> int:
         result = with_engine(settings, run)
     except PartitionError as exc:
         raise CommandError(str(exc)) from exc
-    if args.format == "json":
+    if args.json or args.format == "json":
         print(orjson.dumps(_json(result), option=orjson.OPT_INDENT_2).decode())
     else:
         print(_text(result))
@@ -132,5 +132,9 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="show what would change; change nothing"
     )
-    parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.add_argument("--json", action="store_true", help="JSON instead of a table")
+    # the older spelling, kept working for scripts that use it
+    parser.add_argument(
+        "--format", choices=["table", "json"], default="table", help=argparse.SUPPRESS
+    )
     parser.set_defaults(handler=cmd_partitions)

@@ -63,3 +63,28 @@ def test_commands_bring_a_fresh_embedded_database_up_to_date(server_dir: Path) -
     assert "oncall" in listed.stdout, listed.stderr
     planned = run(server_dir, "", "partitions", "--dry-run")
     assert planned.returncode == 0, planned.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(
+    tmp_path: Path, database_url: str
+) -> None:
+    """`shadow-gateway … | head -1`: the pipe closes early; no traceback, exit 141."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(CONFIG)
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line is written
+    try:
+        result = subprocess.run(
+            [str(BIN / "shadow-gateway"), "rollout", "status", "--config", str(config)],
+            env={**os.environ, "DATABASE_URL": database_url},
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 141, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "Exception ignored" not in result.stderr

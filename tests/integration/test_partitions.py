@@ -488,7 +488,7 @@ def test_the_command_dry_run_then_run_then_nothing_left(url: str, tmp_path: Path
     assert "rows to move out of student_answers_default: 1" in dry.stdout
     assert "requests_default:" not in dry.stdout  # nothing to move there
     assert set(partitions(url)) == before
-    done = cli(tmp_path, url, settings, "--format", "json")
+    done = cli(tmp_path, url, settings, "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert len(report["created"]) == 2 * 41 + 1  # 41 days each, and the stray's day
