@@ -49,6 +49,7 @@ def clean_db(database_url: str) -> str:
         database_url,
         "TRUNCATE requests, student_answers, route_state, route_students, route_events, "
         "route_slice_overrides, rollout_plans, api_keys, feedback, reviews, review_verdicts, "
+        "datasets, dataset_items, distill_runs, "
         "teacher_versions",
     )
     return database_url

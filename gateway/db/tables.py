@@ -154,6 +154,8 @@ route_students = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_by", Text, nullable=False),
+    # migration 0014: the dataset it was trained on, when known
+    Column("train_dataset_id", BigInteger, ForeignKey("datasets.id", ondelete="SET NULL")),
     CheckConstraint("status IN ('champion', 'candidate', 'retired')", name="route_students_status"),
     CheckConstraint("shadow_sample BETWEEN 0 AND 1", name="route_students_shadow_sample"),
     # at most one champion per route
@@ -307,6 +309,59 @@ review_verdicts = Table(
     Column("corrected_output", Text),
     Column("via_review", BigInteger),
     Index("ix_review_verdicts_review_id", "review_id"),
+)
+
+# Datasets the export registered, their items, and distill runs (migration 0014).
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("route", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("created_by", Text, nullable=False),
+    Column("kind", Text, nullable=False),  # train | eval
+    Column("split_of", BigInteger, ForeignKey("datasets.id", ondelete="SET NULL")),
+    Column("manifest", JSONB, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("items", Integer, nullable=False),
+    Index("ix_datasets_route_created_at", "route", "created_at"),
+)
+
+dataset_items = Table(
+    "dataset_items",
+    metadata,
+    Column(
+        "dataset_id",
+        BigInteger,
+        ForeignKey("datasets.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("request_id", Text, primary_key=True),
+    Column("request_created_at", DateTime(timezone=True), nullable=False),
+    Column("prompt_key", Text, nullable=False),
+    Column("frequency", Integer, nullable=False, server_default=text("1")),
+    Index("ix_dataset_items_prompt_key", "prompt_key"),
+)
+
+distill_runs = Table(
+    "distill_runs",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("route", Text, nullable=False),
+    Column("student", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("created_by", Text, nullable=False),
+    Column("status", Text, nullable=False),  # running | failed | stopped | done
+    Column("stage", Text),
+    Column("stages", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("options", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("train_dataset_id", BigInteger, ForeignKey("datasets.id", ondelete="SET NULL")),
+    Column("eval_dataset_id", BigInteger, ForeignKey("datasets.id", ondelete="SET NULL")),
+    Column("output_dir", Text),
+    Column("error", Text),
+    Index("ix_distill_runs_route_student", "route", "student"),
 )
 
 rollout_plans = Table(

@@ -21,7 +21,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from gateway.db.engine import plain_dsn, sqlalchemy_url
 from gateway.db.migrate import alembic_config, current_revision, head_revision
 from gateway.db.tables import (
+    dataset_items,
+    datasets,
     declared,
+    distill_runs,
     feedback,
     metadata,
     review_verdicts,
@@ -339,9 +342,10 @@ def test_0009_adds_students_and_answers_and_takes_them_away(scratch_url: str) ->
     config = alembic_config(scratch_url)
     command.upgrade(config, "0008")
     command.upgrade(config, "0009")
+    later = {"train_dataset_id"}  # route_students' column of migration 0014
     for table in (route_students, student_answers):
         columns = [r["attname"] for r in fetch(scratch_url, COLUMNS_OF, table.name)]
-        assert columns == [c.name for c in table.columns]
+        assert columns == [c.name for c in table.columns if c.name not in later]
         assert fetch(scratch_url, UNCOMMENTED, table.name) == []  # every column explained
     assert fetch(scratch_url, CONSTRAINTS_OF, "route_students") == [
         {"conname": "route_students_pkey", "contype": "p"},
@@ -564,3 +568,28 @@ def test_0013_adds_teacher_versions_filled_from_the_log_and_takes_them_away(
     assert fetch(scratch_url, SNAPSHOT) == rows_before
     command.upgrade(config, "head")
     assert len(fetch(scratch_url, TEACHER_VERSIONS)) == 3
+
+
+def test_0014_adds_datasets_and_distill_runs_and_takes_them_away(scratch_url: str) -> None:
+    config = alembic_config(scratch_url)
+    command.upgrade(config, "0014")
+    for table in (datasets, dataset_items, distill_runs):
+        columns = [r["attname"] for r in fetch(scratch_url, COLUMNS_OF, table.name)]
+        assert columns == [c.name for c in table.columns]
+        assert fetch(scratch_url, UNCOMMENTED, table.name) == []
+    assert fetch(scratch_url, UNCOMMENTED, "route_students") == []
+    with pytest.raises(asyncpg.CheckViolationError, match="datasets_kind"):
+        execute(
+            scratch_url,
+            "INSERT INTO datasets (route, created_by, kind, manifest, path, sha256, items) "
+            "VALUES ('r', 'cli', 'test', '{}', '/x', 'abc', 0)",
+        )
+    command.downgrade(config, "0013")
+    gone = fetch(
+        scratch_url,
+        "SELECT to_regclass('datasets') AS d, to_regclass('dataset_items') AS i, "
+        "to_regclass('distill_runs') AS r",
+    )
+    assert gone == [{"d": None, "i": None, "r": None}]
+    columns = {row["attname"] for row in fetch(scratch_url, COLUMNS_OF, "route_students")}
+    assert "train_dataset_id" not in columns
