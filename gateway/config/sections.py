@@ -92,6 +92,11 @@ class LogWriterConfig(Strict):
     # A batch Postgres has not taken within this long is journaled and Postgres handled as
     # down: a frozen server (accepting connections, never answering) is noticed in seconds.
     write_timeout_s: float = Field(default=5.0, gt=0)
+    # Each record is appended to a write-ahead log on disk as it is submitted, so a killed
+    # process (SIGKILL, the OOM killer) loses nothing it answered; fsync'd this often, off the
+    # event loop, for power loss.
+    wal: bool = True
+    wal_fsync_interval_s: float = Field(default=1.0, gt=0)
     store_payloads: bool = True
 
     @model_validator(mode="after")

@@ -45,6 +45,7 @@ from sqlalchemy.dialects import postgresql
 from gateway.config import LogWriterConfig
 from gateway.db.journal import TABLE_KEY, Journal, Record
 from gateway.db.tables import requests, student_answers
+from gateway.db.wal import WriteAheadLog
 from gateway.metrics import Metrics
 
 _log = logging.getLogger("shadow_gateway.writer")
@@ -132,6 +133,10 @@ _ORPHAN_SCAN_INTERVAL_S = 60.0
 _WRITTEN, _DOWN = object(), object()
 
 _JOURNAL_BACKOFF_MAX_S = 10.0
+# A pending record's write-ahead log segments (one entry per half merged into it). Never a
+# column, never journaled: taken off before a batch is written or journaled.
+WAL_KEY = "_wal"
+_WAL_ROLL_S = 2.0  # a segment this old starts a new one, so written ones are deleted soon
 
 DB_UNAVAILABLE = (
     OSError,
@@ -176,6 +181,8 @@ class LogWriter:
         self._metrics = metrics
         self._connect_timeout_s = connect_timeout_s
         self.journal = Journal(journal_dir)
+        self.wal = WriteAheadLog(journal_dir) if config.wal else None
+        self._next_wal_sync = 0.0
         self._rejected_path = journal_dir / "rejected.jsonl"
         # One map for both tables, in arrival order; see the module docstring for its keys.
         self._pending: dict[Hashable, Record] = {}
@@ -197,13 +204,19 @@ class LogWriter:
     # -- request path -----------------------------------------------------------------------
 
     def submit(self, record: Record) -> None:
-        """Queue a ``requests`` row, or a half of one; the writer owns ``record`` from here."""
+        """Queue a ``requests`` row, or a half of one; the writer owns ``record`` from here.
+        It is in the write-ahead log (on disk, in the page cache) when this returns."""
         # _enqueue's body, inlined: this runs on the request path, twice per request.
+        segment = self.wal.append(record) if self.wal is not None else None
         key = record["request_id"]
         pending = self._pending.get(key)
         if pending is not None:
             merge(pending, record)
+            if segment is not None:
+                pending.setdefault(WAL_KEY, []).append(segment)
         else:
+            if segment is not None:
+                record[WAL_KEY] = [segment]
             self._pending[key] = record
         size = len(self._pending)
         if size >= self._config.batch_size or size >= self._config.queue_max:
@@ -221,10 +234,15 @@ class LogWriter:
         self._enqueue(_ANSWERS.key(record), record)
 
     def _enqueue(self, key: Hashable, record: Record) -> None:
+        segment = self.wal.append(record) if self.wal is not None else None
         pending = self._pending.get(key)
         if pending is not None:
             merge(pending, record)
+            if segment is not None:
+                pending.setdefault(WAL_KEY, []).append(segment)
         else:
+            if segment is not None:
+                record[WAL_KEY] = [segment]
             self._pending[key] = record
         size = len(self._pending)
         if size >= self._config.batch_size or size >= self._config.queue_max:
@@ -280,6 +298,8 @@ class LogWriter:
             with contextlib.suppress(*DB_UNAVAILABLE, asyncpg.PostgresError):
                 await asyncio.wait_for(self._conn.close(), 2)
         self.journal.close()
+        if self.wal is not None:
+            self.wal.close()
 
     async def _run(self) -> None:
         interval = self._config.flush_interval_s
@@ -293,6 +313,8 @@ class LogWriter:
                 _log.exception("log writer cycle failed; will retry")
 
     async def _cycle(self) -> None:
+        if self.wal is not None:
+            await self._keep_wal()
         if not self.database_up and time.monotonic() >= self._next_probe:
             await self._connect()
         if not self.journal.writable and time.monotonic() >= self._journal_retry_at:
@@ -308,6 +330,16 @@ class LogWriter:
                 break  # caught up, or neither Postgres nor the disk takes records now
         self._shed_overflow()
         self._metrics.log_queue_depth.set(len(self._pending))
+
+    async def _keep_wal(self) -> None:
+        """Start a new WAL segment now and then (written ones are deleted only once they are
+        not the current one), and fsync it every ``wal_fsync_interval_s``, in a thread."""
+        assert self.wal is not None
+        self.wal.roll_if_older(_WAL_ROLL_S)
+        now = time.monotonic()
+        if now >= self._next_wal_sync:
+            self._next_wal_sync = now + self._config.wal_fsync_interval_s
+            await asyncio.to_thread(self.wal.sync)
 
     def _shed_overflow(self) -> None:
         """Bound memory when neither Postgres nor the disk takes records: drop the oldest.
@@ -390,26 +422,46 @@ class LogWriter:
         self._journal_retry_at = time.monotonic() + self._journal_backoff_s
 
     def _spill(self, batch: list[Record]) -> None:
+        segments = _take_segments(batch)
         try:
             self.journal.append(batch)
         except OSError:
             self._back_off_journal()
             # Disk refused too (the journal logs that once): keep the records in memory, merged
             # with any half that arrived meanwhile; the next cycle tries again.
-            for record in batch:
+            for record, own in zip(batch, segments, strict=True):
                 key = _pending_key(record)
                 pending = self._pending.get(key)
                 if pending is None:
-                    self._pending[key] = record
+                    pending = self._pending[key] = record
                 else:
                     merge(pending, record)
+                if own:
+                    pending.setdefault(WAL_KEY, []).extend(own)
+        else:
+            self._written(segments)
         finally:
             self._metrics.journal_writable.set(1 if self.journal.writable else 0)
             self._metrics.journal_records.set(self.journal.records)
 
+    def _written(self, segments: list[list[int] | None]) -> None:
+        """The records of a batch are in Postgres or the journal: their WAL lines are done."""
+        if self.wal is not None:
+            self.wal.done(segment for own in segments if own for segment in own)
+
     async def _write(self, batch: list[Record]) -> bool:
         """Upsert ``batch``, one statement per table; False (and Postgres marked down) if it
         could not all be written (the caller journals it whole: upserts make that safe)."""
+        segments = _take_segments(batch)
+        if not await self._upsert_batch(batch):
+            for record, own in zip(batch, segments, strict=True):
+                if own:  # back with the records, for the journal (or the next try)
+                    record[WAL_KEY] = own
+            return False
+        self._written(segments)
+        return True
+
+    async def _upsert_batch(self, batch: list[Record]) -> bool:
         by_table: dict[str | None, list[Record]] = {}
         for record in batch:
             marker = record.get(TABLE_KEY)
@@ -528,6 +580,11 @@ class LogWriter:
                 return None
             written += len(batch)
         return written
+
+
+def _take_segments(batch: list[Record]) -> list[list[int] | None]:
+    """Each record's WAL segments, taken off it (the key is never written anywhere)."""
+    return [record.pop(WAL_KEY, None) for record in batch]
 
 
 def _pending_key(record: Record) -> Hashable:

@@ -52,6 +52,11 @@ from gateway.shadow.records import (
     teacher_half,
 )
 
+# An SSE stream's last event (chat and text completions); the Responses API ends with a
+# response.completed event instead, and its row is submitted once the stream is over.
+_DONE = b"data: [DONE]"
+_DONE_END = b"[DONE]\n\n"
+
 _log = logging.getLogger("shadow_gateway.proxy")
 STUDENT_DISABLED = "disabled"
 
@@ -210,9 +215,11 @@ class ProxyService:
         teacher_latency = finished - teacher_started
         overhead = (finished - ex.ctx.started) - teacher_latency
 
-        async def after(client_gone: bool) -> None:
-            answer = read_answer(ex.endpoint, reply.body)
-            record = teacher_half(
+        # The row's teacher half is submitted before the app gets the answer: in the write-ahead
+        # log when submit returns, so a process killed now loses no answered request.
+        answer = read_answer(ex.endpoint, reply.body)
+        self._writer.submit(
+            teacher_half(
                 ex.identity,
                 payload=self._payload(ex),
                 teacher_model=ex.route.teacher.model,
@@ -224,9 +231,12 @@ class ProxyService:
                 overhead_s=overhead,
                 completed_at=datetime.now(UTC),
                 fallback_reason=ex.fallback_reason,
-                **(CLIENT_GONE if client_gone else {}),
             )
-            self._writer.submit(record)
+        )
+
+        async def after(client_gone: bool) -> None:
+            if client_gone:  # it gave up before the answer was sent: not served after all
+                self._writer.submit({**ex.identity.columns(), **CLIENT_GONE})
             self._after_teacher(ex, answer.output)
             self._observe(ex, reply.status, teacher_latency, overhead)
 
@@ -243,14 +253,57 @@ class ProxyService:
             return await self._teacher_failed(ex, exc, time.perf_counter() - teacher_started)
         setup_overhead = teacher_started - ex.ctx.started
 
+        def finish(disconnected: bool, error: GatewayError | None, collected: bytes) -> None:
+            """Summarise the relayed stream into the row's teacher half and submit it."""
+            teacher_latency = time.perf_counter() - teacher_started
+            summary = summarise_stream(ex.endpoint, collected)
+            answer = None if summary.body is None else Reading.of(ex.endpoint, summary.body)
+            complete = not disconnected and error is None and summary.error is None
+            self._after_teacher(ex, answer.output if complete and answer else None)
+            error_type, error_message = None, None
+            if disconnected:
+                error_type = "client_disconnected"
+                error_message = "the client closed the connection mid-stream"
+            elif error is not None:
+                error_type, error_message = error.error_type, error.message
+            record = teacher_half(
+                ex.identity,
+                payload=self._payload(ex),
+                teacher_model=ex.route.teacher.model,
+                stream=True,
+                status_code=200,
+                teacher_status=200,
+                answer=answer,
+                teacher_latency_s=teacher_latency,
+                overhead_s=setup_overhead,
+                completed_at=datetime.now(UTC),
+                fallback_reason=ex.fallback_reason,
+                error_type=error_type,
+                error_message=error_message,
+                stream_error=summary.error,
+            )
+            self._writer.submit(record)
+            self._observe(ex, 200, teacher_latency, setup_overhead)
+
         async def relay() -> AsyncIterator[bytes]:
             collected = bytearray()
             error: GatewayError | None = None
             disconnected = False
+            finished = False
             try:
                 async for chunk in stream.chunks():
                     collected += chunk
-                    yield chunk
+                    done_at = chunk.find(_DONE) if chunk.endswith(_DONE_END) else -1
+                    if done_at < 0:
+                        yield chunk
+                        continue
+                    # The stream's end: the row is submitted (in the write-ahead log) before
+                    # the app reads [DONE], so a process killed now loses no answered stream.
+                    if done_at:
+                        yield chunk[:done_at]
+                    finish(False, None, bytes(collected))
+                    finished = True
+                    yield chunk[done_at:]
             except GatewayError as exc:
                 # Headers are gone already: tell the client in-band, the way OpenAI does.
                 error = exc
@@ -260,35 +313,8 @@ class ProxyService:
                 stream.close()
                 raise
             finally:
-                teacher_latency = time.perf_counter() - teacher_started
-                summary = summarise_stream(ex.endpoint, bytes(collected))
-                answer = None if summary.body is None else Reading.of(ex.endpoint, summary.body)
-                complete = not disconnected and error is None and summary.error is None
-                self._after_teacher(ex, answer.output if complete and answer else None)
-                error_type, error_message = None, None
-                if disconnected:
-                    error_type = "client_disconnected"
-                    error_message = "the client closed the connection mid-stream"
-                elif error is not None:
-                    error_type, error_message = error.error_type, error.message
-                record = teacher_half(
-                    ex.identity,
-                    payload=self._payload(ex),
-                    teacher_model=ex.route.teacher.model,
-                    stream=True,
-                    status_code=200,
-                    teacher_status=200,
-                    answer=answer,
-                    teacher_latency_s=teacher_latency,
-                    overhead_s=setup_overhead,
-                    completed_at=datetime.now(UTC),
-                    fallback_reason=ex.fallback_reason,
-                    error_type=error_type,
-                    error_message=error_message,
-                    stream_error=summary.error,
-                )
-                self._writer.submit(record)
-                self._observe(ex, 200, teacher_latency, setup_overhead)
+                if not finished:
+                    finish(disconnected, error, bytes(collected))
 
         return StreamAnswer(relay(), stream.content_type, _headers(ex))
 

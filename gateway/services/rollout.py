@@ -139,19 +139,24 @@ class StudentFirst:
         confidence = call.record.get("student_confidence")
         reason = "teacher_error" if stands_in else None
 
-        def after(client_gone: bool = False) -> None:
-            record = student_served(
-                identity,
-                call.student,
-                payload=body if self._store_payloads else None,
-                stream=ex.stream,
-                completed_at=datetime.now(UTC),
-                overhead_s=overhead,
-                fallback_reason=reason,
+        def record() -> None:
+            """The row's served half, submitted before the app gets the answer (in the
+            write-ahead log when submit returns: a process killed now loses nothing)."""
+            self._writer.submit(
+                student_served(
+                    identity,
+                    call.student,
+                    payload=body if self._store_payloads else None,
+                    stream=ex.stream,
+                    completed_at=datetime.now(UTC),
+                    overhead_s=overhead,
+                    fallback_reason=reason,
+                )
             )
-            if client_gone:
-                record.update(CLIENT_GONE)
-            self._writer.submit(record)
+
+        def after(client_gone: bool = False) -> None:
+            if client_gone:  # it gave up before the answer was sent: not served after all
+                self._writer.submit({**identity.columns(), **CLIENT_GONE})
             self._metrics.requests.labels(ex.route.name, "student", "200").inc()
             allowed = self._analyses[ex.route.name].allowed
             self._metrics.count_slices(ex.route.name, identity.slices, allowed, "student", reason)
@@ -169,9 +174,10 @@ class StudentFirst:
             events = answer_to_sse(endpoint, parsed, include_usage=include_usage)
 
             async def chunks() -> AsyncIterator[bytes]:
+                record()
                 try:
                     yield events
-                finally:  # logged even when the client leaves before the end
+                finally:  # counted even when the client leaves before the end
                     after()
 
             return StreamAnswer(chunks(), "text/event-stream", headers)
@@ -179,6 +185,7 @@ class StudentFirst:
         async def after_answer(client_gone: bool) -> None:
             after(client_gone)
 
+        record()
         return Answer(200, orjson.dumps(parsed), JSON_TYPE, after_answer, headers)
 
     async def _audit(

@@ -7,6 +7,7 @@ other tests.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import shutil
@@ -148,26 +149,23 @@ def test_a_refused_journal_is_retried_with_a_backoff_and_health_follows_the_disk
         refused = gateway.metric("shadow_gateway_journal_write_errors_total") - errors_before
         # the backoff doubles from retry_interval_s: at most about log2(elapsed / 0.2) + 2 tries
         assert refused <= math.log2(max(elapsed, 0.2) / 0.2) + 3, (refused, elapsed)
-        assert gateway.state.writer.queue_depth == 60  # kept, none lost
+        # kept in memory, none lost (the first may have reached Postgres as it shut down)
+        assert gateway.state.writer.queue_depth >= 59
     finally:
         gateway.stop()
         server.start()
 
 
-def test_sigkill_loses_at_most_the_unjournaled_window(
+def test_sigkill_loses_no_answered_request(
     tmp_path: Path,
     private_postgres: tuple[EmbeddedPostgres, str],
     app_key: str,
     teacher: FakeOpenAI,
     student: FakeOpenAI,
 ) -> None:
-    """SIGKILL mid-traffic, half of it during a Postgres outage; a restart replays the journal.
-
-    The bound: a record is durable once it is in Postgres or fsync'd in the journal. Before
-    that it is either pending in memory (fewer than ``queue_max``: at that size the backlog is
-    journaled synchronously) or in the one batch being written (at most ``batch_size``). So a
-    SIGKILL loses at most ``queue_max + batch_size`` of the answered requests' records.
-    """
+    """SIGKILL mid-traffic, half of it during a Postgres outage; a restart replays the
+    journal and the write-ahead log. Every answered request (streamed or not) has its row:
+    its teacher half is in the write-ahead log before the app reads the answer's end."""
     server, url = private_postgres
     queue_max, batch_size = 10, 10
     config = write_config(
@@ -186,13 +184,22 @@ def test_sigkill_loses_at_most_the_unjournaled_window(
 
     def traffic(base_url: str) -> None:
         headers = {"Authorization": f"Bearer {app_key}"}
+        streamed = {**CHAT, "stream": True}
         with httpx.Client(headers=headers, timeout=5) as client:
-            while not stop.is_set():
+            for count in itertools.count():
+                if stop.is_set():
+                    return
                 try:
-                    response = client.post(f"{base_url}/v1/chat/completions", json=CHAT)
+                    with client.stream(
+                        "POST",
+                        f"{base_url}/v1/chat/completions",
+                        json=streamed if count % 2 else CHAT,
+                    ) as response:
+                        body = response.read()  # the whole answer, [DONE] included
                 except httpx.TransportError:
-                    return  # the gateway is gone
+                    return  # the gateway is gone (an unfinished answer is not answered)
                 assert response.status_code == 200
+                assert not count % 2 or body.rstrip().endswith(b"data: [DONE]")
                 answered.append(response.headers["x-request-id"])
 
     gateway = GatewayProcess(config, env, tmp_path / "first.log")
@@ -229,7 +236,7 @@ def test_sigkill_loses_at_most_the_unjournaled_window(
     assert len(ids) == len(set(ids)), "a replayed record must not duplicate a row"
     with_teacher = {row["request_id"] for row in rows if row["teacher_output"] is not None}
     lost = set(answered) - with_teacher
-    assert len(lost) <= queue_max + batch_size, (len(lost), len(answered))
+    assert lost == set(), (len(lost), len(answered))
 
 
 def test_student_stands_in_for_a_failed_teacher_when_the_route_allows(

@@ -16,7 +16,8 @@ from gateway.config import LogWriterConfig, StudentConfig
 from gateway.core.redact import EMAIL, Redactor
 from gateway.db.journal import TABLE_KEY, Journal
 from gateway.db.tables import student_answers
-from gateway.db.writer import LogWriter, _dedupe, merge, upsert_statement
+from gateway.db.wal import WriteAheadLog
+from gateway.db.writer import WAL_KEY, LogWriter, _dedupe, merge, upsert_statement
 from gateway.metrics import Metrics
 from gateway.shadow.dispatcher import student_request
 from gateway.shadow.records import RedactingWriter
@@ -233,6 +234,7 @@ def test_submit_answer_merges_halves_apart_from_requests_and_copies(tmp_path: Pa
     assert TABLE_KEY not in mine  # the caller's record is left alone
     assert log.queue_depth == 3
     first, second, request = log._take(10)
+    assert first.pop(WAL_KEY) == [1, 1]  # both halves' lines are in WAL segment 1
     assert first == {**answer("a", student_output="s", agree=False), TABLE_KEY: "student_answers"}
     assert second["student"] == "s2"
     assert TABLE_KEY not in request
@@ -311,3 +313,28 @@ def test_answers_are_redacted_like_a_requests_student_columns(tmp_path: Path) ->
     assert stored["student_logprobs"] == [{"token": None, "logprob": -0.5, "top_logprobs": []}]
     assert stored[TABLE_KEY] == "student_answers"
     assert plain["student_output"] == mail  # a route without redactors is stored as sent
+
+
+def test_wal_segments_go_once_their_records_are_written_and_stay_for_a_replay(
+    tmp_path: Path,
+) -> None:
+    wal = WriteAheadLog(tmp_path, segment_bytes=200)
+    first = [wal.append({"request_id": f"r{i}", "teacher_output": "x" * 60}) for i in range(3)]
+    assert first == [1, 1, 2]  # the third line went past 200 bytes: a new segment
+    files = sorted(p.name for p in tmp_path.glob("journal-*-wal*.jsonl"))
+    assert len(files) == 2
+    journal = Journal(tmp_path)
+    assert journal.orphans() == []  # held by this live process, never replayed by another
+    wal.done([1, 1])
+    assert len(list(tmp_path.glob("journal-*-wal1.jsonl"))) == 0  # written: deleted
+    assert len(list(tmp_path.glob("journal-*-wal2.jsonl"))) == 1  # current, one pending
+    wal.close()  # a clean stop with a record unwritten: kept, unlocked, for the next start
+    [kept] = journal.orphans()
+    assert [r["request_id"] for r in journal.read(kept)] == ["r2"]
+
+
+def test_a_submitted_record_is_in_the_wal_before_submit_returns(tmp_path: Path) -> None:
+    log, _ = offline_writer(tmp_path)
+    log.submit({"request_id": "a", "created_at": CREATED, "teacher_output": "hi"})
+    [segment] = list(tmp_path.rglob("journal-*-wal*.jsonl"))
+    assert b'"teacher_output":"hi"' in segment.read_bytes()
