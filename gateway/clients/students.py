@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from gateway import tracing
 from gateway.clients.upstream import (
     ENDPOINT_PATHS,
     StudentReply,
@@ -50,11 +51,27 @@ class Student:
         endpoint: Endpoint,
         body: bytes,
         timeout_s: float | None = None,
+        route: str = "",
     ) -> tuple[Upstream, StudentReply]:
-        """One call to the next replica; the caller took a slot (``in_flight``) for it."""
+        """One call to the next replica; the caller took a slot (``in_flight``) for it.
+        ``route`` names the call's route in its span (with tracing on)."""
         candidates = self.upstreams[endpoint]
         upstream = candidates[next(self._cursor) % len(candidates)]
-        return upstream, await call_student(session, upstream, body, timeout_s=timeout_s)
+        if not tracing.enabled:
+            return upstream, await call_student(session, upstream, body, timeout_s=timeout_s)
+        span, headers = tracing.start_call(
+            f"student {endpoint}",
+            upstream.url,
+            upstream.headers,
+            {"route": route, "student": self.name, "student_model": self.config.model},
+        )
+        try:
+            reply = await call_student(session, upstream, body, timeout_s, headers)
+        except BaseException as exc:  # cancelled (a rollout's budget, a shutdown)
+            tracing.end_call(span, error=exc)
+            raise
+        tracing.end_call(span, reply.status, reply.error, reply.outcome)
+        return upstream, reply
 
 
 Secret = Callable[[str], str | None]  # an api_key_env's value, if the process has it

@@ -7,9 +7,11 @@ through this one object, over the teacher's own connection pool.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import aiohttp
 
+from gateway import tracing
 from gateway.clients.upstream import (
     ENDPOINT_PATHS,
     TeacherStream,
@@ -21,6 +23,9 @@ from gateway.clients.upstream import (
 )
 from gateway.config import RouteConfig
 from gateway.core.outputs import Endpoint
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 
 class Teacher:
@@ -42,8 +47,33 @@ class Teacher:
 
     async def call(self, route: str, endpoint: Endpoint, body: bytes) -> UpstreamReply:
         """The whole answer; a GatewayError on any failure (see :func:`call_teacher`)."""
-        return await call_teacher(self._session, self._upstreams[route, endpoint], body)
+        upstream = self._upstreams[route, endpoint]
+        if not tracing.enabled:
+            return await call_teacher(self._session, upstream, body)
+        span, headers = _start_span(route, endpoint, upstream)
+        try:
+            reply = await call_teacher(self._session, upstream, body, headers)
+        except BaseException as exc:
+            tracing.end_call(span, getattr(exc, "upstream_status", None), exc)
+            raise
+        tracing.end_call(span, reply.status)
+        return reply
 
     async def open_stream(self, route: str, endpoint: Endpoint, body: bytes) -> TeacherStream:
         """A streamed answer, once its status line and headers are in."""
-        return await open_teacher_stream(self._session, self._upstreams[route, endpoint], body)
+        upstream = self._upstreams[route, endpoint]
+        if not tracing.enabled:
+            return await open_teacher_stream(self._session, upstream, body)
+        span, headers = _start_span(route, endpoint, upstream)
+        try:
+            return await open_teacher_stream(self._session, upstream, body, headers, span)
+        except BaseException as exc:
+            tracing.end_call(span, getattr(exc, "upstream_status", None), exc)
+            raise
+
+
+def _start_span(route: str, endpoint: Endpoint, upstream: Upstream) -> tuple[Span, dict[str, str]]:
+    """The teacher call's span (see :mod:`gateway.tracing`) and its headers."""
+    return tracing.start_call(
+        f"teacher {endpoint}", upstream.url, upstream.headers, {"route": route}
+    )

@@ -12,11 +12,16 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 
+from gateway import tracing
 from gateway.core.outputs import Endpoint
 from gateway.errors import TeacherHTTPError, TeacherTimeout, TeacherUnreachable
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 # Where each endpoint lives below an upstream's base URL (``…/v1``).
@@ -80,34 +85,55 @@ class UpstreamReply:
 
 
 class TeacherStream:
-    """An open SSE response from the teacher; iterate it to relay chunks as they arrive."""
+    """An open SSE response from the teacher; iterate it to relay chunks as they arrive.
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    With tracing on, the call's span ends with the stream (its end, its failure, or close()).
+    """
+
+    def __init__(self, response: aiohttp.ClientResponse, span: Span | None = None) -> None:
         self._response = response
+        self._span = span
         self.content_type = response.headers.get("Content-Type", "text/event-stream")
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        error: BaseException | None = None
         try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
         except TimeoutError as exc:
-            raise TeacherTimeout("the teacher stopped sending within its timeout") from exc
+            error = TeacherTimeout("the teacher stopped sending within its timeout")
+            raise error from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise TeacherUnreachable(f"the teacher's stream broke off: {exc}") from exc
+            error = TeacherUnreachable(f"the teacher's stream broke off: {exc}")
+            raise error from exc
+        except BaseException as exc:  # cancelled or closed: the app went away mid-stream
+            error = exc
+            raise
         finally:
             self._response.release()
+            self._end_span(error)
 
     def close(self) -> None:
         self._response.close()
+        self._end_span("the client went away mid-stream")
+
+    def _end_span(self, error: BaseException | str | None) -> None:
+        if self._span is not None:
+            span, self._span = self._span, None
+            tracing.end_call(span, self._response.status, error)
 
 
 async def call_teacher(
-    session: aiohttp.ClientSession, upstream: Upstream, body: bytes
+    session: aiohttp.ClientSession,
+    upstream: Upstream,
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
 ) -> UpstreamReply:
-    """POST ``body`` and read the whole answer; raise a GatewayError on any failure."""
+    """POST ``body`` and read the whole answer; raise a GatewayError on any failure.
+    ``headers`` replace the upstream's (its own plus a ``traceparent``)."""
     try:
         async with session.post(
-            upstream.url, data=body, headers=upstream.headers, timeout=upstream.timeout
+            upstream.url, data=body, headers=headers or upstream.headers, timeout=upstream.timeout
         ) as response:
             payload = await response.read()
             content_type = response.headers.get("Content-Type")
@@ -125,12 +151,20 @@ async def call_teacher(
 
 
 async def open_teacher_stream(
-    session: aiohttp.ClientSession, upstream: Upstream, body: bytes
+    session: aiohttp.ClientSession,
+    upstream: Upstream,
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
+    span: Span | None = None,
 ) -> TeacherStream:
-    """POST a ``stream: true`` request and return once the status line and headers are in."""
+    """POST a ``stream: true`` request and return once the status line and headers are in;
+    ``span`` (the call's, when tracing) ends with the stream."""
     try:
         response = await session.post(
-            upstream.url, data=body, headers=upstream.headers, timeout=upstream.stream_timeout
+            upstream.url,
+            data=body,
+            headers=headers or upstream.headers,
+            timeout=upstream.stream_timeout,
         )
     except TimeoutError as exc:
         raise TeacherTimeout("the teacher did not start its answer within its timeout") from exc
@@ -149,7 +183,7 @@ async def open_teacher_stream(
             response.headers.get("Content-Type"),
             relayed_error_headers(response.headers),
         )
-    return TeacherStream(response)
+    return TeacherStream(response, span)
 
 
 @dataclass(frozen=True)
@@ -164,16 +198,21 @@ class StudentReply:
 
 
 async def call_student(
-    session: aiohttp.ClientSession, upstream: Upstream, body: bytes, timeout_s: float | None = None
+    session: aiohttp.ClientSession,
+    upstream: Upstream,
+    body: bytes,
+    timeout_s: float | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> StudentReply:
-    """POST to the student; ``timeout_s`` (a rollout's latency budget) overrides the route's."""
+    """POST to the student; ``timeout_s`` (a rollout's latency budget) overrides the route's,
+    ``headers`` the upstream's (its own plus a ``traceparent``)."""
     timeout = upstream.timeout
     if timeout_s is not None:
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=timeout.sock_connect)
     started = time.perf_counter()
     try:
         async with session.post(
-            upstream.url, data=body, headers=upstream.headers, timeout=timeout
+            upstream.url, data=body, headers=headers or upstream.headers, timeout=timeout
         ) as response:
             payload = await response.read()
     except TimeoutError:

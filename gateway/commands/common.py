@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import Settings
 from gateway.errors import GatewayError, InvalidRequest
+from gateway.logs import LOG_FORMAT_ENV, default_log_format, parse_log_format
 
 T = TypeVar("T")
 
@@ -47,7 +48,7 @@ def migrate(url: str) -> None:
 
 
 def common_options(config: bool = True) -> argparse.ArgumentParser:
-    """``--config`` (unless the command makes its own) and ``--log-level``."""
+    """``--config`` (unless the command makes its own), ``--log-level`` and ``--log-format``."""
     parent = argparse.ArgumentParser(add_help=False)
     if config:
         parent.add_argument(
@@ -59,6 +60,14 @@ def common_options(config: bool = True) -> argparse.ArgumentParser:
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="how much the command logs on stderr (default: INFO)",
+    )
+    parent.add_argument(
+        "--log-format",
+        type=parse_log_format,
+        default=default_log_format(),
+        metavar="{json,text}",
+        help=f"log lines on stderr as JSON objects or plain text (default: ${LOG_FORMAT_ENV}, "
+        "else text on a terminal, JSON otherwise)",
     )
     return parent
 

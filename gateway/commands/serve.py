@@ -14,6 +14,7 @@ from typing import Any
 from gateway.api.limits import HEADER_TIMEOUT_ENV, HeaderTimeoutProtocol
 from gateway.commands.common import CommandError, database_url, migrate
 from gateway.config import load_settings
+from gateway.logs import logging_config
 from gateway.metrics import MULTIPROC_ENV
 
 _log = logging.getLogger("shadow_gateway.cli")
@@ -81,6 +82,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "access_log": args.access_log,
         "timeout_graceful_shutdown": int(server.drain_timeout_s),
         "log_level": args.log_level.lower(),
+        # applied by uvicorn here and in every worker: its own lines in the same format
+        "log_config": logging_config(args.log_level, args.log_format),
     }
     if workers == 1:
         from gateway.app import create_app
@@ -118,7 +121,11 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     serve.add_argument("--host", help="bind address (default: server.host)")
     serve.add_argument("--port", type=int, help="port (default: server.port)")
     serve.add_argument("--workers", type=int, help="worker processes (default: server.workers)")
-    serve.add_argument("--access-log", action="store_true", help="log every request line")
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every request (uvicorn's access line; /v1 ones with the request's fields)",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     migrate_parser = commands.add_parser(

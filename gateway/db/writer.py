@@ -42,6 +42,7 @@ import orjson
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql
 
+from gateway import tracing
 from gateway.config import LogWriterConfig
 from gateway.db.journal import TABLE_KEY, Journal, Record
 from gateway.db.tables import requests, student_answers
@@ -401,9 +402,25 @@ class LogWriter:
     async def _flush(self, batch: list[Record]) -> None:
         if not batch:
             return
-        if self.database_up and await self._write(batch):
-            return
-        self._spill(batch)
+        if tracing.enabled:
+            await self._traced_flush(batch)
+        elif not (self.database_up and await self._write(batch)):
+            self._spill(batch)
+
+    async def _traced_flush(self, batch: list[Record]) -> None:
+        """:meth:`_flush` in a span of its own: one per batch (see :mod:`gateway.tracing`)."""
+        span = tracing.start_span("log write", {"records": len(batch)})
+        written = False
+        try:
+            written = self.database_up and await self._write(batch)
+            if not written:
+                self._spill(batch)
+        finally:
+            span.set_attribute("db.system.name", "postgresql")
+            span.set_attribute(
+                tracing.ATTRIBUTE_PREFIX + "destination", "postgres" if written else "journal"
+            )
+            span.end()
 
     def _probe_journal(self) -> None:
         """Try a refused journal's disk again; back off while it keeps refusing."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from gateway import logs
 from gateway.background import RecurringFailure
 from gateway.clients.teacher import Teacher
 from gateway.config import GatewayConfig, RouteConfig
@@ -107,6 +108,7 @@ class ProxyService:
     ) -> Exchange:
         """Route, live state, sticky bucket, slices and the decision for one request."""
         route = self.route(body["model"])
+        logs.note("route", route.name)
         state = self._control.state(route.name)
         header = ctx.header(route.rollout.sticky_header) if route.rollout.sticky_header else None
         sticky = bucket(state.salt, sticky_key(body.get("user"), header, ctx.request_id))

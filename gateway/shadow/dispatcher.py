@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from gateway import logs
 from gateway.clients.students import Student, StudentPool
 from gateway.config import StudentConfig
 from gateway.core.breaker import counts_as_failure
@@ -191,7 +192,7 @@ class ShadowDispatcher:
         try:
             payload = student_request(identity.endpoint, body, student.config)
             upstream, reply = await student.call(
-                self._students.session, identity.endpoint, payload, timeout_s
+                self._students.session, identity.endpoint, payload, timeout_s, identity.route
             )
         except asyncio.CancelledError:
             breaker.probe_in_flight = False  # a cancelled probe proved nothing
@@ -231,6 +232,7 @@ class ShadowDispatcher:
         """
         champion = self._students.champion(identity.route)
         assert champion is not None  # callers check has_student
+        logs.note("student", champion.name)  # the request's student, served or not
         refused = self._admit(champion, identity)
         if refused is not None:
             return refused
@@ -245,6 +247,7 @@ class ShadowDispatcher:
         body: Mapping[str, Any],
         teacher: Output | None,
     ) -> None:
+        logs.note_in_task("student", student.name)  # this call's lines name its student
         try:
             call = await self._ask(student, identity, body)
             record = call.record
