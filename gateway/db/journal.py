@@ -219,9 +219,14 @@ class Journal:
             return None
         return handle
 
-    def truncate_own(self) -> None:
-        if self._file is not None:
-            self._file.truncate(0)
-            self._file.seek(0)
-            os.fsync(self._file.fileno())
-        self.records = 0
+    def seal(self) -> tuple[Path, IO[bytes]] | None:
+        """Hand over this process's file for replay, still locked (its handle), and start a
+        new one at the next append: records appended while the sealed one is replayed go to
+        the new file, never lost to a truncation. None when it holds nothing. Close the handle
+        after deleting the replayed file; closed without deleting (Postgres went away), the
+        file is an orphan that the next replay picks up."""
+        if self._file is None or self._path is None or not self.records:
+            return None
+        sealed = (self._path, self._file)
+        self._file, self._path, self.records = None, None, 0
+        return sealed

@@ -131,6 +131,9 @@ _TARGETS: dict[str | None, _Target] = {
 }
 
 _ORPHAN_SCAN_INTERVAL_S = 60.0
+# Replayed records per statement: small enough that building one batch's parameters on the
+# event loop is a few milliseconds, even with logprobs (bench/replay_bench.py).
+_REPLAY_BATCH = 100
 _WRITTEN, _DOWN = object(), object()
 
 _JOURNAL_BACKOFF_MAX_S = 10.0
@@ -562,13 +565,17 @@ class LogWriter:
     async def _replay(self) -> None:
         self._next_orphan_scan = time.monotonic() + _ORPHAN_SCAN_INTERVAL_S
         replayed = 0
-        if self.journal.records:
-            written = await self._replay_records(self.journal.read_own())
-            if written is None:
-                return
-            # No await since the file's end was read, so nothing was appended unread.
-            self.journal.truncate_own()
-            replayed += written
+        sealed = self.journal.seal()  # appends meanwhile go to a new file
+        if sealed is not None:
+            own, held = sealed
+            try:
+                written = await self._replay_records(self.journal.read(own))
+                if written is None:
+                    return  # closed below, not deleted: an orphan for the next replay
+                own.unlink()
+                replayed += written
+            finally:
+                held.close()
         for path in self.journal.orphans():
             handle = self.journal.claim(path)
             if handle is None:
@@ -589,14 +596,22 @@ class LogWriter:
     async def _replay_records(self, records: Iterator[Record]) -> int | None:
         """Write a journal's records a batch at a time, as they are read: memory holds one
         batch, and requests are served between batches (a long outage's journal may hold
-        hundreds of thousands). The count written, or None if Postgres went away meanwhile
-        (the file is kept whole; upserts make writing its first batches again harmless)."""
+        hundreds of thousands). Lines are read and decoded in a thread, in batches of at most
+        ``_REPLAY_BATCH``, so the event loop never stalls long on a big journal. The count
+        written, or None if Postgres went away meanwhile (the file is kept whole; upserts make
+        writing its first batches again harmless)."""
         written = 0
-        while batch := list(itertools.islice(records, self._config.batch_size)):
-            if not await self._write(_dedupe(batch)):
+        size = min(self._config.batch_size, _REPLAY_BATCH)
+        while batch := await asyncio.to_thread(_read_batch, records, size):
+            if not await self._write(batch):
                 return None
             written += len(batch)
         return written
+
+
+def _read_batch(records: Iterator[Record], size: int) -> list[Record]:
+    """The next ``size`` records of a journal, halves of a row merged (run in a thread)."""
+    return _dedupe(list(itertools.islice(records, size)))
 
 
 def _take_segments(batch: list[Record]) -> list[list[int] | None]:

@@ -47,7 +47,10 @@ def test_journal_round_trip_with_torn_tail(tmp_path: Path) -> None:
     records = list(journal.read_own())
     assert [r["request_id"] for r in records] == ["a", "b"]
     assert records[0]["created_at"] == created
-    journal.truncate_own()
+    sealed = journal.seal()  # replayed: handed over, the next record starts a new file
+    assert sealed is not None
+    sealed[0].unlink()
+    sealed[1].close()
     assert list(journal.read_own()) == []
     journal.close()
 
@@ -338,3 +341,25 @@ def test_a_submitted_record_is_in_the_wal_before_submit_returns(tmp_path: Path) 
     log.submit({"request_id": "a", "created_at": CREATED, "teacher_output": "hi"})
     [segment] = list(tmp_path.rglob("journal-*-wal*.jsonl"))
     assert b'"teacher_output":"hi"' in segment.read_bytes()
+
+
+def test_a_sealed_journal_is_replayed_apart_while_new_records_go_to_a_new_file(
+    tmp_path: Path,
+) -> None:
+    journal = Journal(tmp_path)
+    journal.open()
+    journal.append([{"request_id": "old"}])
+    sealed = journal.seal()
+    assert sealed is not None
+    path, handle = sealed
+    journal.append([{"request_id": "new"}])  # while the sealed one is being replayed
+    assert [r["request_id"] for r in journal.read(path)] == ["old"]
+    assert [r["request_id"] for r in journal.read_own()] == ["new"]
+    assert journal.orphans() == []  # still held: no other process replays it too
+    handle.close()  # given up (say Postgres went away): an orphan for the next replay
+    assert journal.orphans() == [path]
+    again = journal.seal()  # the new file, with "new" in it
+    assert again is not None
+    again[1].close()
+    assert journal.seal() is None  # nothing since
+    journal.close()
