@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from gateway import __version__, logs
 from gateway.commands import (
+    datasets,
     demo,
     export,
     keys,
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_parsers(commands, parent)
     replay.add_parsers(commands, parent)
     export.add_parsers(commands, parent)
+    datasets.add_parsers(commands, parent)
     partitions.add_parsers(commands, parent)
     demo.add_parsers(commands, parent)
     return parser

@@ -287,9 +287,11 @@ class Metrics:
         )
         self.drift_psi = Gauge(
             "shadow_gateway_drift_psi",
-            "Population stability index of the route's last day of traffic against the week "
-            "before, per slice dimension (_prompt_length: prompt length in characters).",
-            ["route", "dimension"],
+            "Population stability index of the route's last day of traffic against a "
+            'reference: reference="window", the week before; reference="dataset", the '
+            "champion's training set. Per slice dimension (_prompt_length: prompt length in "
+            "characters; _prompt_content: prompts unlike the training set's, dataset only).",
+            ["route", "dimension", "reference"],
             multiprocess_mode="mostrecent",
             registry=reg,
         )

@@ -49,6 +49,7 @@ REQUIRED_ALERTS = {
     "ShadowGatewayStudentCircuitOpen",
     "ShadowGatewayLogRecordsDropped",
     "ShadowGatewayJournalUnwritable",
+    "ShadowGatewayDrift",
 }
 # The metrics that concern one student (they carry a `student` label).
 PER_STUDENT = {

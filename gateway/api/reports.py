@@ -3,7 +3,8 @@ or analyst).
 
 Thin handlers: parse the query (times, slices, ranges; a 400 naming the parameter when one is
 wrong), call :class:`~gateway.services.reports.Reports`, answer its JSON. ``POST /drift``
-takes a reference dataset as a JSONL body, read line by line as it arrives.
+takes a reference dataset as a JSONL body, read line by line as it arrives; ``GET /drift``
+takes a registered one as ``reference_dataset``.
 ``teacher_version`` (slices, disagreements, thresholds, candidates) keeps the rows whose
 teacher reported that system fingerprint or model.
 """
@@ -17,15 +18,17 @@ from fastapi import APIRouter, Query, Request
 from gateway.api.security import ReaderKey
 from gateway.api.state import gateway_state
 from gateway.core.paired import MIN_PAIRS
-from gateway.errors import PayloadTooLarge
+from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.protocol.reports import (
     DAY,
     QUALITY_SPAN,
     WEEK,
+    Window,
     check_dimension,
     check_range,
     check_teacher_version,
     decode_cursor,
+    parse_reference_dataset,
     parse_slice,
     parse_thresholds,
     window,
@@ -167,18 +170,32 @@ async def drift(
     until: str | None = None,
     reference_since: str | None = None,
     reference_until: str | None = None,
+    reference_dataset: str | None = Query(default=None, max_length=40),
     psi_threshold: float = Query(default=DEFAULT_PSI_THRESHOLD, gt=0),
     min_rows: int = Query(default=DEFAULT_MIN_ROWS, ge=1),
     dimension: str | None = None,
 ) -> dict[str, Any]:
+    """Drift of the current window against a reference window (the week before, by default)
+    or a registered dataset (``reference_dataset``: an id, or ``champion`` for the route
+    champion's training set)."""
     current = window(since, until, DAY)
-    reference = window(
-        reference_since,
-        reference_until,
-        WEEK,
-        params=("reference_since", "reference_until"),
-        default_until=current.since,
-    )
+    reference: Window | int | str
+    if reference_dataset is not None:
+        if reference_since is not None or reference_until is not None:
+            raise InvalidRequest(
+                "Give a reference window or reference_dataset, not both.",
+                param="reference_dataset",
+                code="invalid_value",
+            )
+        reference = parse_reference_dataset(reference_dataset)
+    else:
+        reference = window(
+            reference_since,
+            reference_until,
+            WEEK,
+            params=("reference_since", "reference_until"),
+            default_until=current.since,
+        )
     return await _reports(request).drift(
         route,
         current,

@@ -3,16 +3,21 @@
 Writes JSONL in the OpenAI fine-tuning chat format (``--format openai``, the default) or
 preference pairs from reviewed answers for TRL's DPO trainer (``--format dpo``), and a
 manifest beside it (``FILE.manifest.json``: filters, counts, what was dropped and why, time
-range, gateway version). The summary on stdout is a table, or the manifest as JSON with
-``--json``. See :mod:`gateway.services.export` for what is kept and how it is sampled.
+range, gateway version), with ``--holdout F`` a held-out split beside it
+(``FILE.eval.jsonl``), and registers each file as a dataset (``datasets list|show``; not with
+``--no-register``). ``--from-manifest`` repeats an earlier export. The summary on stdout is a
+table, or the manifest as JSON with ``--json``. See :mod:`gateway.services.export` for what is
+kept and how it is sampled.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import re
 import sys
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,8 +25,11 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.commands.common import CommandError, positive_int, with_engine
-from gateway.config import load_settings
+from gateway.commands import export_summary
+from gateway.commands.common import CommandError, default_actor, positive_int, with_engine
+from gateway.config import Settings, VerifierConfig, load_settings
+from gateway.core.verify import Verifier
+from gateway.services.datasets import DatasetError, get_dataset
 from gateway.services.export import (
     FORMATS,
     Exporter,
@@ -31,7 +39,9 @@ from gateway.services.export import (
     Mix,
     PreferenceExporter,
     PreferenceResult,
+    Provenance,
     build_verifier,
+    request_from_manifest,
 )
 
 _SLICE = re.compile(r"^([^=\s]+)=(.+)$")
@@ -99,7 +109,42 @@ def _format(text: str) -> str:
     return text
 
 
+def _holdout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--holdout is a fraction, not {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= 0.5):
+        raise argparse.ArgumentTypeError(
+            f"--holdout must be above 0 and at most 0.5 (the share held out), not {text}"
+        )
+    return value
+
+
+# The options that say what to export: --from-manifest takes them all from the manifest.
+_REQUEST_OPTIONS = {
+    "route": "--route",
+    "since": "--since",
+    "until": "--until",
+    "slice": "--slice",
+    "only_disagreements": "--only-disagreements",
+    "max": "--max",
+    "limit": "--limit",
+    "mix": "--mix",
+    "seed": "--seed",
+    "format": "--format",
+    "use_corrections": "--use-corrections",
+    "holdout": "--holdout",
+    "exclude_dataset": "--exclude-dataset",
+}
+
+
 def _request(args: argparse.Namespace) -> ExportRequest:
+    if args.route is None or args.output is None:
+        missing = [option for option in ("--route", "--output") if not getattr(args, option[2:])]
+        verb = "is" if len(missing) == 1 else "are"
+        raise _Usage(f"{' and '.join(missing)} {verb} required (or --from-manifest with --output)")
+    args.format = args.format or "openai"
     if args.max is not None and not args.only_disagreements:
         raise CommandError("--max caps --only-disagreements; for a sample of all rows use --limit")
     if args.max is not None and args.limit is not None:
@@ -108,6 +153,7 @@ def _request(args: argparse.Namespace) -> ExportRequest:
     if args.format == "dpo":
         options = {"--limit": args.limit, "--max": args.max, "--mix": args.mix}
         options["--use-corrections"] = args.use_corrections or None
+        options["--holdout"] = args.holdout
         if given := [option for option, value in options.items() if value is not None]:
             raise CommandError(
                 f"--format dpo takes every reviewed pair the filters match; {given[0]} is for "
@@ -129,100 +175,141 @@ def _request(args: argparse.Namespace) -> ExportRequest:
         only_disagreements=args.only_disagreements,
         limit=limit,
         mix=args.mix,
-        seed=args.seed,
+        seed=args.seed if args.seed is not None else 0,
         format=args.format,
         use_corrections=args.use_corrections,
+        holdout=args.holdout,
+        exclude_datasets=tuple(dict.fromkeys(args.exclude_dataset)),
     )
 
 
+class _Usage(Exception):
+    """Arguments that do not go together: exit status 2, like argparse's own errors."""
+
+
+def _manifest_source(args: argparse.Namespace) -> int | Path:
+    """``--from-manifest``: a dataset id (digits) or a manifest file."""
+    given = [
+        option
+        for name, option in _REQUEST_OPTIONS.items()
+        if getattr(args, name) not in (None, False, [])
+    ]
+    if given:
+        raise _Usage(
+            f"--from-manifest repeats an export as its manifest says; {given[0]} cannot be "
+            "combined with it"
+        )
+    if args.output is None:
+        raise _Usage("--from-manifest needs --output FILE: where to write the export again")
+    text = args.from_manifest
+    return int(text) if text.isdigit() else Path(text).expanduser().absolute()
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        document = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise CommandError(f"cannot read the manifest {path}: {exc.strerror or exc}") from exc
+    except orjson.JSONDecodeError as exc:
+        raise CommandError(f"the manifest {path} is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise CommandError(f"the manifest {path} is not an export's manifest")
+    return document
+
+
+def _config_sha256(settings: Settings) -> str | None:
+    try:
+        return hashlib.sha256(settings.config_path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    request = _request(args)
+    try:
+        source = _manifest_source(args) if args.from_manifest is not None else None
+        request = _request(args) if source is None else None
+    except _Usage as exc:
+        print(f"shadow-gateway export: {exc}", file=sys.stderr)
+        return 2
     settings = load_settings(args.config)
+    output = Path(args.output).expanduser().absolute()
+    manifest = _read_manifest(source) if isinstance(source, Path) else None
+    if request is not None:
+        _verifier(settings, request)  # an unknown route or verifier: before the database
+    provenance = Provenance(
+        config_sha256=_config_sha256(settings),
+        created_by=default_actor(),
+        register=not args.no_register,
+    )
+
+    async def export(engine: AsyncEngine) -> tuple[ExportResult | PreferenceResult, Any]:
+        nonlocal manifest
+        asked, origin = request, provenance
+        if asked is None:  # --from-manifest
+            if isinstance(source, int):
+                manifest = await _dataset_manifest(engine, source)
+            assert manifest is not None
+            asked = request_from_manifest(manifest, output)
+            repeated: dict[str, Any] = {"dataset_id": source}
+            if isinstance(source, Path):
+                repeated = {"manifest": str(source), "dataset_id": manifest.get("dataset_id")}
+            origin = replace(provenance, reproduces=repeated)
+        verifier, config = _verifier(settings, asked)
+        if manifest is not None:
+            _warn_verifier(manifest, asked, config)
+        exporter: Exporter | PreferenceExporter = (
+            PreferenceExporter(engine, verifier, config)
+            if asked.format == "dpo"
+            else Exporter(engine, verifier, config)
+        )
+        return await exporter.run(asked, origin), asked
+
+    try:
+        result, asked = with_engine(settings, export)
+    except ExportError as exc:
+        raise CommandError(str(exc)) from exc
+    if args.json:
+        print(export_summary.json_summary(asked, result))
+    elif isinstance(result, PreferenceResult):
+        print(export_summary.pairs_table(result))
+    else:
+        print(export_summary.table(result))
+    if isinstance(result, ExportResult):
+        export_summary.warn_short(result)
+    if manifest is not None:
+        export_summary.compare(manifest, result)
+    return 0
+
+
+async def _dataset_manifest(engine: AsyncEngine, dataset_id: int) -> dict[str, Any]:
+    try:
+        async with engine.connect() as connection:
+            return (await get_dataset(connection, dataset_id)).manifest
+    except DatasetError as exc:
+        raise CommandError(f"--from-manifest: {exc}") from exc
+
+
+def _verifier(
+    settings: Settings, request: ExportRequest
+) -> tuple[Verifier | None, VerifierConfig | None]:
+    """The route's verifier and its config; an unknown route is a CommandError."""
     route = settings.config.route(request.route)
     if route is None:
         names = ", ".join(r.name for r in settings.config.routes)
         raise CommandError(f"unknown route {request.route!r}; the routes are: {names}")
-    config = route.export.verifier
-    exporter_verifier = build_verifier(config)
-
-    async def export(engine: AsyncEngine) -> ExportResult | PreferenceResult:
-        if request.format == "dpo":
-            return await PreferenceExporter(engine, exporter_verifier, config).run(request)
-        return await Exporter(engine, exporter_verifier, config).run(request)
-
-    try:
-        result = with_engine(settings, export)
-    except ExportError as exc:
-        raise CommandError(str(exc)) from exc
-    if args.json:
-        summary = {"output": str(request.output), "manifest": str(request.manifest_path)}
-        document = summary | result.manifest()
-        print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
-    elif isinstance(result, PreferenceResult):
-        print(_pairs_table(result))
-    else:
-        print(_table(result))
-    if isinstance(result, ExportResult):
-        _warn_short(result)
-    return 0
+    return build_verifier(route.export.verifier), route.export.verifier
 
 
-def _warn_short(result: ExportResult) -> None:
-    for stratum in result.short:
-        labels = ", ".join(f"{k}={v}" for k, v in stratum.labels.items()) or "(no slices)"
+def _warn_verifier(
+    manifest: dict[str, Any], request: ExportRequest, config: VerifierConfig | None
+) -> None:
+    now = config.model_dump(by_alias=True) if config is not None else None
+    if manifest.get("verifier") != now:
         print(
-            f"shadow-gateway: warning: {labels}: {stratum.examples} examples of the "
-            f"{stratum.quota} its share asks for (too few rows qualify)",
+            f"shadow-gateway: warning: route {request.route!r}'s export.verifier is not the "
+            "one the manifest records; the examples may differ",
             file=sys.stderr,
         )
-
-
-def _table(result: ExportResult) -> str:
-    request = result.request
-    lines = [
-        f"wrote {result.examples} examples to {request.output}",
-        f"manifest: {request.manifest_path}",
-        "",
-        f"rows matched        {result.live:>9}",
-    ]
-    dropped = [(reason, count) for reason, count in result.dropped.items() if count]
-    lines += ["dropped"] if dropped else []
-    lines += [f"  {reason:<18}{count:>9}" for reason, count in dropped]
-    lines.append(f"examples            {result.examples:>9}")
-    if result.corrected:
-        lines.append(f"  corrected         {result.corrected:>9}")
-    if result.judged_wrong:
-        by = ", ".join(f"{n} by {source}" for source, n in sorted(result.judged_wrong.items()))
-        lines.append(f"judged wrong: {by}")
-    if result.checks_failed:
-        checks = ", ".join(f"{check} {n}" for check, n in result.checks_failed.most_common(5))
-        lines.append(f"failed verifier checks: {checks}")
-    rows = [("SLICE", "LIVE", "EXAMPLES")] + [
-        (f"{dimension}={value}", str(live), str(result.per_slice[dimension, value]))
-        for (dimension, value), live in sorted(result.live_per_slice.items())
-    ]
-    if len(rows) > 1:
-        width = max(len(row[0]) for row in rows)
-        lines.append("")
-        lines += [f"{name:<{width}}  {live:>9}  {examples:>9}" for name, live, examples in rows]
-    return "\n".join(lines)
-
-
-def _pairs_table(result: PreferenceResult) -> str:
-    request = result.request
-    lines = [
-        f"wrote {result.examples} preference pairs ({result.form}) to {request.output}",
-        f"manifest: {request.manifest_path}",
-        "",
-        f"review tasks judged {result.judged:>9}",
-        f"  used              {result.used:>9}",
-    ]
-    skipped = [(reason, count) for reason, count in result.skipped.items() if count]
-    lines += ["skipped"] if skipped else []
-    lines += [f"  {reason:<18}{count:>9}" for reason, count in skipped]
-    lines.append("pairs")
-    lines += [f"  {verdict:<18}{result.pairs[verdict]:>9}" for verdict in sorted(result.pairs)]
-    return "\n".join(lines)
 
 
 def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
@@ -234,10 +321,11 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
         "OpenAI fine-tuning chat format, with a manifest beside it. Only complete teacher "
         "answers that pass the route's export.verifier and were not judged wrong (by a review "
         "or the app's feedback) are kept, one per normalised prompt. --format dpo writes "
-        "preference pairs from reviewed answers instead, for TRL's DPOTrainer.",
+        "preference pairs from reviewed answers instead, for TRL's DPOTrainer. Each file is "
+        "registered as a dataset (datasets list|show).",
     )
-    export.add_argument("--route", required=True, help="the route whose traffic to export")
-    export.add_argument("--output", "-o", required=True, help="the JSONL file to write")
+    export.add_argument("--route", help="the route whose traffic to export (required)")
+    export.add_argument("--output", "-o", help="the JSONL file to write (required)")
     export.add_argument(
         "--since", type=_moment(end_of_day=False), help="from this ISO date/time (UTC if no zone)"
     )
@@ -274,11 +362,12 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
         metavar="DIM=VALUE:SHARE,...",
         help="with --limit: sample to these shares of one dimension, e.g. tier=free:0.7,paid:0.3",
     )
-    export.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    export.add_argument(
+        "--seed", type=int, help="the seed of the sample and of the holdout split (default 0)"
+    )
     export.add_argument(
         "--format",
         type=_format,
-        default="openai",
         metavar="|".join(FORMATS),
         help="openai: the OpenAI chat fine-tuning format (default); dpo: preference pairs "
         "from reviewed answers (TRL's DPO format)",
@@ -288,6 +377,31 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
         action="store_true",
         help="export a teacher answer judged wrong with its correction, when it has one, "
         "instead of dropping it",
+    )
+    export.add_argument(
+        "--holdout",
+        type=_holdout,
+        metavar="F",
+        help="also write FILE.eval.jsonl: this share (above 0, at most 0.5) of the examples, "
+        "stratified like the training file, no normalised prompt on both sides",
+    )
+    export.add_argument(
+        "--exclude-dataset",
+        type=positive_int,
+        action="append",
+        default=[],
+        metavar="ID",
+        help="leave out rows whose normalised prompt is in this dataset; repeat for more",
+    )
+    export.add_argument(
+        "--from-manifest",
+        metavar="PATH|ID",
+        help="repeat the export a manifest file or a dataset id records (with --output)",
+    )
+    export.add_argument(
+        "--no-register",
+        action="store_true",
+        help="a scratch export: write the files without registering them as datasets",
     )
     export.add_argument("--json", action="store_true", help="the summary as JSON")
     export.set_defaults(handler=cmd_export)

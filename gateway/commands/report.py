@@ -3,9 +3,10 @@
 The same reports as ``/admin/reports`` (the same JSON with ``--json``), read straight from
 Postgres. Exit status 2 for arguments that cannot work (a malformed time, since after until,
 a bad range), 1 for what the data says no to (unknown route or dimension, an empty window,
-too little data, a malformed reference file). ``--teacher-version`` (slices, disagreements,
-thresholds, candidates) keeps the requests whose teacher reported that fingerprint or model;
-``report teacher-versions ROUTE`` lists them.
+too little data, a malformed reference file, an unknown dataset or another route's).
+``--teacher-version`` (slices, disagreements, thresholds, candidates) keeps the requests
+whose teacher reported that fingerprint or model; ``report teacher-versions ROUTE`` lists
+them.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from gateway.protocol.reports import (
     DAY,
     QUALITY_SPAN,
     WEEK,
+    Window,
     check_dimension,
     check_range,
     check_teacher_version,
     decode_cursor,
+    parse_reference_dataset,
     parse_slice,
     parse_thresholds,
     window,
@@ -130,15 +133,24 @@ def cmd_thresholds(args: argparse.Namespace) -> int:
 def cmd_drift(args: argparse.Namespace) -> int:
     current = window(args.since, args.until, DAY, params=("--since", "--until"))
     dimension = check_dimension(args.dimension) if args.dimension else None
-    if args.reference_file and (args.reference_since or args.reference_until):
-        raise InvalidRequest("give a reference window or --reference-file, not both")
-    reference = window(
+    given = [
+        args.reference_file,
+        args.reference_dataset,
+        args.reference_since or args.reference_until,
+    ]
+    if sum(1 for option in given if option) > 1:
+        raise InvalidRequest(
+            "give one reference: a window, --reference-file or --reference-dataset"
+        )
+    reference: Window | int | str = window(
         args.reference_since,
         args.reference_until,
         WEEK,
         params=("--reference-since", "--reference-until"),
         default_until=current.since,
     )
+    if args.reference_dataset:
+        reference = parse_reference_dataset(args.reference_dataset, "--reference-dataset")
 
     async def drift(reports: Reports) -> dict[str, Any]:
         if not args.reference_file:
@@ -344,13 +356,30 @@ def _thresholds_table(result: dict[str, Any]) -> None:
         )
 
 
-def _drift_table(result: dict[str, Any]) -> None:
-    ref = result["reference"]
-    against = (
-        f"{ref['since']} to {ref['until']} ({ref['requests']} requests)"
-        if ref["kind"] == "window"
-        else f"{ref['source']} ({ref['prompts']} prompts)"
+def _against(ref: dict[str, Any]) -> str:
+    if ref["kind"] == "window":
+        return f"{ref['since']} to {ref['until']} ({ref['requests']} requests)"
+    if ref["kind"] == "registered":
+        whose = f", champion {ref['champion']}'s training set" if ref["champion"] else ""
+        return (
+            f"dataset {ref['dataset_id']} ({ref['dataset_kind']}{whose}, {ref['requests']} of "
+            f"its {ref['items']} requests still logged)"
+        )
+    return f"{ref['source']} ({ref['prompts']} prompts)"
+
+
+def _content_line(content: dict[str, Any]) -> str:
+    held, now = content["held_out"], content["current"]
+    return (
+        f"prompt content: {_pct(now['share'])} of {now['prompts']} sampled prompts are farther "
+        f"than {content['max_distance']:g} ({content['max_distance_from']}) from every "
+        f"reference prompt; {_pct(held['share'])} of {held['prompts']} held-out reference "
+        f"prompts are (PSI {content['psi']:.3f}{', DRIFT' if content['flagged'] else ''})"
     )
+
+
+def _drift_table(result: dict[str, Any]) -> None:
+    against = _against(result["reference"])
     current = result["current"]
     print(f"{result['route']}: {current['since']} to {current['until']} ", end="")
     print(f"({current['requests']} requests) against {against}\n")
@@ -366,6 +395,8 @@ def _drift_table(result: dict[str, Any]) -> None:
         flag = "DRIFT" if item["flagged"] else "-"
         rows.append((item["dimension"], f"{item['psi']:.3f}", flag, movers))
     print_table(("DIMENSION", "PSI", f"PSI>={result['psi_threshold']:g}", "BIGGEST MOVES"), rows)
+    if result["content"] is not None:
+        print(_content_line(result["content"]))
     for skipped in result["skipped_dimensions"]:
         print(f"not compared: {skipped['dimension']} ({skipped['why']})")
     print("\nagreement per day (UTC)")
@@ -579,6 +610,12 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     drift.add_argument("--reference-until", help="reference window end (default: --since)")
     drift.add_argument(
         "--reference-file", type=Path, help="JSONL reference prompts instead (docs/reports.md)"
+    )
+    drift.add_argument(
+        "--reference-dataset",
+        metavar="ID",
+        help="a registered dataset instead (its requests; also compares the prompt content), "
+        "or 'champion' for the training set of the route's champion",
     )
     drift.add_argument(
         "--psi-threshold",

@@ -145,14 +145,28 @@ def _message_key(message: Mapping[str, Any]) -> str:
     return key
 
 
-def prompt_key(messages: Sequence[Mapping[str, Any]], tools: object = None) -> int:
-    """64 bits of the normalised conversation: who said what (and called which tool), case and
-    spacing aside, and the tools it was offered."""
+def prompt_canonical(messages: Sequence[Mapping[str, Any]], tools: object = None) -> str:
+    """The normalised conversation as one string: who said what (and called which tool), case,
+    punctuation and spacing aside, and the tools it was offered. Equal strings, equal prompts."""
     canonical = "\x1e".join(_message_key(message) for message in messages)
     if tools:
         canonical += "\x1d" + orjson.dumps(tools, option=orjson.OPT_SORT_KEYS).decode()
-    digest = hashlib.blake2b(canonical.encode("utf-8", "replace"), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
+    return canonical
+
+
+def prompt_digest(messages: Sequence[Mapping[str, Any]], tools: object = None) -> bytes:
+    """SHA-256 of :func:`prompt_canonical`: a dataset item's ``prompt_key`` is its hex form."""
+    return hashlib.sha256(prompt_canonical(messages, tools).encode("utf-8", "replace")).digest()
+
+
+def short_key(digest: bytes) -> int:
+    """A digest's first 64 bits: what the export's dedupe and exclusion sets hold per prompt."""
+    return int.from_bytes(digest[:8], "big")
+
+
+def prompt_key(messages: Sequence[Mapping[str, Any]], tools: object = None) -> int:
+    """64 bits of the normalised conversation (:func:`prompt_canonical`)."""
+    return short_key(prompt_digest(messages, tools))
 
 
 def allocate(total: int, weights: Mapping[str, float]) -> dict[str, int]:

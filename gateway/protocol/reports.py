@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from gateway.core import statistics as stats
+from gateway.core.content import ContentShift
 from gateway.core.routing import judge_slice
 from gateway.core.slices import RouteSliceRules, last_user_text, slice_labels
 from gateway.errors import InvalidRequest
@@ -36,6 +37,8 @@ DAY = timedelta(days=1)
 WEEK = timedelta(days=7)
 QUALITY_SPAN = timedelta(days=30)  # reviews and feedback are sparse: a month by default
 LENGTH_DIMENSION = "_prompt_length"  # no slice dimension can take it (no leading _)
+CONTENT_DIMENSION = "_prompt_content"  # drift against a registered dataset: novelty distance
+CHAMPION_DATASET = "champion"  # reference_dataset=champion: the champion's training set
 
 
 def parse_time(text: str, param: str, now: datetime | None = None) -> datetime:
@@ -149,6 +152,21 @@ def check_teacher_version(text: str, param: str = "teacher_version") -> str:
             code="invalid_value",
         )
     return version
+
+
+def parse_reference_dataset(text: str, param: str = "reference_dataset") -> int | str:
+    """A registered dataset's id, or ``champion`` (the route champion's training set)."""
+    cleaned = text.strip().lower()
+    if cleaned == CHAMPION_DATASET:
+        return CHAMPION_DATASET
+    if cleaned.isascii() and cleaned.isdigit() and 0 < int(cleaned) < 2**63:
+        return int(cleaned)
+    raise InvalidRequest(
+        f"'{text[:100]}' is not a dataset for {param}: give a dataset id (datasets list shows "
+        f"them) or '{CHAMPION_DATASET}' for the training set of the route's champion.",
+        param=param,
+        code="invalid_value",
+    )
 
 
 def version_name(model: str | None, fingerprint: str | None) -> str | None:
@@ -382,6 +400,21 @@ def curve_json(
             {**point_json(p), "meets_bar": stats.meets(p, bar, conservative) if bar else None}
             for p in points
         ],
+    }
+
+
+def content_json(shift: ContentShift, threshold: float, source: str) -> dict[str, Any]:
+    """The prompt-content figure: PSI of the within/beyond split, held-out reference against
+    the current window; flagged only for a move away from the reference."""
+    found = psi_json(CONTENT_DIMENSION, shift.psi, threshold)
+    found["flagged"] = found["flagged"] and shift.away
+    return {
+        **found,
+        "max_distance": shift.max_distance,
+        "max_distance_from": source,
+        "reference_prompts": shift.reference_prompts,
+        "held_out": shift.held_out.as_json(),
+        "current": shift.current.as_json(),
     }
 
 

@@ -256,9 +256,32 @@ def seeded(
     return gateway
 
 
+def train_champion_on_the_reference(url: str) -> None:
+    """A training dataset of the drift reference's rows (ten days back), recorded as the
+    champion's, as ``distill`` would."""
+    dataset = fetch(
+        url,
+        "INSERT INTO datasets (route, created_by, kind, manifest, path, sha256, items) "
+        "VALUES ($1, 'tests', 'train', '{}'::jsonb, '/tmp/train.jsonl', 'x', 70) RETURNING id",
+        ROUTE,
+    )[0]["id"]
+    execute(
+        url,
+        "INSERT INTO dataset_items (dataset_id, request_id, request_created_at, prompt_key) "
+        f"SELECT {dataset}, request_id, created_at, md5(request_id) FROM requests "
+        "WHERE request_id LIKE 'ref-%'",
+    )
+    execute(
+        url,
+        f"UPDATE route_students SET train_dataset_id = {dataset} "
+        f"WHERE route = '{ROUTE}' AND status = 'champion'",
+    )
+
+
 def test_an_sre_sees_the_seeded_figures_filters_and_rolls_back(
     seeded: GatewayServer, clean_db: str, tmp_path: Path
 ) -> None:
+    train_champion_on_the_reference(clean_db)
     with chromium() as browser:
         sre_visit(browser, seeded, tmp_path)
     events = fetch(clean_db, "SELECT actor, action, reason FROM route_events ORDER BY id")
@@ -325,6 +348,15 @@ def sre_visit(browser: Browser, seeded: GatewayServer, tmp_path: Path) -> None:
     reference_free = tier.locator('rect.ref-bar[data-value="free"]')
     assert float(reference_free.get_attribute("data-share") or "0") == pytest.approx(60 / 70)
     expect(page.locator("#drift-note")).to_contain_text("Flagged (PSI ≥ 0.2): tier.")
+    # against the champion's training set: the same rows as a dataset, so the same shares
+    page.select_option("#drift-reference", "champion")
+    expect(page.locator("#drift-note")).to_contain_text(
+        "(train, the training set of champion default), 70 of its 70 requests still logged"
+    )
+    reference_free = tier.locator('rect.ref-bar[data-value="free"]')
+    assert float(reference_free.get_attribute("data-share") or "0") == pytest.approx(60 / 70)
+    page.select_option("#drift-reference", "window")
+    expect(page.locator("#drift-note")).to_contain_text("reference: 70 requests from")
 
     # disagreements: a first page of 20, then only tier=free's 4, the answers diffed
     items = page.locator("#disagreements article.disagreement")

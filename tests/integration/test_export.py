@@ -254,6 +254,7 @@ def test_exports_verified_deduplicated_teacher_answers_with_a_manifest(
         "teacher_truncated": dropped["teacher_truncated"],
         "judged_wrong": 0,
         "no_prompt": dropped["no_prompt"],
+        "excluded_dataset": 0,
         "verifier": dropped["invalid_json"] + dropped[ENUM_CHECK],
         "duplicate_prompt": dropped["duplicate_prompt"],
         "sampling": 0,

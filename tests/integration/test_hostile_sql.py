@@ -52,6 +52,7 @@ REPORT_PARAMS = {
         "until",
         "reference_since",
         "reference_until",
+        "reference_dataset",
         "dimension",
         "psi_threshold",
         "min_rows",
@@ -157,7 +158,14 @@ def test_sql_in_every_cli_report_filter_is_a_plain_error_or_a_literal(
         "slices": ["--since", "--until", "--dimension"],
         "disagreements": ["--since", "--until", "--slice", "--cursor", "--min-score"],
         "thresholds": ["--since", "--until", "--thresholds", "--dimension"],
-        "drift": ["--since", "--until", "--reference-since", "--reference-until", "--dimension"],
+        "drift": [
+            "--since",
+            "--until",
+            "--reference-since",
+            "--reference-until",
+            "--reference-dataset",
+            "--dimension",
+        ],
     }
     before = _counts(clean_db)
     for report, flags in options.items():

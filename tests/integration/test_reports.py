@@ -468,7 +468,10 @@ def test_drift_against_a_reference_dataset(clean_db: str, tmp_path: Path) -> Non
 def test_drift_monitor_exports_bounded_psi_gauges(clean_db: str) -> None:
     seed_drift(clean_db)
     gauge = Gauge(
-        "shadow_gateway_drift_psi", "PSI", ["route", "dimension"], registry=CollectorRegistry()
+        "shadow_gateway_drift_psi",
+        "PSI",
+        ["route", "dimension", "reference"],
+        registry=CollectorRegistry(),
     )
 
     async def go() -> list[tuple[dict[str, str], float]]:
@@ -490,6 +493,7 @@ def test_drift_monitor_exports_bounded_psi_gauges(clean_db: str) -> None:
     assert set(by_dimension) == {"tier", "_prompt_length"}  # category is not allow-listed
     assert by_dimension["tier"] > 0.2
     assert all(labels["route"] == ROUTE for labels, _ in samples)
+    assert all(labels["reference"] == "window" for labels, _ in samples)  # no training set
     assert len(samples) == 2
 
 
@@ -775,7 +779,7 @@ def test_cli_reports_as_tables_and_json(
         (
             ["report", "drift", ROUTE, "--reference-file", "x", "--reference-since", "9d"],
             2,
-            "not both",
+            "give one reference",
         ),
         (["report"], 2, "REPORT"),
     ],

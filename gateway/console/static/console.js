@@ -344,14 +344,28 @@ async function loadSliceCalibration() {
   renderSliceCalibration({ plain, conservative, params });
 }
 
+// The reference: a window, or a registered dataset (the champion's training set).
+function describeReference(ref) {
+  if (ref.kind !== "registered") return `${ref.requests} requests from ${utc(ref.since)} to ${utc(ref.until)}`;
+  const whose = ref.champion ? `, the training set of champion ${ref.champion}` : "";
+  return `dataset ${ref.dataset_id} (${ref.dataset_kind}${whose}), ${ref.requests} of its ${ref.items} requests still logged`;
+}
+
+function describeContent(content) {
+  if (!content) return "";
+  const { current, held_out: heldOut } = content;
+  return ` Prompt content: ${pct(current.share)} of ${current.prompts} sampled prompts are farther than ` +
+    `${content.max_distance} from every training prompt, against ${pct(heldOut.share)} of held-out training prompts.`;
+}
+
 function renderDrift(report) {
-  const ref = report.reference;
   note("drift-note",
     `Current: ${report.current.requests} requests from ${utc(report.current.since)}; reference: ` +
-    `${ref.requests} requests from ${utc(ref.since)} to ${utc(ref.until)}. ` +
+    `${describeReference(report.reference)}. ` +
     (report.flagged.length ? `Flagged (PSI ≥ ${report.psi_threshold}): ${report.flagged.join(", ")}.`
-      : `No dimension has PSI ≥ ${report.psi_threshold}.`));
-  const dimensions = [...report.dimensions, ...(report.prompt_length ? [report.prompt_length] : [])];
+      : `No dimension has PSI ≥ ${report.psi_threshold}.`) + describeContent(report.content));
+  const dimensions = [...report.dimensions, ...(report.prompt_length ? [report.prompt_length] : []),
+    ...(report.content ? [report.content] : [])];
   $("drift-charts").replaceChildren(...dimensions.map((d) =>
     el("div", { class: d.flagged ? "chart flagged" : "chart", "data-dimension": d.dimension },
       el("div", { class: "title" }, el("span", {}, d.dimension),
@@ -360,6 +374,13 @@ function renderDrift(report) {
         el("span", {}, el("span", { class: "swatch", "data-swatch": "reference" }), "reference"),
         el("span", {}, el("span", { class: "swatch", "data-swatch": "current" }), "current")),
       driftChart(d))));
+}
+
+// The rolling window (the API's default) or, when chosen, the champion's training set.
+async function loadDrift() {
+  const training = $("drift-reference").value === "champion";
+  renderDrift(await api("/admin/reports/drift",
+    { route: state.route, since: state.since, reference_dataset: training ? "champion" : null }));
 }
 
 // -- disagreements -------------------------------------------------------------------------
@@ -494,8 +515,7 @@ async function load() {
     section(["calibration-charts"], "calibration-note", async () =>
       renderCalibration(await api("/admin/reports/thresholds", params))),
     section(["slice-calibration"], "slice-calibration-note", loadSliceCalibration),
-    section(["drift-charts"], "drift-note", async () =>
-      renderDrift(await api("/admin/reports/drift", params))),
+    section(["drift-charts"], "drift-note", loadDrift),
     loadDisagreements(),
   ]);
   $("status").textContent = `Route ${state.route}, updated ${utc(new Date().toISOString())}.`;
@@ -601,6 +621,7 @@ function main() {
   });
   $("window").addEventListener("change", (e) => { state.since = e.target.value; load(); });
   $("refresh").addEventListener("click", () => load());
+  $("drift-reference").addEventListener("change", () => section(["drift-charts"], "drift-note", loadDrift));
   $("more").addEventListener("click", () => loadDisagreements(true));
   $("disagreement-filter").addEventListener("submit", (e) => {
     e.preventDefault();

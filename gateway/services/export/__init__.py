@@ -14,6 +14,8 @@ examples only) ends in exactly one place, so ``rows_matched = examples + sum(dro
   through the checks below like any answer. A correction of an answer judged right is not
   used: the teacher's answer stands;
 - ``no_prompt``: the app's request body was not stored (``log_writer.store_payloads``);
+- ``excluded_dataset``: the normalised prompt is in a dataset named by ``exclude_datasets``
+  (an earlier training set, or its held-out split);
 - ``verifier``: the route's verifier rejected the answer (counted per failed check);
 - ``duplicate_prompt``: the same normalised conversation was already exported;
 - ``sampling``: left out by a ``limit``. Strata (the joint slice labels, or the values of the
@@ -23,17 +25,28 @@ examples only) ends in exactly one place, so ``rows_matched = examples + sum(dro
 
 Memory stays flat: rows come through a server-side cursor and go straight to the file; what is
 held is a counter per stratum, one 64-bit hash per exported prompt for the dedupe (about 70
-bytes each, i.e. ~70 MB per million distinct prompts), and the keys of the rows judged wrong
-(as many as people and apps judged, read first by key from ``reviews`` and ``feedback``).
+bytes each, i.e. ~70 MB per million distinct prompts), a live count per distinct prompt (as
+much again), 64 bits per prompt of the excluded datasets, 12 bytes per example for the
+holdout, and the keys of the rows judged wrong (as many as people and apps judged, read first
+by key from ``reviews`` and ``feedback``). Each example's item for the registry waits in an
+unnamed temp file.
 Counts and rows are read in one REPEATABLE READ snapshot, so they agree while the gateway
 keeps logging. The file and its manifest are written beside their final names and renamed at
 the end: a failed export never leaves a half-written file.
+
+``holdout`` splits the examples into the training file and a held-out ``eval`` file beside
+it, by prompt and stratified (:mod:`.parts`). Every file is registered as a dataset, its
+items with their prompt keys and live frequencies (how many matching rows had that
+normalised prompt: the skew the dedupe hides), in one transaction before the files are put
+in place (:mod:`.publish`); the manifest records the window as absolute times, so
+:func:`request_from_manifest` repeats the export.
 
 ``format = "dpo"`` writes preference pairs from reviewed answers instead
 (:mod:`.preference`).
 
 Modules: :mod:`.model` (request, result, manifest, quotas), :mod:`.verifier`, :mod:`.queries`,
-:mod:`.output` (the atomic file), :mod:`.exporter` (the run), :mod:`.preference` (the pairs).
+:mod:`.output` (the atomic file), :mod:`.exporter` (the run), :mod:`.parts` (the train and
+eval files, the items), :mod:`.publish` (registration), :mod:`.preference` (the pairs).
 """
 
 from __future__ import annotations
@@ -45,8 +58,12 @@ from gateway.services.export.model import (
     ExportRequest,
     ExportResult,
     Mix,
+    Provenance,
     Stratum,
+    original_digests,
+    request_from_manifest,
 )
+from gateway.services.export.parts import Part, eval_path
 from gateway.services.export.preference import PreferenceExporter, PreferenceResult
 from gateway.services.export.verifier import build_verifier
 
@@ -57,8 +74,13 @@ __all__ = [
     "ExportResult",
     "Exporter",
     "Mix",
+    "Part",
     "PreferenceExporter",
     "PreferenceResult",
+    "Provenance",
     "Stratum",
     "build_verifier",
+    "eval_path",
+    "original_digests",
+    "request_from_manifest",
 ]

@@ -13,17 +13,26 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.config import VerifierConfig
 from gateway.core import verify
-from gateway.core.examples import assistant_message, chat_tools, prompt_key, prompt_messages
+from gateway.core.examples import (
+    assistant_message,
+    chat_tools,
+    prompt_digest,
+    prompt_messages,
+    short_key,
+)
 from gateway.db.tables import requests
+from gateway.services.datasets import DatasetError, dataset_short_keys
 from gateway.services.export.model import (
     ExportError,
     ExportRequest,
     ExportResult,
-    Stratum,
+    Provenance,
     nothing_left,
     set_quotas,
 )
-from gateway.services.export.output import AtomicFile, check_output, commit_with_manifest
+from gateway.services.export.output import AtomicFile, check_output
+from gateway.services.export.parts import Spool, SpooledItem, Written, eval_path, finish
+from gateway.services.export.publish import publish
 from gateway.services.export.queries import (
     COLUMNS,
     USABLE,
@@ -80,17 +89,57 @@ class Exporter:
         self._engine = engine
         self._verifier = verifier
         self._verifier_config = verifier_config
-        self._seen: set[int] = set()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._seen: set[int] = set()  # short keys of the prompts exported
+        self._excluded: set[int] = set()  # short keys of the prompts of --exclude-dataset
+        self._live: Counter[int] = Counter()  # live rows per prompt (see _count)
+        self._counting = False  # count every prompt while streaming (not when sampling)
         self._wrong: set[tuple[str, datetime]] = set()  # judged wrong, no correction used
         self._corrections: dict[tuple[str, datetime], str] = {}  # judged wrong, corrected
+        self._spool: Spool | None = None
 
-    async def run(self, request: ExportRequest) -> ExportResult:
+    async def run(
+        self, request: ExportRequest, provenance: Provenance | None = None
+    ) -> ExportResult:
+        """Write the file (and its held-out split), register it unless told not to, and put
+        everything in place at the end: on any failure nothing is written or registered."""
         check_output(request.output)
-        self._seen, self._wrong, self._corrections = set(), set(), {}
-        async with snapshot(self._engine) as connection:
-            return await self._export(connection, request)
+        if request.holdout is not None:
+            check_output(eval_path(request.output))
+        self._reset()
+        spool = self._spool = Spool(request.output.parent, request.seed)
+        out: AtomicFile | None = None
+        written: Written | None = None
+        try:
+            out = AtomicFile(request.output)
+            async with snapshot(self._engine) as connection:
+                result = await self._export(connection, request, out)
+                if result.sampled:
+                    await self._count_live(connection, request)
+            result.provenance = provenance or Provenance()
+            written = finish(spool, out, self._live, request.holdout, request.output)
+            result.parts = written.parts
+            await publish(self._engine, request.route, result.provenance, written, result.manifest)
+        except BaseException:
+            if written is not None:
+                written.discard()
+            elif out is not None:
+                out.discard()
+            raise
+        finally:
+            spool.close()
+        return result
 
-    async def _export(self, connection: AsyncConnection, request: ExportRequest) -> ExportResult:
+    async def _export(
+        self, connection: AsyncConnection, request: ExportRequest, out: AtomicFile
+    ) -> ExportResult:
+        if request.exclude_datasets:
+            try:
+                self._excluded = await dataset_short_keys(connection, request.exclude_datasets)
+            except DatasetError as exc:
+                raise ExportError(f"--exclude-dataset: {exc}") from exc
         result = await survey(connection, request)
         if result.live == 0:
             raise ExportError(await explain_empty(connection, request))
@@ -104,24 +153,21 @@ class Exporter:
                 f"{result.live - result.answered} failed and "
                 f"{result.answered - result.usable} were cut off at max_tokens"
             )
+        result.window_until = (
+            await connection.execute(select(func.transaction_timestamp()))
+        ).scalar_one()
         set_quotas(result)
         if self._verifier_config is not None:
             result.verifier = self._verifier_config.model_dump(by_alias=True)
         self._sort_judged(await judged_wrong(connection, request), result)
-        out = AtomicFile(request.output)
-        try:
-            if result.sampled:
-                await self._sampled(connection, result, out)
-            else:
-                await self._everything(connection, result, out)
-            if result.examples == 0:
-                raise ExportError(nothing_left(result))
-            out.close()
-            result.sha256 = out.digest.hexdigest()
-            commit_with_manifest(out, request.manifest_path, result.manifest())
-        except BaseException:
-            out.discard()
-            raise
+        if result.sampled:
+            await self._sampled(connection, result, out)
+        else:
+            self._counting = True
+            await self._everything(connection, result, out)
+        if result.examples == 0:
+            raise ExportError(nothing_left(result))
+        out.close()
         return result
 
     def _sort_judged(
@@ -142,16 +188,46 @@ class Exporter:
     async def _everything(
         self, connection: AsyncConnection, result: ExportResult, out: AtomicFile
     ) -> None:
+        """Every matching row in time order; the rows without a usable answer only count
+        towards their prompt's live frequency."""
+        request = result.request
         query = (
-            select(*COLUMNS)
-            .where(*matching(result.request), USABLE)
+            select(*COLUMNS, stratum_key(request).label("stratum"), USABLE.label("usable"))
+            .where(*matching(request))
             .order_by(requests.c.created_at, requests.c.request_id)
             .execution_options(yield_per=_STREAM_BATCH)
         )
         rows = await connection.stream(query)
         async for partition in rows.partitions():  # one await per batch, not per row
             for row in partition:
-                self._consider(row, result, out)
+                if row.usable:
+                    self._consider(row, result, out, row.stratum)
+                else:
+                    self._count(row.endpoint, row.request_payload)
+
+    def _count(self, endpoint: str, payload: Any) -> None:
+        messages = prompt_messages(endpoint, payload)
+        if messages is not None:
+            self._live[short_key(prompt_digest(messages, chat_tools(endpoint, payload)))] += 1
+
+    async def _count_live(self, connection: AsyncConnection, request: ExportRequest) -> None:
+        """After a sample: how many of the rows the filters match had each exported prompt (a
+        second pass over the prompts only; the counts kept are the exported prompts')."""
+        query = (
+            select(requests.c.endpoint, requests.c.request_payload)
+            .where(*matching(request))
+            .execution_options(yield_per=_STREAM_BATCH)
+        )
+        live, seen = self._live, self._seen
+        rows = await connection.stream(query)
+        async for partition in rows.partitions():
+            for endpoint, payload in partition:
+                messages = prompt_messages(endpoint, payload)
+                if messages is None:
+                    continue
+                key = short_key(prompt_digest(messages, chat_tools(endpoint, payload)))
+                if key in seen:
+                    live[key] += 1
 
     async def _sampled(
         self, connection: AsyncConnection, result: ExportResult, out: AtomicFile
@@ -168,7 +244,7 @@ class Exporter:
             .order_by(func.md5(literal(f"{request.seed}:") + requests.c.request_id))
             .execution_options(yield_per=_STREAM_BATCH)
         )
-        batch: list[tuple[tuple[str, datetime], Stratum]] = []
+        batch: list[tuple[tuple[str, datetime], str]] = []
         pending: Counter[str] = Counter()
 
         async def flush() -> bool:
@@ -192,7 +268,7 @@ class Exporter:
                     room = await flush()  # the batch may fill this stratum: see it through
                     if stratum.full():
                         continue
-                batch.append(((request_id, created_at), stratum))
+                batch.append(((request_id, created_at), key))
                 pending[key] += 1
                 if len(batch) >= _FETCH_BATCH:
                     room = await flush()
@@ -204,7 +280,7 @@ class Exporter:
     async def _fetch(
         self,
         connection: AsyncConnection,
-        batch: list[tuple[tuple[str, datetime], Stratum]],
+        batch: list[tuple[tuple[str, datetime], str]],
         result: ExportResult,
         out: AtomicFile,
     ) -> None:
@@ -213,22 +289,31 @@ class Exporter:
         keys = {"ids": [key[0] for key, _ in batch], "times": [key[1] for key, _ in batch]}
         rows = {row.request_id: row for row in await connection.execute(_BY_KEY, keys)}
         for (request_id, _), stratum in batch:  # in the sampled order, not the table's
-            if self._consider(rows[request_id], result, out):
-                stratum.examples += 1
+            self._consider(rows[request_id], result, out, stratum)
 
-    def _consider(self, row: Any, result: ExportResult, out: AtomicFile) -> bool:
+    def _consider(self, row: Any, result: ExportResult, out: AtomicFile, stratum: str) -> bool:
         """Write the row's example unless it is dropped (and counted); whether it was written.
 
         A tool-call answer is checked against the tools the request offered
         (:func:`verify.tool_calls`); the route's verifier judges the other answers' text, and
         a correction's (it replaces the teacher's answer, tool calls included).
         """
-        if (row.request_id, row.created_at) in self._wrong:
-            return False  # counted by _sort_judged
+        judged_wrong = (row.request_id, row.created_at) in self._wrong  # counted by _sort_judged
         payload = row.request_payload
         messages = prompt_messages(row.endpoint, payload)
         if messages is None:
-            result.no_prompt += 1
+            if not judged_wrong:
+                result.no_prompt += 1
+            return False
+        tools = chat_tools(row.endpoint, payload)
+        digest = prompt_digest(messages, tools)
+        key = short_key(digest)
+        if self._counting:
+            self._live[key] += 1
+        if judged_wrong:
+            return False
+        if key in self._excluded:
+            result.excluded += 1
             return False
         correction = self._corrections.get((row.request_id, row.created_at))
         outcome = None
@@ -247,8 +332,6 @@ class Exporter:
         if outcome is not None and not outcome.ok:
             result.count_failure(row.request_id, outcome)
             return False
-        tools = chat_tools(row.endpoint, payload)
-        key = prompt_key(messages, tools)
         if key in self._seen:
             result.duplicates += 1
             return False
@@ -259,10 +342,19 @@ class Exporter:
             if isinstance(payload.get("parallel_tool_calls"), bool):
                 example["parallel_tool_calls"] = payload["parallel_tool_calls"]
         out.write(orjson.dumps(example) + b"\n")
+        assert self._spool is not None
+        self._spool.add(
+            SpooledItem(
+                request_id=row.request_id,
+                created_at=row.created_at,
+                prompt_key=digest.hex(),
+                stratum=stratum,
+                labels=row.slices or {},
+                corrected=correction is not None,
+                model=row.teacher_model_reported,
+                fingerprint=row.teacher_fingerprint,
+            )
+        )
         result.examples += 1
-        if correction is not None:
-            result.corrected += 1
-        result.per_slice.update((row.slices or {}).items())
-        result.first_example = min(result.first_example or row.created_at, row.created_at)
-        result.last_example = max(result.last_example or row.created_at, row.created_at)
+        result.strata[stratum].examples += 1
         return True

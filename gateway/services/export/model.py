@@ -6,13 +6,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.core import verify
 from gateway.core.examples import allocate
+
+if TYPE_CHECKING:
+    from gateway.services.export.parts import Part
 
 _MAX_CHECKS = 50  # distinct verifier checks counted one by one; the rest as "other"
 _QUOTED_PER_CHECK = 3  # failed answers named in the manifest, per check
@@ -46,10 +49,12 @@ class ExportRequest:
     mix: Mix | None = None  # needs a limit
     seed: int = 0
     use_corrections: bool = False  # a judged-wrong answer with a correction: export the latter
+    holdout: float | None = None  # the share of examples held out in FILE.eval.jsonl
+    exclude_datasets: tuple[int, ...] = ()  # leave out prompts these datasets hold
 
     @property
     def manifest_path(self) -> Path:
-        return self.output.with_name(self.output.name + ".manifest.json")
+        return manifest_path(self.output)
 
     def filters(self) -> dict[str, Any]:
         """The filters as the manifest shows them."""
@@ -63,7 +68,79 @@ class ExportRequest:
             "mix": {self.mix.dimension: dict(self.mix.shares)} if self.mix else None,
             "seed": self.seed,
             "use_corrections": self.use_corrections,
+            "holdout": self.holdout,
+            "exclude_datasets": list(self.exclude_datasets),
+            "format": self.format,
         }
+
+
+def manifest_path(output: Path) -> Path:
+    return output.with_name(output.name + ".manifest.json")
+
+
+def request_from_manifest(manifest: Mapping[str, Any], output: Path) -> ExportRequest:
+    """The request that wrote ``manifest``, to write the same file again to ``output``: its
+    filters, with the window as the absolute times the manifest recorded (``window``)."""
+    filters, window = manifest.get("filters"), manifest.get("window")
+    if not isinstance(filters, dict) or not isinstance(window, dict):
+        raise ExportError(
+            "the manifest has no filters and window to repeat: it is not an export's "
+            "manifest, or one written before exports recorded their window"
+        )
+    try:
+        mix = None
+        if filters.get("mix"):
+            ((dimension, shares),) = filters["mix"].items()
+            mix = Mix(dimension, {str(value): float(share) for value, share in shares.items()})
+        chosen = filters.get("format")
+        if chosen is None:
+            chosen = "dpo" if manifest.get("format") == "trl-preference-jsonl" else "openai"
+        return ExportRequest(
+            route=str(filters["route"]),
+            output=output,
+            format=chosen,
+            since=_moment(window.get("since")),
+            until=_moment(window.get("until")),
+            slices={str(d): [str(v) for v in values] for d, values in filters["slices"].items()},
+            only_disagreements=bool(filters.get("only_disagreements")),
+            limit=filters.get("limit"),
+            mix=mix,
+            seed=int(filters.get("seed") or 0),
+            use_corrections=bool(filters.get("use_corrections")),
+            holdout=filters.get("holdout"),
+            exclude_datasets=tuple(int(i) for i in filters.get("exclude_datasets") or ()),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ExportError(f"the manifest's filters cannot be read back: {exc!r}") from exc
+
+
+def _moment(text: object) -> datetime | None:
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(str(text))
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def original_digests(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """The sha256 of each file the manifest's export wrote: ``train`` (and ``eval``)."""
+    split = manifest.get("split")
+    if isinstance(split, dict):
+        return {
+            kind: str(split[kind]["sha256"])
+            for kind in ("train", "eval")
+            if isinstance(split.get(kind), dict)
+        }
+    return {"train": str(manifest.get("sha256"))}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where an export comes from and whether it is registered as a dataset."""
+
+    config_sha256: str | None = None  # of the config file's bytes
+    created_by: str = "cli"
+    register: bool = True  # False: a scratch export (``--no-register``)
+    reproduces: dict[str, Any] | None = None  # ``--from-manifest``: the dataset or file repeated
 
 
 # --- what an export found and did --------------------------------------------------------------
@@ -95,28 +172,41 @@ class ExportResult:
     live_per_slice: Counter[tuple[str, str]] = field(default_factory=Counter)
     first_row: datetime | None = None
     last_row: datetime | None = None
-    examples: int = 0
-    per_slice: Counter[tuple[str, str]] = field(default_factory=Counter)
-    first_example: datetime | None = None
-    last_example: datetime | None = None
+    examples: int = 0  # in all the files
     no_prompt: int = 0
+    excluded: int = 0  # the prompt is in a dataset of ``exclude_datasets``
     judged_wrong: Counter[str] = field(default_factory=Counter)  # by "review" or "feedback"
     judged_per_slice: Counter[tuple[str, str]] = field(default_factory=Counter)
-    corrected: int = 0  # examples whose assistant turn is a correction (--use-corrections)
     duplicates: int = 0
     checks_failed: Counter[str] = field(default_factory=Counter)
     failures: dict[str, list[dict[str, str | None]]] = field(default_factory=dict)
-    sha256: str = ""
+    window_until: datetime | None = None  # the snapshot's time: no row after it was seen
+    parts: list[Part] = field(default_factory=list)  # the training file, and the eval split
+    provenance: Provenance = field(default_factory=Provenance)
+
+    @property
+    def train(self) -> Part:
+        return self.parts[0]
+
+    @property
+    def per_slice(self) -> Counter[tuple[str, str]]:
+        """Examples per slice label, in all the files."""
+        return sum((part.per_slice for part in self.parts), Counter())
+
+    @property
+    def corrected(self) -> int:
+        return sum(part.corrected for part in self.parts)
 
     @property
     def dropped(self) -> dict[str, int]:
         failed, wrong = sum(self.checks_failed.values()), sum(self.judged_wrong.values())
-        handled = self.examples + self.no_prompt + wrong + failed + self.duplicates
+        handled = self.examples + self.no_prompt + wrong + failed + self.duplicates + self.excluded
         return {
             "teacher_failed": self.live - self.answered,
             "teacher_truncated": self.answered - self.usable,
             "judged_wrong": wrong,
             "no_prompt": self.no_prompt,
+            "excluded_dataset": self.excluded,
             "verifier": failed,
             "duplicate_prompt": self.duplicates,
             "sampling": self.usable - handled,
@@ -136,31 +226,42 @@ class ExportResult:
         if len(quoted) < _QUOTED_PER_CHECK:
             quoted.append({"request_id": request_id, "message": outcome.message})
 
-    def manifest(self) -> dict[str, Any]:
-        request = self.request
+    def window(self) -> dict[str, str | None]:
+        """The window as absolute times, to repeat the export (see :func:`absolute_window`)."""
+        return absolute_window(self.request, self.first_row, self.last_row, self.window_until)
+
+    def manifest(self, part: Part | None = None) -> dict[str, Any]:
+        """The manifest of one file (the training file by default)."""
+        request, part = self.request, part or self.train
         slices: dict[str, dict[str, dict[str, int]]] = {}
         for (dimension, value), live in sorted(self.live_per_slice.items()):
             counts = {
                 "live": live,
                 "judged_wrong": self.judged_per_slice[dimension, value],
-                "examples": self.per_slice[dimension, value],
+                "examples": part.per_slice[dimension, value],
             }
             slices.setdefault(dimension, {})[value] = counts
+        provenance = self.provenance
         manifest: dict[str, Any] = {
-            "file": request.output.name,
+            "file": part.path.name,
             "format": "openai-chat-jsonl",
-            "examples": self.examples,
-            "corrected": self.corrected,
-            "sha256": self.sha256,
+            "kind": part.kind,
+            "dataset_id": part.dataset_id,
+            "examples": part.examples,
+            "corrected": part.corrected,
+            "sha256": part.sha256,
             "created_at": datetime.now(UTC).isoformat(),
+            "created_by": provenance.created_by,
             "gateway_version": __version__,
+            "config_sha256": provenance.config_sha256,
             "filters": request.filters(),
+            "window": self.window(),
             "verifier": self.verifier,
             "time_range": {
                 "first_row": _iso(self.first_row),
                 "last_row": _iso(self.last_row),
-                "first_example": _iso(self.first_example),
-                "last_example": _iso(self.last_example),
+                "first_example": _iso(part.first_example),
+                "last_example": _iso(part.last_example),
             },
             "rows_matched": self.live,
             "dropped": self.dropped,
@@ -171,17 +272,60 @@ class ExportResult:
             "dropped_by_check": dict(self.checks_failed.most_common()),
             "failed_checks_quoted": self.failures,
             "slices": slices,
+            "teacher_versions": part.teacher_versions(),
+            "frequency": part.frequency.as_json(),
             "sampling": "none",
         }
+        if provenance.reproduces is not None:
+            manifest["reproduces"] = provenance.reproduces
+        if len(self.parts) > 1:
+            manifest["split"] = {
+                "holdout": request.holdout,
+                "by": "prompt_key, stratified",
+                **{
+                    other.kind: {
+                        "file": other.path.name,
+                        "dataset_id": other.dataset_id,
+                        "examples": other.examples,
+                        "sha256": other.sha256,
+                    }
+                    for other in self.parts
+                },
+            }
         if self.sampled:
             manifest["sampling"] = "mix" if request.mix else "stratified_by_live_traffic"
+        if self.sampled or len(self.parts) > 1:
             manifest["strata"] = [
                 {"slices": s.labels, "live": s.live, "usable": s.usable}
                 | ({"share": s.share} if s.share is not None else {})
                 | {"judged_wrong": s.judged_wrong, "quota": s.quota, "examples": s.examples}
-                for s in sorted(self.strata.values(), key=lambda s: (-s.live, str(s.labels)))
+                | (
+                    {other.kind: other.per_stratum[key] for other in self.parts}
+                    if len(self.parts) > 1
+                    else {}
+                )
+                for key, s in sorted(
+                    self.strata.items(), key=lambda item: (-item[1].live, str(item[1].labels))
+                )
             ]
         return manifest
+
+
+def absolute_window(
+    request: ExportRequest,
+    first_row: datetime | None,
+    last_row: datetime | None,
+    snapshot: datetime | None,
+) -> dict[str, str | None]:
+    """``since`` as asked, else the first matching row; ``until`` (exclusive) as asked, else
+    the snapshot's time, or just after the last matching row if that is later (a row logged
+    with a clock ahead)."""
+    until = request.until
+    if until is None and snapshot is not None:
+        until = snapshot
+        if last_row is not None and last_row >= snapshot:
+            until = last_row + timedelta(microseconds=1)
+    return {"since": _iso(request.since or first_row), "until": _iso(until)}
 
 
 def _iso(moment: datetime | None) -> str | None:

@@ -5,11 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
-
-import orjson
+from typing import IO
 
 from gateway.services.export.model import ExportError
 
@@ -61,17 +58,3 @@ class AtomicFile:
     def discard(self) -> None:
         self.file.close()
         self.temp.unlink(missing_ok=True)
-
-
-def commit_with_manifest(out: AtomicFile, manifest_path: Path, manifest: Mapping[str, Any]) -> None:
-    """Write the manifest of the closed ``out`` and put both in place; on error the manifest
-    is discarded here, ``out`` by the caller."""
-    written = AtomicFile(manifest_path)
-    try:
-        written.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
-        written.close()
-        out.commit()
-        written.commit()
-    except BaseException:
-        written.discard()
-        raise

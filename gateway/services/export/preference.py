@@ -18,7 +18,8 @@ conversational, a completion's prompt as one user message, as ``--format openai`
 
 Every task the filters match ends in exactly one place: ``reviews.used`` (one or two pairs)
 or ``skipped`` by the first reason that applies, in this order: ``both_correct``,
-``no_prompt``, ``superseded`` (a later verdict on the same request, on another student's
+``no_prompt``, ``excluded_dataset`` (the prompt is in a dataset named by ``exclude_datasets``),
+``superseded`` (a later verdict on the same request, on another student's
 task, judged the teacher's answer the other way: the shared rule,
 :func:`judgements.teacher_judged_wrong`, decides), ``tool_calls`` (an answer a pair needs
 called tools; a ``both_wrong`` task whose student alone did keeps its teacher pair),
@@ -26,6 +27,10 @@ called tools; a ``both_wrong`` task whose student alone did keeps its teacher pa
 ``student_answers``, live preferred, else replayed), ``no_correction``, ``same_answer``
 (chosen and rejected are the same text), ``verifier`` (the chosen answer fails the route's
 verifier), ``duplicate_pair`` (the same prompt, chosen and rejected already written).
+
+The file is registered as a dataset (kind ``train``) like any export: its items are the
+requests the pairs came from, each once (``frequency`` 1: pairs are not deduplicated by
+prompt, so there is no live frequency to keep).
 """
 
 from __future__ import annotations
@@ -42,11 +47,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway import __version__
 from gateway.config import VerifierConfig
 from gateway.core import verify
-from gateway.core.examples import prompt_key, prompt_messages
+from gateway.core.examples import chat_tools, prompt_digest, prompt_messages, short_key
 from gateway.db.tables import requests, reviews, student_answers
 from gateway.services import judgements
-from gateway.services.export.model import ExportError, ExportRequest
-from gateway.services.export.output import AtomicFile, check_output, commit_with_manifest
+from gateway.services.datasets import DatasetError, dataset_short_keys
+from gateway.services.export.model import (
+    ExportError,
+    ExportRequest,
+    Provenance,
+    absolute_window,
+)
+from gateway.services.export.output import AtomicFile, check_output
+from gateway.services.export.parts import Part, Spool, SpooledItem, Written, finish
+from gateway.services.export.publish import publish
 from gateway.services.export.queries import matching, snapshot, window_text
 
 _STREAM_BATCH = 2_000
@@ -54,6 +67,7 @@ PREFERRING = ("teacher_correct", "student_correct", "both_wrong")  # verdicts th
 SKIPS = (
     "both_correct",
     "no_prompt",
+    "excluded_dataset",
     "superseded",
     "tool_calls",
     "no_teacher_answer",
@@ -104,7 +118,15 @@ class PreferenceResult:
     skipped: Counter[str] = field(default_factory=Counter)
     first_pair: datetime | None = None
     last_pair: datetime | None = None
-    sha256: str = ""
+    first_row: datetime | None = None  # the earliest and latest matched tasks' requests
+    last_row: datetime | None = None
+    window_until: datetime | None = None  # the snapshot's time
+    parts: list[Part] = field(default_factory=list)
+    provenance: Provenance = field(default_factory=Provenance)
+
+    @property
+    def sha256(self) -> str:
+        return self.parts[0].sha256 if self.parts else ""
 
     @property
     def judged(self) -> int:
@@ -114,16 +136,24 @@ class PreferenceResult:
     def examples(self) -> int:
         return sum(self.pairs.values())
 
-    def manifest(self) -> dict[str, Any]:
-        return {
-            "file": self.request.output.name,
+    def manifest(self, part: Part | None = None) -> dict[str, Any]:
+        part = part or self.parts[0]
+        request, provenance = self.request, self.provenance
+        manifest = {
+            "file": request.output.name,
             "format": "trl-preference-jsonl",
             "form": self.form,
+            "kind": "train",
+            "dataset_id": part.dataset_id,
             "pairs": self.examples,
-            "sha256": self.sha256,
+            "requests": part.examples,
+            "sha256": part.sha256,
             "created_at": datetime.now(UTC).isoformat(),
+            "created_by": provenance.created_by,
             "gateway_version": __version__,
-            "filters": self.request.filters(),
+            "config_sha256": provenance.config_sha256,
+            "filters": request.filters(),
+            "window": absolute_window(request, self.first_row, self.last_row, self.window_until),
             "verifier": self.verifier,
             "time_range": {
                 "first_pair": self.first_pair.isoformat() if self.first_pair else None,
@@ -140,7 +170,11 @@ class PreferenceResult:
             "pairs_by_verdict": {verdict: self.pairs[verdict] for verdict in PREFERRING},
             "pairs_rejecting": {side: self.rejecting[side] for side in ("teacher", "student")},
             "skipped": {reason: self.skipped[reason] for reason in SKIPS},
+            "teacher_versions": part.teacher_versions(),
         }
+        if provenance.reproduces is not None:
+            manifest["reproduces"] = provenance.reproduces
+        return manifest
 
 
 class PreferenceExporter:
@@ -157,47 +191,79 @@ class PreferenceExporter:
         self._verifier = verifier
         self._verifier_config = verifier_config
         self._seen: set[tuple[int, str, str]] = set()
+        self._requests: set[str] = set()  # the requests already among the dataset's items
+        self._excluded: set[int] = set()  # short keys of the prompts of exclude_datasets
+        self._spool: Spool | None = None
 
-    async def run(self, request: ExportRequest) -> PreferenceResult:
+    async def run(
+        self, request: ExportRequest, provenance: Provenance | None = None
+    ) -> PreferenceResult:
         check_output(request.output)
-        self._seen = set()
-        async with snapshot(self._engine) as connection:
-            return await self._export(connection, request)
+        self._seen, self._requests, self._excluded = set(), set(), set()
+        spool = self._spool = Spool(request.output.parent, request.seed)
+        out: AtomicFile | None = None
+        written: Written | None = None
+        try:
+            out = AtomicFile(request.output)
+            async with snapshot(self._engine) as connection:
+                result = await self._export(connection, request, out)
+            result.provenance = provenance or Provenance()
+            written = finish(spool, out, {}, None, request.output)
+            result.parts = written.parts
+            await publish(self._engine, request.route, result.provenance, written, result.manifest)
+        except BaseException:
+            if written is not None:
+                written.discard()
+            elif out is not None:
+                out.discard()
+            raise
+        finally:
+            spool.close()
+        return result
 
     async def _export(
-        self, connection: AsyncConnection, request: ExportRequest
+        self, connection: AsyncConnection, request: ExportRequest, out: AtomicFile
     ) -> PreferenceResult:
+        if request.exclude_datasets:
+            try:
+                self._excluded = await dataset_short_keys(connection, request.exclude_datasets)
+            except DatasetError as exc:
+                raise ExportError(f"--exclude-dataset: {exc}") from exc
         result = PreferenceResult(request)
         if self._verifier_config is not None:
             result.verifier = self._verifier_config.model_dump(by_alias=True)
         joined, conditions = _tasks(request)
         survey = (
-            select(_task.c.verdict, func.bool_and(requests.c.endpoint == "text"), func.count())
+            select(
+                _task.c.verdict,
+                func.bool_and(requests.c.endpoint == "text"),
+                func.count(),
+                func.min(requests.c.created_at),
+                func.max(requests.c.created_at),
+            )
             .select_from(joined)
             .where(*conditions)
             .group_by(_task.c.verdict)
         )
         only_text = True
-        for verdict, text_only, count in await connection.execute(survey):
+        for verdict, text_only, count, first, last in await connection.execute(survey):
             result.tasks[verdict or "open"] += count
             only_text = only_text and (text_only or verdict not in PREFERRING)
+            result.first_row = min(result.first_row or first, first)
+            result.last_row = max(result.last_row or last, last)
         _explain_nothing_to_pair(result)
         result.form = "standard" if only_text else "conversational"
-        out = AtomicFile(request.output)
-        try:
-            await self._write(connection, result, out)
-            if result.examples == 0:
-                skipped = ", ".join(f"{reason} {n}" for reason, n in result.skipped.items() if n)
-                raise ExportError(
-                    f"no preference pairs: all {result.judged} judged review tasks were "
-                    f"skipped ({skipped})"
-                )
-            out.close()
-            result.sha256 = out.digest.hexdigest()
-            commit_with_manifest(out, request.manifest_path, result.manifest())
-        except BaseException:
-            out.discard()
-            raise
+        result.window_until = (
+            await connection.execute(select(func.transaction_timestamp()))
+        ).scalar_one()
+        await self._write(connection, result, out)
+        if result.examples == 0:
+            skipped = ", ".join(f"{reason} {n}" for reason, n in result.skipped.items() if n)
+            raise ExportError(
+                f"no preference pairs: all {result.judged} judged review tasks were "
+                f"skipped ({skipped})"
+            )
+        out.close()
         return result
 
     async def _write(
@@ -208,8 +274,12 @@ class PreferenceExporter:
         query = (
             select(
                 _task.c.verdict,
+                requests.c.request_id,
                 requests.c.created_at,
                 requests.c.endpoint,
+                requests.c.slices,
+                requests.c.teacher_model_reported,
+                requests.c.teacher_fingerprint,
                 requests.c.request_payload,
                 requests.c.teacher_output,
                 requests.c.teacher_tool_calls,
@@ -240,6 +310,10 @@ class PreferenceExporter:
         messages = prompt_messages(row.endpoint, row.request_payload)
         if messages is None:
             return "no_prompt"
+        digest = prompt_digest(messages, chat_tools(row.endpoint, row.request_payload))
+        key = short_key(digest)
+        if key in self._excluded:
+            return "excluded_dataset"
         if row.teacher_wrong != (verdict in judgements.TEACHER_WRONG):
             return "superseded"
         teacher = row.teacher_output or row.teacher_refusal
@@ -268,7 +342,6 @@ class PreferenceExporter:
         chosen = pairs[0][0]
         if self._verifier is not None and not self._verifier(chosen, row.request_payload).ok:
             return "verifier"
-        key = prompt_key(messages)
         fresh = [pair for pair in pairs if (key, pair[0], pair[1]) not in self._seen]
         if not fresh:
             return "duplicate_pair"
@@ -278,6 +351,21 @@ class PreferenceExporter:
             result.pairs[verdict] += 1
             result.rejecting[side] += 1
         result.used += 1
+        if row.request_id not in self._requests:  # one item per request, however many pairs
+            self._requests.add(row.request_id)
+            assert self._spool is not None
+            self._spool.add(
+                SpooledItem(
+                    request_id=row.request_id,
+                    created_at=row.created_at,
+                    prompt_key=digest.hex(),
+                    stratum="",
+                    labels=row.slices or {},
+                    corrected=False,
+                    model=row.teacher_model_reported,
+                    fingerprint=row.teacher_fingerprint,
+                )
+            )
         result.first_pair = min(result.first_pair or row.created_at, row.created_at)
         result.last_pair = max(result.last_pair or row.created_at, row.created_at)
         return None

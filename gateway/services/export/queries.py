@@ -25,6 +25,8 @@ COLUMNS = (
     requests.c.teacher_output,
     requests.c.teacher_tool_calls,
     requests.c.teacher_refusal,
+    requests.c.teacher_model_reported,
+    requests.c.teacher_fingerprint,
 )
 # The teacher gave a whole answer: text, tool calls or a refusal.
 ANSWERED = and_(

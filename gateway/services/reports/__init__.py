@@ -13,8 +13,10 @@ gateway error: :class:`~gateway.errors.RouteNotFound`, :class:`UnknownDimension`
 One module per report (:mod:`.slices`, :mod:`.disagreements`, :mod:`.thresholds`,
 :mod:`.drift`, :mod:`.candidates`, :mod:`.quality`), each a mixin over :class:`.common.ReportsBase`;
 :class:`Reports` is all of them.
-:class:`DriftMonitor` (:mod:`.monitor`) keeps ``shadow_gateway_drift_psi{route,dimension}``
-current in the background: each route's last day against the week before it.
+:class:`DriftMonitor` (:mod:`.monitor`) keeps
+``shadow_gateway_drift_psi{route,dimension,reference}`` current in the background: each
+route's last day against the week before it, and against its champion's training set.
+Drift's registered-dataset references are read by :mod:`.reference`.
 """
 
 from __future__ import annotations

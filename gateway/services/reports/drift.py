@@ -1,5 +1,6 @@
-"""Drift: the current window against a reference (a window, or an uploaded dataset) — PSI per
-slice dimension and over prompt length, and the agreement trend per day."""
+"""Drift: the current window against a reference (a window, a registered dataset, or an
+uploaded JSONL file) — PSI per slice dimension and over prompt length, the prompt-content
+distance against a registered dataset, and the agreement trend per day."""
 
 # ruff: noqa: S608  (the SQL below is assembled from constants; every value is a bound parameter)
 
@@ -15,9 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway.config import RouteConfig
 from gateway.core import statistics as stats
 from gateway.protocol.reports import (
+    CONTENT_DIMENSION,
     LENGTH_DIMENSION,
     ReferenceDataset,
     Window,
+    content_json,
     proportion_json,
     psi_json,
 )
@@ -31,7 +34,17 @@ from gateway.services.reports.common import (
     last_user_text_sql,
     window_params,
 )
+from gateway.services.reports.reference import (
+    RegisteredDataset,
+    champion_datasets,
+    content_shift,
+    load_dataset,
+)
 from gateway.shadow.analysis import slice_rules
+
+# A reference: a window, an uploaded file, a registered dataset (loaded, or its id, or
+# "champion" for the champion's training set).
+Reference = Window | ReferenceDataset | RegisteredDataset | int | str
 
 # Per (dimension, value) and per UTC day, with the route as a whole (the NULL row), in one
 # scan: drift's populations and its agreement trend. (Grouping every row by day, not only the
@@ -49,23 +62,38 @@ _LENGTHS = text(
 
 
 class DriftReport(ReportsBase):
+    async def dataset_reference(self, name: str, chosen: int | str) -> RegisteredDataset:
+        """A registered dataset (an id, or ``champion``) read as a reference for ``drift``."""
+        route = self.route(name)
+        async with self._reading() as connection:
+            return await load_dataset(connection, route, chosen)
+
+    async def champion_datasets(self) -> dict[str, int]:
+        """route → its champion's training dataset, for the routes that record one."""
+        async with self._reading() as connection:
+            return await champion_datasets(connection)
+
     async def drift(
         self,
         name: str,
         current: Window,
-        reference: Window | ReferenceDataset | None = None,
+        reference: Reference | None = None,
         *,
         psi_threshold: float = DEFAULT_PSI_THRESHOLD,
         min_rows: int = DEFAULT_MIN_ROWS,
         dimension: str | None = None,
     ) -> dict[str, Any]:
-        """PSI per slice dimension and over prompt length, and the agreement trend per day."""
+        """PSI per slice dimension and over prompt length (and, against a registered dataset,
+        the prompt content), and the agreement trend per day."""
         route = self.route(name)
         if reference is None:
             reference = Window(current.since - timedelta(days=7), current.since)
+        content: dict[str, Any] | str | None = None
         async with self._reading() as connection:
             if dimension is not None:
                 await self._check_dimension(connection, route, dimension)
+            if isinstance(reference, int | str):
+                reference = await load_dataset(connection, route, reference)
             now = await _population(connection, route, current, dimension)
             now_rows, now_labels = now.rows, now.labels
             enough(now_rows, min_rows, f"Route '{name}' from {current.describe()}")
@@ -80,13 +108,21 @@ class DriftReport(ReportsBase):
                     ref_rows, min_rows, f"Route '{name}', reference window {reference.describe()}"
                 )
                 ref_lengths = await _lengths(connection, route, reference)
+            elif isinstance(reference, RegisteredDataset):
+                ref_rows, ref_labels = reference.rows, reference.labels(dimension)
+                enough(ref_rows, min_rows, f"{reference.describe()} (its requests still logged)")
+                ref_lengths = reference.lengths
+                if dimension is None:
+                    content = await _content(
+                        connection, route, current, now_rows, reference, psi_threshold
+                    )
             else:
                 ref_rows, ref_labels = reference.rows, reference.labels(dimension)
                 enough(ref_rows, min_rows, f"The reference dataset {reference.source}")
                 ref_lengths = reference.lengths
             now_lengths = await _lengths(connection, route, current)
         compared = set(ref_labels)
-        if isinstance(reference, Window):
+        if not isinstance(reference, ReferenceDataset):  # the same labelling on both sides
             compared |= set(now_labels)
         dimensions = []
         for dim in sorted(compared):
@@ -100,6 +136,9 @@ class DriftReport(ReportsBase):
             {"dimension": dim, "why": "the reference dataset has no labels in it"}
             for dim in sorted(set(now_labels) - compared)
         ]
+        if isinstance(content, str):
+            skipped.append({"dimension": CONTENT_DIMENSION, "why": content})
+            content = None
         length = None
         if now_lengths and ref_lengths:  # none when payloads are not stored
             edges = stats.length_edges(stats.percentiles(ref_lengths))
@@ -111,17 +150,15 @@ class DriftReport(ReportsBase):
         return {
             "route": name,
             "current": {**current.as_json(), "requests": now_rows},
-            "reference": (
-                {"kind": "window", **reference.as_json(), "requests": ref_rows}
-                if isinstance(reference, Window)
-                else {"kind": "dataset", "source": reference.source, "prompts": ref_rows}
-            ),
+            "reference": _reference_json(reference, ref_rows),
             "psi_threshold": psi_threshold,
             "flagged": [d["dimension"] for d in dimensions if d["flagged"]]
-            + ([LENGTH_DIMENSION] if length and length["flagged"] else []),
+            + ([LENGTH_DIMENSION] if length and length["flagged"] else [])
+            + ([CONTENT_DIMENSION] if content and content["flagged"] else []),
             "dimensions": dimensions,
             "skipped_dimensions": skipped,
             "prompt_length": length,
+            "content": content,
             "agreement_trend": [
                 {
                     "day": day.day.isoformat(),
@@ -133,6 +170,31 @@ class DriftReport(ReportsBase):
             ],
             "reference_agreement": reference_agreement,
         }
+
+
+async def _content(
+    connection: AsyncConnection,
+    route: RouteConfig,
+    window: Window,
+    rows: int,
+    reference: RegisteredDataset,
+    threshold: float,
+) -> dict[str, Any] | str:
+    """The content figure's JSON, or why there is none."""
+    if isinstance(reference.content, str):
+        return reference.content
+    shift, source = await content_shift(connection, route, window, rows, reference.content)
+    return shift if isinstance(shift, str) else content_json(shift, threshold, source)
+
+
+def _reference_json(
+    reference: Window | ReferenceDataset | RegisteredDataset, rows: int
+) -> dict[str, Any]:
+    if isinstance(reference, Window):
+        return {"kind": "window", **reference.as_json(), "requests": rows}
+    if isinstance(reference, RegisteredDataset):
+        return reference.as_json()
+    return {"kind": "dataset", "source": reference.source, "prompts": rows}
 
 
 def reference_dataset(route: RouteConfig, source: str) -> ReferenceDataset:

@@ -1,4 +1,4 @@
-"""``shadow_gateway_drift_psi{route,dimension}``, kept current in the background."""
+"""``shadow_gateway_drift_psi{route,dimension,reference}``, kept current in the background."""
 
 from __future__ import annotations
 
@@ -7,27 +7,38 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.background import BackgroundLoop, RecurringFailure
-from gateway.config import GatewayConfig
-from gateway.errors import NoData, NotEnoughData
-from gateway.protocol.reports import LENGTH_DIMENSION, Window
+from gateway.config import GatewayConfig, RouteConfig
+from gateway.errors import GatewayError, NoData, NotEnoughData
+from gateway.protocol.reports import CONTENT_DIMENSION, LENGTH_DIMENSION, Window
 from gateway.services.reports.common import DEFAULT_MIN_ROWS
-from gateway.services.reports.drift import DriftReport
+from gateway.services.reports.drift import DriftReport, Reference
+from gateway.services.reports.reference import RegisteredDataset
 
 _log = logging.getLogger("shadow_gateway.reports")
 
+WINDOW, DATASET = "window", "dataset"  # the metric's `reference` label
+
 
 class DriftMonitor(BackgroundLoop):
-    """Refreshes ``shadow_gateway_drift_psi{route,dimension}`` every ``interval_s``.
+    """Refreshes ``shadow_gateway_drift_psi{route,dimension,reference}`` every ``interval_s``.
 
-    Each route's last ``current_s`` is compared with the ``reference_s`` before it. Exported
+    Each route's last ``current_s`` is compared with the ``reference_s`` before it
+    (``reference="window"``) and, when the route's champion records the dataset it was
+    trained on (``route_students.train_dataset_id``), with that dataset
+    (``reference="dataset"``, the prompt content too, as ``_prompt_content``). Exported
     dimensions are bounded like every slice metric: critical slices' dimensions, the ones
-    listed in ``metrics.slice_values``, and ``_prompt_length``. A route without enough data on
-    either side has its series removed rather than left stale.
+    listed in ``metrics.slice_values``, ``_prompt_length`` and ``_prompt_content``. A
+    comparison without enough data on either side has its series removed rather than left
+    stale.
+
+    A dataset does not change: its side (labels, lengths, the content index) is read once
+    and kept while a champion names it; each round reads only the last day.
     """
 
     task_name = "drift-monitor"
@@ -51,7 +62,9 @@ class DriftMonitor(BackgroundLoop):
         self._current_s = current_s
         self._reference_s = reference_s
         self._min_rows = min_rows
-        self._exported: dict[str, set[str]] = {}
+        self._exported: dict[tuple[str, str], set[str]] = {}
+        self._datasets: dict[int, RegisteredDataset] = {}
+        self._unusable: set[tuple[str, int]] = set()  # (route, dataset) logged as unusable
         self._failure = RecurringFailure(_log, "drift refresh")
 
     async def _run(self) -> None:
@@ -68,27 +81,63 @@ class DriftMonitor(BackgroundLoop):
         until = now or datetime.now(UTC)
         current = Window(until - timedelta(seconds=self._current_s), until)
         reference = Window(current.since - timedelta(seconds=self._reference_s), current.since)
+        trained = await self._reports.champion_datasets()
+        for stale in set(self._datasets) - set(trained.values()):
+            del self._datasets[stale]
         for route in self._config.routes:
             exported = {c.dimension for c in route.slices.critical} | set(
                 self._config.metrics.slice_values
             )
-            try:
-                report = await self._reports.drift(
-                    route.name, current, reference, min_rows=self._min_rows
-                )
-            except (NoData, NotEnoughData):
-                values: dict[str, float] = {}
-            else:
-                values = {d["dimension"]: d["psi"] for d in report["dimensions"]}
-                values = {dim: psi for dim, psi in values.items() if dim in exported}
-                if report["prompt_length"] is not None:
-                    values[LENGTH_DIMENSION] = report["prompt_length"]["psi"]
-            self._set(route.name, values)
+            values = await self._compare(route, current, reference, exported)
+            self._set(route.name, WINDOW, values)
+            dataset_id = trained.get(route.name)
+            dataset = await self._dataset(route, dataset_id) if dataset_id else None
+            values = await self._compare(route, current, dataset, exported) if dataset else {}
+            self._set(route.name, DATASET, values)
 
-    def _set(self, route: str, values: Mapping[str, float]) -> None:
-        for stale in self._exported.get(route, set()) - set(values):
+    async def _compare(
+        self, route: RouteConfig, current: Window, reference: Reference, exported: set[str]
+    ) -> dict[str, float]:
+        try:
+            report = await self._reports.drift(
+                route.name, current, reference, min_rows=self._min_rows
+            )
+        except (NoData, NotEnoughData):
+            return {}
+        return _values(report, exported)
+
+    async def _dataset(self, route: RouteConfig, dataset_id: int) -> RegisteredDataset | None:
+        """The champion's training set, read once; None (logged once) when it cannot be used."""
+        found = self._datasets.get(dataset_id)
+        if found is not None:
+            return found
+        try:
+            found = await self._reports.dataset_reference(route.name, dataset_id)
+        except GatewayError as exc:  # another route's dataset, or gone meanwhile
+            if (route.name, dataset_id) not in self._unusable:
+                self._unusable.add((route.name, dataset_id))
+                _log.warning("drift of route %s against its training set: %s", route.name, exc)
+            return None
+        self._datasets[dataset_id] = found
+        return found
+
+    def _set(self, route: str, reference: str, values: Mapping[str, float]) -> None:
+        for stale in self._exported.get((route, reference), set()) - set(values):
             with contextlib.suppress(KeyError):
-                self._gauge.remove(route, stale)
+                self._gauge.remove(route, stale, reference)
         for dimension, value in values.items():
-            self._gauge.labels(route, dimension).set(value)
-        self._exported[route] = set(values)
+            self._gauge.labels(route, dimension, reference).set(value)
+        self._exported[(route, reference)] = set(values)
+
+
+def _values(report: Mapping[str, Any], exported: set[str]) -> dict[str, float]:
+    """The report's figures the metric carries. The content's PSI counts only for a move
+    away from the reference (more prompts unlike it than its own held-out part has)."""
+    values = {d["dimension"]: d["psi"] for d in report["dimensions"] if d["dimension"] in exported}
+    if report["prompt_length"] is not None:
+        values[LENGTH_DIMENSION] = report["prompt_length"]["psi"]
+    content = report.get("content")
+    if content is not None:
+        away = content["current"]["share"] > content["held_out"]["share"]
+        values[CONTENT_DIMENSION] = content["psi"] if away else 0.0
+    return values
