@@ -16,6 +16,7 @@ from gateway import __version__, logs
 from gateway.commands import (
     datasets,
     demo,
+    distill,
     export,
     keys,
     partitions,
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_parsers(commands, parent)
     export.add_parsers(commands, parent)
     datasets.add_parsers(commands, parent)
+    distill.add_parsers(commands, parent)
     partitions.add_parsers(commands, parent)
     demo.add_parsers(commands, parent)
     return parser

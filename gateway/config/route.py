@@ -226,6 +226,42 @@ class ExportConfig(Strict):
     verifier: VerifierConfig | None = None
 
 
+class DistillLaunch(Strict):
+    """How ``distill`` starts its output on vLLM (the options of ``student_server serve``)."""
+
+    python: str | None = None  # vLLM's environment; default $SHADOW_GATEWAY_STUDENT_PYTHON
+    device: Literal["cpu", "cuda"] = "cpu"
+    max_model_len: int | None = Field(default=None, ge=1)
+    dtype: Literal["auto", "bfloat16", "float16", "float32", "half", "float"] | None = None
+    extra_args: list[str] = Field(default_factory=list)
+    ready_timeout_s: float = Field(default=600.0, gt=0)
+
+
+class DistillConfig(Strict):
+    """``shadow-gateway distill``: the route's training command and how its output is served."""
+
+    # One command line with {train}, {eval} and {output}; {output} is a folder it fills with a
+    # model vLLM can load. None: give --train-command.
+    train_command: str | None = Field(default=None, min_length=1)
+    launch: DistillLaunch = DistillLaunch()
+    holdout: float = Field(default=0.1, gt=0.0, le=0.5)
+    since: str = "7d"  # the export's window: an age (24h, 7d) or an ISO date-time
+    limit: int | None = Field(default=None, ge=1)
+    mix: dict[str, dict[str, float]] | None = None  # {dimension: {value: share}}; needs limit
+
+    @model_validator(mode="after")
+    def _mix_needs_limit(self) -> DistillConfig:
+        if self.mix is not None:
+            if len(self.mix) != 1:
+                raise ValueError("mix is over one dimension: {dimension: {value: share}}")
+            (shares,) = self.mix.values()
+            if abs(sum(shares.values()) - 1) > 0.005 or any(s <= 0 for s in shares.values()):
+                raise ValueError("the mix's shares must be above 0 and add up to 1")
+            if self.limit is None:
+                raise ValueError("mix needs limit: how many examples in all")
+        return self
+
+
 class RedactionPattern(Strict):
     """A custom redactor: every match of ``pattern`` is stored as ``replacement`` (literal text)."""
 
@@ -297,6 +333,7 @@ class RouteConfig(Strict):
     agreement: AgreementConfig = AgreementConfig()
     slices: SlicesConfig = SlicesConfig()
     export: ExportConfig = ExportConfig()
+    distill: DistillConfig = DistillConfig()
     redaction: RedactionConfig | None = None  # None: the top-level redaction section
     # When the teacher fails (unreachable, timed out, 5xx or 429): "error" passes the error on
     # (OpenAI's shape); "student" answers with the student instead (x-fallback-reason:
