@@ -21,7 +21,6 @@ from gateway.core.examples import (
     short_key,
 )
 from gateway.db.tables import requests
-from gateway.services.datasets import DatasetError, dataset_short_keys
 from gateway.services.export.model import (
     ExportError,
     ExportRequest,
@@ -31,8 +30,8 @@ from gateway.services.export.model import (
     set_quotas,
 )
 from gateway.services.export.output import AtomicFile, check_output
-from gateway.services.export.parts import Spool, SpooledItem, Written, eval_path, finish
-from gateway.services.export.publish import publish
+from gateway.services.export.parts import Spool, SpooledItem, eval_path
+from gateway.services.export.publish import excluded_keys, write_and_publish
 from gateway.services.export.queries import (
     COLUMNS,
     USABLE,
@@ -41,7 +40,6 @@ from gateway.services.export.queries import (
     in_window,
     judged_wrong,
     matching,
-    snapshot,
     stratum_key,
     survey,
     unknown_slice,
@@ -110,36 +108,21 @@ class Exporter:
             check_output(eval_path(request.output))
         self._reset()
         spool = self._spool = Spool(request.output.parent, request.seed)
-        out: AtomicFile | None = None
-        written: Written | None = None
-        try:
-            out = AtomicFile(request.output)
-            async with snapshot(self._engine) as connection:
-                result = await self._export(connection, request, out)
-                if result.sampled:
-                    await self._count_live(connection, request)
-            result.provenance = provenance or Provenance()
-            written = finish(spool, out, self._live, request.holdout, request.output)
-            result.parts = written.parts
-            await publish(self._engine, request.route, result.provenance, written, result.manifest)
-        except BaseException:
-            if written is not None:
-                written.discard()
-            elif out is not None:
-                out.discard()
-            raise
-        finally:
-            spool.close()
-        return result
+
+        async def produce(connection: AsyncConnection, out: AtomicFile) -> ExportResult:
+            result = await self._export(connection, request, out)
+            if result.sampled:
+                await self._count_live(connection, request)
+            return result
+
+        return await write_and_publish(
+            self._engine, request, provenance, spool, produce, self._live, request.holdout
+        )
 
     async def _export(
         self, connection: AsyncConnection, request: ExportRequest, out: AtomicFile
     ) -> ExportResult:
-        if request.exclude_datasets:
-            try:
-                self._excluded = await dataset_short_keys(connection, request.exclude_datasets)
-            except DatasetError as exc:
-                raise ExportError(f"--exclude-dataset: {exc}") from exc
+        self._excluded = await excluded_keys(connection, request.exclude_datasets)
         result = await survey(connection, request)
         if result.live == 0:
             raise ExportError(await explain_empty(connection, request))

@@ -50,7 +50,6 @@ from gateway.core import verify
 from gateway.core.examples import chat_tools, prompt_digest, prompt_messages, short_key
 from gateway.db.tables import requests, reviews, student_answers
 from gateway.services import judgements
-from gateway.services.datasets import DatasetError, dataset_short_keys
 from gateway.services.export.model import (
     ExportError,
     ExportRequest,
@@ -58,9 +57,9 @@ from gateway.services.export.model import (
     absolute_window,
 )
 from gateway.services.export.output import AtomicFile, check_output
-from gateway.services.export.parts import Part, Spool, SpooledItem, Written, finish
-from gateway.services.export.publish import publish
-from gateway.services.export.queries import matching, snapshot, window_text
+from gateway.services.export.parts import Part, Spool, SpooledItem
+from gateway.services.export.publish import excluded_keys, write_and_publish
+from gateway.services.export.queries import matching, window_text
 
 _STREAM_BATCH = 2_000
 PREFERRING = ("teacher_correct", "student_correct", "both_wrong")  # verdicts that give pairs
@@ -201,34 +200,16 @@ class PreferenceExporter:
         check_output(request.output)
         self._seen, self._requests, self._excluded = set(), set(), set()
         spool = self._spool = Spool(request.output.parent, request.seed)
-        out: AtomicFile | None = None
-        written: Written | None = None
-        try:
-            out = AtomicFile(request.output)
-            async with snapshot(self._engine) as connection:
-                result = await self._export(connection, request, out)
-            result.provenance = provenance or Provenance()
-            written = finish(spool, out, {}, None, request.output)
-            result.parts = written.parts
-            await publish(self._engine, request.route, result.provenance, written, result.manifest)
-        except BaseException:
-            if written is not None:
-                written.discard()
-            elif out is not None:
-                out.discard()
-            raise
-        finally:
-            spool.close()
-        return result
+
+        async def produce(connection: AsyncConnection, out: AtomicFile) -> PreferenceResult:
+            return await self._export(connection, request, out)
+
+        return await write_and_publish(self._engine, request, provenance, spool, produce, {})
 
     async def _export(
         self, connection: AsyncConnection, request: ExportRequest, out: AtomicFile
     ) -> PreferenceResult:
-        if request.exclude_datasets:
-            try:
-                self._excluded = await dataset_short_keys(connection, request.exclude_datasets)
-            except DatasetError as exc:
-                raise ExportError(f"--exclude-dataset: {exc}") from exc
+        self._excluded = await excluded_keys(connection, request.exclude_datasets)
         result = PreferenceResult(request)
         if self._verifier_config is not None:
             result.verifier = self._verifier_config.model_dump(by_alias=True)

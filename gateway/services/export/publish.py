@@ -10,18 +10,26 @@ that fails after it (a disk gone read-only) deletes the rows again. Without regi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.services.datasets import DatasetError, NewDataset, register, reserve_ids, unregister
-from gateway.services.export.model import ExportError, Provenance, manifest_path
+from gateway.services.datasets import (
+    DatasetError,
+    NewDataset,
+    dataset_short_keys,
+    register,
+    reserve_ids,
+    unregister,
+)
+from gateway.services.export.model import ExportError, ExportRequest, Provenance, manifest_path
 from gateway.services.export.output import AtomicFile
-from gateway.services.export.parts import Part, Written
+from gateway.services.export.parts import Part, Spool, Written, finish
+from gateway.services.export.queries import snapshot
 
 
 def manifest_file(part_path: Path, manifest: dict[str, Any]) -> AtomicFile:
@@ -96,3 +104,58 @@ async def publish(
         for file in manifests:
             file.discard()
         raise
+
+
+class Produced(Protocol):
+    """What an exporter's pass over the rows returns: its result, filled in as it goes."""
+
+    provenance: Provenance
+    parts: list[Part]
+
+    def manifest(self, part: Part | None = None) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=Produced)
+
+
+async def write_and_publish(
+    engine: AsyncEngine,
+    request: ExportRequest,
+    provenance: Provenance | None,
+    spool: Spool,
+    produce: Callable[[AsyncConnection, AtomicFile], Awaitable[R]],
+    live: Mapping[int, int],
+    holdout: float | None = None,
+) -> R:
+    """One export, all or nothing: ``produce`` streams the rows (in one snapshot) into the
+    spool, the spool becomes the file(s) and their manifests, which are registered and only
+    then put in place; on any failure nothing is left written or registered."""
+    out: AtomicFile | None = None
+    written: Written | None = None
+    try:
+        out = AtomicFile(request.output)
+        async with snapshot(engine) as connection:
+            result = await produce(connection, out)
+        result.provenance = provenance or Provenance()
+        written = finish(spool, out, live, holdout, request.output)
+        result.parts = written.parts
+        await publish(engine, request.route, result.provenance, written, result.manifest)
+    except BaseException:
+        if written is not None:
+            written.discard()
+        elif out is not None:
+            out.discard()
+        raise
+    finally:
+        spool.close()
+    return result
+
+
+async def excluded_keys(connection: AsyncConnection, ids: Sequence[int]) -> set[int]:
+    """The short keys of the prompts the datasets of ``--exclude-dataset`` hold."""
+    if not ids:
+        return set()
+    try:
+        return await dataset_short_keys(connection, ids)
+    except DatasetError as exc:
+        raise ExportError(f"--exclude-dataset: {exc}") from exc
