@@ -26,6 +26,7 @@ from gateway.services.datasets import (
 from gateway.services.export.parts import BUCKETS
 
 DROPPED = [
+    "teacher_not_asked",
     "teacher_failed",
     "teacher_truncated",
     "judged_wrong",

@@ -250,6 +250,7 @@ def test_exports_verified_deduplicated_teacher_answers_with_a_manifest(
     assert manifest["examples"] == len(kept)
     assert manifest["rows_matched"] == 400
     assert manifest["dropped"] == {
+        "teacher_not_asked": 0,
         "teacher_failed": dropped["teacher_failed"],
         "teacher_truncated": dropped["teacher_truncated"],
         "judged_wrong": 0,
@@ -464,6 +465,38 @@ def test_a_failed_export_leaves_the_previous_file_alone(database_url: str, tmp_p
     assert_fails(done, 1, "shadow-gateway: cannot use Postgres")
     assert output.read_text() == "the previous export\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.yaml", "train.jsonl"]
+
+
+def test_rows_the_student_served_unaudited_are_not_asked_not_failed(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A rollout row the student answered without an audit has no teacher answer because
+    the teacher was never asked; the manifest says so instead of calling it a failure."""
+    execute(database_url, "TRUNCATE requests")
+    execute(
+        database_url,
+        "INSERT INTO requests (request_id, route, endpoint, created_at, mode, slices, "
+        "served_by, request_payload, teacher_status, teacher_output) VALUES "
+        "('asked', 'plain-bot', 'chat', now(), 'rollout', '{}', 'teacher', "
+        """'{"messages": [{"role": "user", "content": "a"}]}', 200, 'A'), """
+        "('failed', 'plain-bot', 'chat', now(), 'rollout', '{}', 'teacher', "
+        """'{"messages": [{"role": "user", "content": "b"}]}', 500, NULL), """
+        "('served', 'plain-bot', 'chat', now(), 'rollout', '{}', 'student', "
+        """'{"messages": [{"role": "user", "content": "c"}]}', NULL, NULL)""",
+    )
+    try:
+        config = write_routes(tmp_path / "gateway.yaml")
+        output = tmp_path / "train.jsonl"
+        done = make_cli(database_url, config)(
+            "--route", "plain-bot", "--output", str(output), "--no-register"
+        )
+    finally:
+        execute(database_url, "TRUNCATE requests")
+    assert done.returncode == 0, done.stderr
+    manifest = orjson.loads(output.with_name(output.name + ".manifest.json").read_bytes())
+    assert manifest["examples"] == 1
+    assert manifest["dropped"]["teacher_not_asked"] == 1
+    assert manifest["dropped"]["teacher_failed"] == 1
 
 
 # --- bad input: a plain message and an exit status, never a traceback --------------------------

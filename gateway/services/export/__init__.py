@@ -5,6 +5,8 @@ One example per request, in the OpenAI fine-tuning chat format: the app's messag
 turn. Each row matched by the filters (route, window, slices, ``agree = false`` for hard
 examples only) ends in exactly one place, so ``rows_matched = examples + sum(dropped)``:
 
+- ``teacher_not_asked``: the student served the request and the teacher was never asked (a
+  rollout request without an audit): there is no teacher answer to learn from;
 - ``teacher_failed``: no complete teacher answer (not HTTP 200, no text, an error mid-stream);
 - ``teacher_truncated``: the teacher stopped at ``max_tokens``;
 - ``judged_wrong``: a review or the app's feedback judged the teacher's answer wrong (the

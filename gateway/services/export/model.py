@@ -167,6 +167,7 @@ class ExportResult:
     strata: dict[str, Stratum] = field(default_factory=dict)
     sampled: bool = False
     live: int = 0
+    not_asked: int = 0  # served by the student, the teacher never asked (no audit)
     answered: int = 0
     usable: int = 0
     live_per_slice: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -202,7 +203,8 @@ class ExportResult:
         failed, wrong = sum(self.checks_failed.values()), sum(self.judged_wrong.values())
         handled = self.examples + self.no_prompt + wrong + failed + self.duplicates + self.excluded
         return {
-            "teacher_failed": self.live - self.answered,
+            "teacher_not_asked": self.not_asked,
+            "teacher_failed": self.live - self.not_asked - self.answered,
             "teacher_truncated": self.answered - self.usable,
             "judged_wrong": wrong,
             "no_prompt": self.no_prompt,

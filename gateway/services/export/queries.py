@@ -88,6 +88,7 @@ async def survey(connection: AsyncConnection, request: ExportRequest) -> ExportR
         select(
             JOINT,
             func.count(),
+            func.count().filter(requests.c.teacher_status.is_(None)),
             func.count().filter(ANSWERED),
             func.count().filter(USABLE),
             func.min(requests.c.created_at),
@@ -97,7 +98,8 @@ async def survey(connection: AsyncConnection, request: ExportRequest) -> ExportR
         .group_by(JOINT)
     )
     found = ExportResult(request)
-    for text, live, answered, usable, first, last in await connection.execute(query):
+    rows = await connection.execute(query)
+    for text, live, not_asked, answered, usable, first, last in rows:
         labels: dict[str, str] = orjson.loads(text)
         key, shown = text, labels
         if request.mix is not None:
@@ -108,6 +110,7 @@ async def survey(connection: AsyncConnection, request: ExportRequest) -> ExportR
         stratum.usable += usable
         found.live_per_slice.update(dict.fromkeys(labels.items(), live))
         found.live += live
+        found.not_asked += not_asked
         found.answered += answered
         found.usable += usable
         found.first_row = min(found.first_row or first, first)
