@@ -140,9 +140,14 @@ class Replay:
             "limit": limit,
         }
 
+    # Which requests: a subclass may choose others with queries of the same columns and
+    # parameters (gateway.services.distill.replays: one dataset's requests).
+    _plan_query = _PLAN
+    _page_query = _PAGE
+
     async def plan(self) -> ReplayPlan:
         async with self._engine.connect() as connection:
-            row = (await connection.execute(_PLAN, self._params)).one()
+            row = (await connection.execute(self._plan_query, self._params)).one()
         return ReplayPlan(row.chosen, row.done)
 
     async def run(
@@ -202,7 +207,7 @@ class Replay:
                 "after_id": after[1] if after else None,
             }
             async with self._engine.connect() as connection:
-                rows = (await connection.execute(_PAGE, params)).all()
+                rows = (await connection.execute(self._page_query, params)).all()
             for row in rows:
                 yield row
             if len(rows) < size:

@@ -9,13 +9,9 @@ Answers are ``source = 'replay'`` rows like any replay's, so a rerun skips what 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from datetime import datetime
-from typing import Any
-
 from sqlalchemy import text
 
-from gateway.services.replay import PAGE, Replay, ReplayPlan
+from gateway.services.replay import Replay
 
 _IN_DATASET = (
     "FROM requests AS r JOIN dataset_items AS i ON i.request_id = r.request_id "
@@ -49,28 +45,9 @@ HOLDOUT_AGREEMENT = text(
 class HoldoutReplay(Replay):
     """A replay of one dataset's requests (see the module's docstring)."""
 
+    _plan_query = _PLAN
+    _page_query = _PAGE
+
     def for_dataset(self, dataset_id: int) -> HoldoutReplay:
         self._params = {**self._params, "dataset": dataset_id}
         return self
-
-    async def plan(self) -> ReplayPlan:
-        async with self._engine.connect() as connection:
-            row = (await connection.execute(_PLAN, self._params)).one()
-        return ReplayPlan(row.chosen, row.done)
-
-    async def _rows(self) -> AsyncIterator[Any]:
-        after: tuple[datetime, str] | None = None
-        while True:
-            params = {
-                **self._params,
-                "page": PAGE,
-                "after_at": after[0] if after else None,
-                "after_id": after[1] if after else None,
-            }
-            async with self._engine.connect() as connection:
-                rows = (await connection.execute(_PAGE, params)).all()
-            for row in rows:
-                yield row
-            if len(rows) < PAGE:
-                return
-            after = (rows[-1].created_at, rows[-1].request_id)
