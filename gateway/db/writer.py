@@ -59,8 +59,9 @@ _PARTITION_KEY = "created_at"
 _JSON_NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
 
 
-def upsert_statement(table: Table) -> str:
-    """``INSERT … SELECT FROM unnest(…) ON CONFLICT (primary key) DO UPDATE … COALESCE``.
+def upsert_statement(table: Table, *, if_absent: bool = False) -> str:
+    """``INSERT … SELECT FROM unnest(…) ON CONFLICT (primary key) DO UPDATE … COALESCE``;
+    with ``if_absent``, ``… DO NOTHING``: a row already there is left as it is.
 
     One array parameter per column, in the table's order. Built from our own table definition,
     never from input: no injection surface.
@@ -69,10 +70,15 @@ def upsert_statement(table: Table) -> str:
     types = [column.type.compile(dialect=_DIALECT) for column in table.columns]
     key = [column.name for column in table.primary_key.columns]
     arrays = ", ".join(f"${i}::{pg_type}[]" for i, pg_type in enumerate(types, 1))
-    return (
+    insert = (
         f"INSERT INTO {table.name} ({', '.join(columns)}) "  # noqa: S608
-        f"SELECT * FROM unnest({arrays}) "
-        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET "
+        f"SELECT * FROM unnest({arrays}) ON CONFLICT ({', '.join(key)}) DO "
+    )
+    if if_absent:
+        return insert + "NOTHING"
+    return (
+        insert
+        + "UPDATE SET "
         + ", ".join(
             f"{c} = COALESCE(EXCLUDED.{c}, {table.name}.{c})" for c in columns if c not in key
         )
@@ -89,7 +95,7 @@ class _Target:
     key: Callable[[Record], Hashable]  # the pending map's key of a record of this table
 
     @classmethod
-    def of(cls, table: Table) -> _Target:
+    def of(cls, table: Table, *, if_absent: bool = False) -> _Target:
         kinds = []
         for column in table.columns:
             pg_type = column.type.compile(dialect=_DIALECT)
@@ -105,7 +111,7 @@ class _Target:
 
         # requests: a bare request id, what submit() uses inline
         key: Callable[[Record], Hashable] = get if table is requests else named
-        return cls(table.name, upsert_statement(table), tuple(kinds), key)
+        return cls(table.name, upsert_statement(table, if_absent=if_absent), tuple(kinds), key)
 
     def arrays(self, batch: list[Record]) -> list[list[Any]]:
         """The batch as one array per column, the upsert's parameters."""
@@ -129,6 +135,19 @@ _TARGETS: dict[str | None, _Target] = {
     _REQUESTS.name: _REQUESTS,
     _ANSWERS.name: _ANSWERS,
 }
+
+# A "shadow started" marker (LogWriter.started): in the write-ahead log only, never queued.
+# Replayed from a dead process's segments, it fills the student half its call never wrote.
+STARTED = "shadow_started"
+# The champion's half of a requests row: filled only where no half was written.
+_FILL_STUDENT_HALF = (
+    "UPDATE requests AS r SET student_status = m.status, student_error = m.error "
+    "FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[]) "
+    "AS m(request_id, created_at, status, error) "
+    "WHERE r.request_id = m.request_id AND r.created_at = m.created_at "
+    "AND r.student_status IS NULL"
+)
+_ANSWERS_IF_ABSENT = _Target.of(student_answers, if_absent=True)
 
 _ORPHAN_SCAN_INTERVAL_S = 60.0
 # Replayed records per statement: small enough that building one batch's parameters on the
@@ -251,6 +270,21 @@ class LogWriter:
         size = len(self._pending)
         if size >= self._config.batch_size or size >= self._config.queue_max:
             self._queued(size)
+
+    def started(self, marker: Record) -> int | None:
+        """A student call is under way: ``marker``, the ``student_answers`` row it would leave
+        if cut short (and ``champion``: whether it also completes the ``requests`` row), goes
+        to the write-ahead log only. Pass what this returns to :meth:`finished` once the call's
+        own half is submitted. A process killed in between leaves the marker on disk; its
+        replay marks the call ``shutdown`` instead of leaving its half empty."""
+        if self.wal is None:
+            return None
+        return self.wal.append({**marker, TABLE_KEY: STARTED})
+
+    def finished(self, segment: int | None) -> None:
+        """The call :meth:`started` announced has submitted its half: the marker is spent."""
+        if segment is not None and self.wal is not None:
+            self.wal.done((segment,))
 
     def _queued(self, size: int) -> None:
         """A batch is ready: wake the writer; past ``queue_max``, journal the backlog now."""
@@ -533,11 +567,14 @@ class LogWriter:
 
     async def _upsert(self, target: _Target, batch: list[Record]) -> object:
         """``_WRITTEN``, ``_DOWN``, or the error with which Postgres refused the content."""
+        return await self._execute(target.upsert, target.arrays(batch), len(batch))
+
+    async def _execute(self, statement: str, args: Iterable[Any], rows: int) -> object:
+        """Run one statement of ``rows`` rows: ``_WRITTEN``, ``_DOWN``, or the error with which
+        Postgres refused the content."""
         assert self._conn is not None
         try:
-            await self._conn.execute(
-                target.upsert, *target.arrays(batch), timeout=self._config.write_timeout_s
-            )
+            await self._conn.execute(statement, *args, timeout=self._config.write_timeout_s)
         except ValueError as exc:  # refused by the driver before sending (out of range, …)
             return exc
         except DB_UNAVAILABLE as exc:
@@ -553,7 +590,7 @@ class LogWriter:
             self._metrics.db_write_errors.labels("unavailable").inc()
             self._set_database_up(False, exc)
             return _DOWN
-        self._metrics.log_rows_written.inc(len(batch))
+        self._metrics.log_rows_written.inc(rows)
         return _WRITTEN
 
     def _keep_rejected(self, records: Iterable[Record]) -> None:
@@ -569,49 +606,104 @@ class LogWriter:
         if sealed is not None:
             own, held = sealed
             try:
-                written = await self._replay_records(self.journal.read(own))
+                written = await self._replay_records(self.journal.read(own), [])
                 if written is None:
                     return  # closed below, not deleted: an orphan for the next replay
                 own.unlink()
                 replayed += written
             finally:
                 held.close()
+        # Markers of student calls a dead process never finished, applied once every orphan's
+        # records are written (a call's half may lie in a later segment than its marker); the
+        # files holding them are deleted only after that.
+        markers: list[Record] = []
+        marked: list[Path] = []
         for path in self.journal.orphans():
             handle = self.journal.claim(path)
             if handle is None:
                 continue
             try:
-                written = await self._replay_records(self.journal.read(path))
+                before = len(markers)
+                written = await self._replay_records(self.journal.read(path), markers)
                 if written is None:
                     return
-                path.unlink()
+                if len(markers) > before:
+                    marked.append(path)
+                else:
+                    path.unlink()
                 replayed += written
             finally:
                 handle.close()
+        if markers:
+            if not await self._apply_markers(markers):
+                return  # the marked files are kept: replayed again, harmlessly, next time
+            for path in marked:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
         if replayed:
             self._metrics.journal_replayed.inc(replayed)
             self._metrics.journal_records.set(self.journal.records)
             _log.info("replayed %d journaled record(s) into Postgres", replayed)
 
-    async def _replay_records(self, records: Iterator[Record]) -> int | None:
+    async def _replay_records(self, records: Iterator[Record], markers: list[Record]) -> int | None:
         """Write a journal's records a batch at a time, as they are read: memory holds one
         batch, and requests are served between batches (a long outage's journal may hold
         hundreds of thousands). Lines are read and decoded in a thread, in batches of at most
-        ``_REPLAY_BATCH``, so the event loop never stalls long on a big journal. The count
-        written, or None if Postgres went away meanwhile (the file is kept whole; upserts make
-        writing its first batches again harmless)."""
+        ``_REPLAY_BATCH``, so the event loop never stalls long on a big journal. Markers
+        (:meth:`started`) are set aside in ``markers``. The count written, or None if Postgres
+        went away meanwhile (the file is kept whole; upserts make writing its first batches
+        again harmless)."""
         written = 0
         size = min(self._config.batch_size, _REPLAY_BATCH)
-        while batch := await asyncio.to_thread(_read_batch, records, size):
+        while True:
+            batch, found = await asyncio.to_thread(_read_batch, records, size)
+            markers.extend(found)
+            if not batch:
+                if found:
+                    continue  # a run of markers only: read on
+                return written
             if not await self._write(batch):
                 return None
             written += len(batch)
-        return written
+
+    async def _apply_markers(self, markers: list[Record]) -> bool:
+        """Write the student halves that the calls behind ``markers`` never wrote (as their
+        markers have them: ``shutdown``); each fills only a half that is still empty (a call
+        that finished wrote its own)."""
+        rows = _dedupe([{**marker, TABLE_KEY: _ANSWERS.name} for marker in markers])
+        for start in range(0, len(rows), _REPLAY_BATCH):
+            chunk = rows[start : start + _REPLAY_BATCH]
+            champions = [row for row in chunk if row.get("champion")]
+            fill = [
+                [row.get(column) for row in champions]
+                for column in ("request_id", "created_at", "student_status", "student_error")
+            ]
+            for statement, args in (
+                (_FILL_STUDENT_HALF, fill),
+                (_ANSWERS_IF_ABSENT.upsert, _ANSWERS_IF_ABSENT.arrays(chunk)),
+            ):
+                outcome = await self._execute(statement, args, 0)
+                if outcome is _DOWN:
+                    return False  # the marked files are kept for the next replay
+                if outcome is not _WRITTEN:  # refused for its content: set aside, not retried
+                    self._keep_rejected({**row, "_rejected_because": str(outcome)} for row in chunk)
+                    break
+        _log.warning(
+            "%d student call(s) were in flight when their process ended; each row without "
+            "its student half now says so",
+            len(rows),
+        )
+        return True
 
 
-def _read_batch(records: Iterator[Record], size: int) -> list[Record]:
-    """The next ``size`` records of a journal, halves of a row merged (run in a thread)."""
-    return _dedupe(list(itertools.islice(records, size)))
+def _read_batch(records: Iterator[Record], size: int) -> tuple[list[Record], list[Record]]:
+    """The next ``size`` lines of a journal: its records, halves of a row merged, and its
+    "shadow started" markers (run in a thread)."""
+    lines = list(itertools.islice(records, size))
+    markers = [line for line in lines if line.get(TABLE_KEY) == STARTED]
+    if markers:
+        lines = [line for line in lines if line.get(TABLE_KEY) != STARTED]
+    return _dedupe(lines), markers
 
 
 def _take_segments(batch: list[Record]) -> list[list[int] | None]:

@@ -46,6 +46,8 @@ from gateway.shadow.records import (
 
 _log = logging.getLogger("shadow_gateway.shadow")
 
+_PROCESS_ENDED = "the gateway process ended mid-call (found when its write-ahead log was replayed)"
+
 # What the student is asked for on the Responses API to get its token logprobs.
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
@@ -248,6 +250,10 @@ class ShadowDispatcher:
         teacher: Output | None,
     ) -> None:
         logs.note_in_task("student", student.name)  # this call's lines name its student
+        # On disk while the call runs: a process killed meanwhile leaves the row's half saying
+        # so (``shutdown``) at the next start's replay, rather than empty.
+        cut_short = student_skipped(identity, STUDENT_SHUTDOWN, _PROCESS_ENDED)
+        marker = self._writer.started({**answer_row(cut_short, student.name), "champion": champion})
         try:
             call = await self._ask(student, identity, body)
             record = call.record
@@ -268,6 +274,8 @@ class ShadowDispatcher:
                 student.name, champion, student_skipped(identity, "internal_error", repr(exc))
             )
             self._count_call(identity.route, student.name, "internal_error")
+        finally:
+            self._writer.finished(marker)
 
     def _count_call(self, route: str, student: str, outcome: str) -> None:
         if self._students.is_live(route, student):

@@ -239,6 +239,79 @@ def test_sigkill_loses_no_answered_request(
     assert lost == set(), (len(lost), len(answered))
 
 
+def test_sigkill_mid_shadow_call_leaves_the_student_half_saying_so(
+    tmp_path: Path,
+    private_postgres: tuple[EmbeddedPostgres, str],
+    app_key: str,
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+    rival: FakeOpenAI,
+) -> None:
+    """A student call cut by SIGKILL: the restart's replay finds its "shadow started" marker
+    and marks the champion's half and each student's answer ``shutdown``; a call that had
+    finished keeps its own half."""
+    _server, url = private_postgres
+    spec = route(ROUTE, teacher.base_url, None)
+    spec["students"] = [
+        {"name": name, "base_urls": [upstream.base_url], "model": f"{name}-model", "timeout_s": 60}
+        for name, upstream in (("champ", student), ("cand", rival))
+    ]
+    spec["champion"] = "champ"
+    config = write_config(tmp_path / "gateway.yaml", [spec], log_writer={"flush_interval_s": 0.05})
+    env = {"DATABASE_URL": url, "SGW_TEST_APP_KEY": app_key}
+    headers = {"Authorization": f"Bearer {app_key}"}
+    gateway = GatewayProcess(config, env, tmp_path / "first.log")
+    try:
+        gateway.wait_ready()
+        finished = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, headers=headers)
+        done_id = finished.headers["x-request-id"]
+        wait_for(
+            lambda: len(fetch(url, "SELECT 1 FROM student_answers WHERE agree IS NOT NULL")) == 2,
+            what="the first request's two student answers",
+        )
+        student.reset_behavior(latency_s=120)
+        rival.reset_behavior(latency_s=120)
+        cut = []
+        for _ in range(3):
+            response = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, headers=headers)
+            assert response.status_code == 200
+            cut.append(response.headers["x-request-id"])
+        wait_for(lambda: student.in_progress >= 3 and rival.in_progress >= 3, what="calls")
+        wait_for(
+            lambda: len(fetch(url, "SELECT 1 FROM requests WHERE teacher_output IS NOT NULL")) == 4,
+            what="the teacher halves in Postgres",
+        )
+        gateway.proc.send_signal(signal.SIGKILL)
+        gateway.proc.wait(timeout=10)
+    finally:
+        gateway.kill()
+    empty = "SELECT count(*) AS n FROM requests WHERE student_status IS NULL"
+    assert fetch(url, empty) == [{"n": 3}], "before the replay the cut calls' halves are empty"
+    segments = list((tmp_path / "data" / "journal").glob("journal-*wal*.jsonl"))
+    assert segments, "the killed process's write-ahead log holds the markers"
+
+    restarted = GatewayProcess(config, env, tmp_path / "second.log")
+    try:
+        restarted.wait_ready()
+        wait_for(
+            lambda: len(fetch(url, "SELECT 1 FROM student_answers")) == 8,
+            timeout_s=30,
+            what="the cut calls' answers written by the replay",
+        )
+    finally:
+        restarted.kill()
+    rows = fetch(url, "SELECT request_id, student_status, student_error FROM requests")
+    status = {row["request_id"]: row["student_status"] for row in rows}
+    assert status == {done_id: "ok", **dict.fromkeys(cut, "shutdown")}
+    assert all("ended mid-call" in row["student_error"] for row in rows if row["request_id"] in cut)
+    answers = fetch(url, "SELECT request_id, student, student_status FROM student_answers")
+    assert sorted((a["request_id"], a["student"], a["student_status"]) for a in answers) == sorted(
+        [(done_id, name, "ok") for name in ("champ", "cand")]
+        + [(rid, name, "shutdown") for rid in cut for name in ("champ", "cand")]
+    )
+    assert not any(path.exists() for path in segments)
+
+
 def test_student_stands_in_for_a_failed_teacher_when_the_route_allows(
     make_gateway: Callable[..., GatewayServer],
     clean_db: str,
