@@ -10,6 +10,7 @@ GatewayError subclasses; every request that reached a route leaves its row, erro
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -53,10 +54,14 @@ from gateway.shadow.records import (
     teacher_half,
 )
 
-# An SSE stream's last event (chat and text completions); the Responses API ends with a
-# response.completed event instead, and its row is submitted once the stream is over.
+# An SSE stream's last event (chat and text completions). The Responses API ends with one
+# terminal event instead: its name on an SSE event line, or as the type of a data line's
+# object (never inside a text delta, where JSON escapes the quotes and the newline).
 _DONE = b"data: [DONE]"
 _DONE_END = b"[DONE]\n\n"
+_TERMINAL = re.compile(
+    rb'(?:^event: *|(?<!\\)"type": *")response\.(?:completed|failed|incomplete)\b', re.MULTILINE
+)
 
 _log = logging.getLogger("shadow_gateway.proxy")
 STUDENT_DISABLED = "disabled"
@@ -292,9 +297,25 @@ class ProxyService:
             error: GatewayError | None = None
             disconnected = False
             finished = False
+            terminal_at = -1  # where the Responses stream's terminal event was seen
+            sent = 0
             try:
                 async for chunk in stream.chunks():
                     collected += chunk
+                    if ex.endpoint == "responses" and not finished:
+                        # Its terminal event is held until whole, and the row submitted (in the
+                        # write-ahead log) before the app reads it: as [DONE] below.
+                        if terminal_at < 0:
+                            found = _TERMINAL.search(collected, max(0, sent - 64))
+                            terminal_at = -1 if found is None else found.start()
+                        if terminal_at < 0:
+                            sent = len(collected)
+                            yield chunk
+                        elif collected.find(b"\n\n", terminal_at) >= 0:
+                            finish(False, None, bytes(collected))
+                            finished = True
+                            yield bytes(collected[sent:])
+                        continue
                     done_at = chunk.find(_DONE) if chunk.endswith(_DONE_END) else -1
                     if done_at < 0:
                         yield chunk
@@ -306,6 +327,10 @@ class ProxyService:
                     finish(False, None, bytes(collected))
                     finished = True
                     yield chunk[done_at:]
+                if terminal_at >= 0 and not finished:  # a last event with no blank line after
+                    finish(False, None, bytes(collected))
+                    finished = True
+                    yield bytes(collected[sent:])
             except GatewayError as exc:
                 # Headers are gone already: tell the client in-band, the way OpenAI does.
                 error = exc

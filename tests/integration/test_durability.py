@@ -379,3 +379,51 @@ def test_ctrl_c_stops_the_embedded_serve_and_its_postgres_quietly(
         gateway.kill()
     assert embedded_postmasters(server_dir / "data") == []
     assert "Traceback" not in gateway.output()
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "responses"])
+def test_a_streams_row_is_submitted_before_the_app_reads_its_last_event(
+    tmp_path: Path,
+    clean_db: str,
+    app_key: str,
+    teacher: FakeOpenAI,
+    monkeypatch: pytest.MonkeyPatch,
+    endpoint: str,
+) -> None:
+    """The teacher keeps the stream open after its last event ([DONE], or the Responses
+    API's response.completed): the row is written while it does, not once the stream ends,
+    so a process killed after the app read the answer has the row on disk."""
+    monkeypatch.setenv("DATABASE_URL", clean_db)
+    teacher.reset_behavior(linger_s=30)
+    spec = route(ROUTE, teacher.base_url, None, mode="teacher")
+    spec["teacher"]["timeout_s"] = 60  # (a teacher timeout would end the stream early)
+    config = write_config(
+        tmp_path / "gateway.yaml",
+        [spec],
+        log_writer={"flush_interval_s": 0.05},
+    )
+    gateway = GatewayServer(config).start()
+    path, body, last = {
+        "chat": ("/v1/chat/completions", CHAT, "data: [DONE]"),
+        "responses": (
+            "/v1/responses",
+            {"model": ROUTE, "input": "hi"},
+            "event: response.completed",
+        ),
+    }[endpoint]
+    try:
+        headers = {"Authorization": f"Bearer {app_key}"}
+        with httpx.stream(
+            "POST", gateway.url + path, json={**body, "stream": True}, headers=headers
+        ) as response:
+            lines = response.iter_lines()
+            while next(lines) != last:
+                pass
+            # the last event read, the stream (the app's connection) still open
+            wait_for(
+                lambda: bool(fetch(clean_db, "SELECT 1 FROM requests WHERE teacher_output <> ''")),
+                timeout_s=10,
+                what="the row, while the stream is still open",
+            )
+    finally:
+        gateway.stop()

@@ -45,6 +45,7 @@ class Behavior:
     # when set, the answer is answer(last message) instead of prefix + last message
     answer: Callable[[str], str] | None = None
     chunk_delay_s: float = 0.0
+    linger_s: float = 0.0  # a stream stays open this long after its last event
     # a stream resets after this many token chunks (Responses: ``*.delta`` events)
     break_stream_after: int | None = None
     # when set, the answer is answer_body(whole request body); wins over ``answer``
@@ -400,6 +401,8 @@ class FakeOpenAI:
                     sent += 1
                     if behavior.chunk_delay_s:
                         await asyncio.sleep(behavior.chunk_delay_s)
+            if behavior.linger_s:
+                await asyncio.sleep(behavior.linger_s)
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
