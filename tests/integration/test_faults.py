@@ -7,6 +7,7 @@ other tests.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -14,11 +15,12 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from gateway.db.embedded import EmbeddedPostgres
@@ -237,6 +239,94 @@ def test_sigkill_loses_no_answered_request(
     with_teacher = {row["request_id"] for row in rows if row["teacher_output"] is not None}
     lost = set(answered) - with_teacher
     assert lost == set(), (len(lost), len(answered))
+
+
+@contextlib.contextmanager
+def frozen(server: EmbeddedPostgres) -> Iterator[None]:
+    """SIGSTOP every process of the cluster: it still accepts connections (the kernel's
+    backlog), and never answers; SIGCONT after."""
+    postmaster = psutil.Process(int((server.pgdata / "postmaster.pid").read_text().split()[0]))
+    processes = [postmaster, *postmaster.children(recursive=True)]
+    for process in processes:
+        process.suspend()
+    try:
+        yield
+    finally:
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.resume()
+
+
+def test_a_frozen_postgres_is_journaled_around_in_seconds_and_a_kill_then_loses_nothing(
+    tmp_path: Path,
+    private_postgres: tuple[EmbeddedPostgres, str],
+    app_key: str,
+    teacher: FakeOpenAI,
+    student: FakeOpenAI,
+) -> None:
+    """Postgres frozen (SIGSTOP: the connection stays open, nothing answers): the app keeps
+    getting answers, the writer gives up on the stuck batch after write_timeout_s and
+    journals it, and a SIGKILL then loses no answered request."""
+    server, url = private_postgres
+    config = write_config(
+        tmp_path / "gateway.yaml",
+        [route(ROUTE, teacher.base_url, [student.base_url])],
+        log_writer={"flush_interval_s": 0.05, "retry_interval_s": 0.2, "write_timeout_s": 2},
+    )
+    env = {"DATABASE_URL": url, "SGW_TEST_APP_KEY": app_key}
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def traffic(base_url: str) -> None:
+        with httpx.Client(headers={"Authorization": f"Bearer {app_key}"}, timeout=5) as client:
+            while not stop.is_set():
+                try:
+                    response = client.post(f"{base_url}/v1/chat/completions", json=CHAT)
+                except httpx.TransportError:
+                    return
+                assert response.status_code == 200
+                answered.append(response.headers["x-request-id"])
+
+    journal_dir = tmp_path / "data" / "journal"
+    gateway = GatewayProcess(config, env, tmp_path / "first.log")
+    sender = threading.Thread(target=traffic, args=(gateway.url,))
+    try:
+        gateway.wait_ready()
+        sender.start()
+        wait_for(lambda: len(answered) >= 20, what="traffic into Postgres")
+        with frozen(server):
+            before = len(answered)
+            wait_for(lambda: len(answered) >= before + 50, what="answers while Postgres is frozen")
+            wait_for(
+                lambda: any(
+                    "-wal" not in path.name and path.stat().st_size
+                    for path in journal_dir.glob("journal-*.jsonl")
+                ),
+                timeout_s=20,
+                what="the stuck batch journaled",
+            )
+            gateway.proc.send_signal(signal.SIGKILL)
+            gateway.proc.wait(timeout=10)
+            stop.set()
+            sender.join(timeout=30)
+        journaled = list(journal_dir.glob("journal-*.jsonl"))
+    finally:
+        stop.set()
+        sender.join(timeout=30)
+        gateway.kill()
+
+    restarted = GatewayProcess(config, env, tmp_path / "second.log")
+    try:
+        restarted.wait_ready()
+        wait_for(
+            lambda: not any(path.exists() for path in journaled),
+            timeout_s=30,
+            what="the dead process's journal and write-ahead log replayed",
+        )
+    finally:
+        restarted.kill()
+    rows = fetch(url, "SELECT request_id FROM requests WHERE teacher_output IS NOT NULL")
+    assert set(answered) - {row["request_id"] for row in rows} == set()
 
 
 def test_sigkill_mid_shadow_call_leaves_the_student_half_saying_so(
