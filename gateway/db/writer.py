@@ -656,6 +656,7 @@ class LogWriter:
         written = 0
         size = min(self._config.batch_size, _REPLAY_BATCH)
         while True:
+            started = time.perf_counter()
             batch, found = await asyncio.to_thread(_read_batch, records, size)
             markers.extend(found)
             if not batch:
@@ -665,6 +666,9 @@ class LogWriter:
             if not await self._write(batch):
                 return None
             written += len(batch)
+            # Paced: as long again idle as the batch took, so a backlog's replay takes at most
+            # half of the process's (and Postgres's) time from the requests being served.
+            await asyncio.sleep(time.perf_counter() - started)
 
     async def _apply_markers(self, markers: list[Record]) -> bool:
         """Write the student halves that the calls behind ``markers`` never wrote (as their
