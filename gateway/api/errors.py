@@ -1,9 +1,11 @@
-"""Every error leaves the gateway in OpenAI's shape, whatever raised it."""
+"""Every error leaves the gateway in OpenAI's shape, whatever raised it; and how the admin
+API's OpenAPI document says so (:func:`documented_errors`)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
@@ -11,9 +13,39 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import GatewayError, error_body
+from gateway.protocol.responses import OpenAIError
 
 _log = logging.getLogger("shadow_gateway.api")
 JSON = "application/json"
+
+# What each status means on the admin API (a route may say more of its 404).
+_MEANINGS: dict[int | str, str] = {
+    400: "Bad input: a parameter or body field is malformed or out of range (`param` names "
+    "it). Validation errors are answered so too, never with a 422.",
+    401: "No API key, or an unknown or revoked one (`invalid_api_key`); or a console session "
+    "that is no longer valid.",
+    403: "The key lacks the scope the endpoint needs (`insufficient_scope`), or a console "
+    "change came without its CSRF token.",
+    404: "Not found: `code` says what (`model_not_found` for a route).",
+    413: "The body is over the limit (`request_too_large`).",
+    415: "The body is not JSON (`unsupported_media_type`).",
+    "default": "Any other error, in the same shape: 408 for a body too slow to arrive, 500 for "
+    "an internal error.",
+}
+
+
+def documented_errors(
+    *statuses: int, not_found: str | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for an admin route: each status, and any other (``default``), in
+    OpenAI's error shape. Documenting them also keeps FastAPI from listing its 422, which
+    this API never answers (:func:`validation_error_handler` makes it a 400)."""
+    documented: dict[int | str, dict[str, Any]] = {}
+    every: tuple[int | str, ...] = (*statuses, "default")
+    for status in every:
+        meaning = not_found if status == 404 and not_found else _MEANINGS[status]
+        documented[status] = {"model": OpenAIError, "description": meaning}
+    return documented
 
 
 def error_response(exc: GatewayError, ids: Mapping[str, str] | None = None) -> Response:

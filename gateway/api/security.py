@@ -7,6 +7,10 @@ OpenAI-shaped JSON like every other error.
 A request without an ``Authorization`` header may instead carry the console's session cookie
 (:mod:`gateway.services.sessions`): the page at ``/console`` calls these same endpoints with
 it. Such a request that changes something must also send the session's CSRF token.
+
+:data:`bearer` declares the scheme in the OpenAPI document (``Authorization: Bearer KEY``); it
+checks nothing itself, so a request without the header still reaches the session cookie and
+every failure keeps its OpenAI-shaped 401 or 403.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.api.state import gateway_state
 from gateway.config import ApiKey
@@ -26,13 +31,21 @@ from gateway.services.sessions import (
     check_scopes,
 )
 
+bearer = HTTPBearer(
+    scheme_name="bearer",
+    description="An API key with the endpoint's scope: `Authorization: Bearer KEY`. The console "
+    "sends its session cookie instead (and, on a change, its CSRF token).",
+    auto_error=False,  # documents the scheme only: the key is checked below, as always
+)
+Declared = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
-def require_scopes(*scopes: str) -> Callable[[Request], Awaitable[ApiKey]]:
+
+def require_scopes(*scopes: str) -> Callable[..., Awaitable[ApiKey]]:
     """A dependency admitting a key that has at least one of ``scopes``."""
     if not scopes:
         raise ValueError("require_scopes needs at least one scope")
 
-    async def authenticated_key(request: Request) -> ApiKey:
+    async def authenticated_key(request: Request, _declared: Declared) -> ApiKey:
         # async: FastAPI runs a sync dependency in a thread pool, a needless hop for a key
         # checked in memory (a console session awaits a look-up of its key in Postgres).
         authorization = request.headers.get("authorization")

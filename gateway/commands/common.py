@@ -1,4 +1,8 @@
-"""What every command shares: errors, and finding (or starting) the database."""
+"""What every command shares: errors, finding (or starting) the database, and output.
+
+Every command that prints a result takes ``--json`` (:func:`add_json_option`) and then prints
+one JSON document on stdout (:func:`print_json`); its notes and warnings stay on stderr.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from functools import wraps
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import orjson
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -92,6 +97,16 @@ def arguments_checked(command: str, subcommand: str) -> Callable[[Handler], Hand
         return run
 
     return decorate
+
+
+def add_json_option(parser: argparse.ArgumentParser, what: str = "JSON instead of text") -> None:
+    """``--json``: the command's result as one JSON document on stdout."""
+    parser.add_argument("--json", action="store_true", help=what)
+
+
+def print_json(value: Any) -> None:
+    """``value`` as indented JSON on stdout (what ``--json`` prints)."""
+    print(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -1,8 +1,9 @@
 """``keys create|list|revoke``: the API keys kept in the database.
 
 A new key is printed once, on stdout alone, so ``KEY=$(shadow-gateway keys create …)`` captures
-exactly the key; the reminder that it cannot be shown again goes to stderr. Keys from the config
-file are listed beside the database's but are changed only by editing the file.
+exactly the key; the reminder that it cannot be shown again goes to stderr (with ``--json``,
+stdout is one JSON object with the key, its name and scopes). Keys from the config file are
+listed beside the database's but are changed only by editing the file.
 """
 
 from __future__ import annotations
@@ -12,10 +13,15 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.commands.common import CommandError, default_actor, with_engine
+from gateway.commands.common import (
+    CommandError,
+    add_json_option,
+    default_actor,
+    print_json,
+    with_engine,
+)
 from gateway.config import Settings, load_settings
 from gateway.db.keys import (
     SCOPES,
@@ -44,8 +50,11 @@ def cmd_create(args: argparse.Namespace) -> int:
         return await create_key(engine, args.name, args.scope, args.created_by)
 
     key = with_engine(settings, create)
-    print(key)
     scopes = ", ".join(sorted(set(args.scope)))
+    if args.json:
+        print_json({"name": args.name, "scopes": sorted(set(args.scope)), "key": key})
+    else:
+        print(key)
     print(
         f"created key {args.name!r} (scopes: {scopes}); it is shown only this once: store it now",
         file=sys.stderr,
@@ -67,6 +76,9 @@ def cmd_revoke(args: argparse.Namespace) -> int:
             raise
 
     info = with_engine(settings, revoke)
+    if args.json:
+        print_json(_rows(settings, [info])[-1])
+        return 0
     print(f"revoked key {info.name!r}; gateways stop accepting it within seconds")
     return 0
 
@@ -131,7 +143,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     rows = _rows(settings, with_engine(settings, list_keys))
     if args.json:
-        sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
+        print_json(rows)
     else:
         print(_table(rows))
     return 0
@@ -171,6 +183,7 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     create.add_argument(
         "--created-by", default=default_actor(), help="who asked for it (default: $USER)"
     )
+    add_json_option(create, "the key with its name and scopes, as one JSON object")
     create.set_defaults(handler=cmd_create)
 
     listing = actions.add_parser(
@@ -179,7 +192,7 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
         help="List the keys, revoked ones marked.",
         description="List the keys (config file and database), revoked ones marked.",
     )
-    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+    add_json_option(listing, "JSON instead of a table")
     listing.set_defaults(handler=cmd_list)
 
     revoke = actions.add_parser(
@@ -190,4 +203,5 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     )
     revoke.add_argument("name", metavar="NAME", help="the key's name")
     revoke.add_argument("--by", default=default_actor(), help="who revokes it (default: $USER)")
+    add_json_option(revoke, "the revoked key (never its secret), as JSON")
     revoke.set_defaults(handler=cmd_revoke)

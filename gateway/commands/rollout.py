@@ -1,36 +1,47 @@
-"""``rollout status|set|clear|rollback|plan``: change a route's live knobs from a shell, audited.
+"""``rollout status|set|clear|calibrate|rollback|plan|cancel``: change a route's live knobs
+from a shell, audited.
 
 The commands talk to Postgres directly (the same control plane the admin API uses), so every
 gateway replica picks the change up within about a second. Each change needs ``--reason``
-and is recorded in ``route_events`` under ``--actor`` (default: $USER).
+and is recorded in ``route_events`` under ``--actor`` (default: $USER). Each takes ``--json``:
+the route's knobs after the change (``changed``: whether anything did), or the slice's
+override, as the admin API shows them.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.commands.common import (
     CommandError,
+    add_json_option,
     arguments_checked,
     bounded,
     default_actor,
     positive_int,
+    print_json,
     print_table,
     reason_text,
     with_engine,
 )
 from gateway.config import load_settings
 from gateway.core.confidence import METHODS
-from gateway.core.routing import MODES, SLICE_MODES
+from gateway.core.routing import MODES, SLICE_MODES, RouteState
 from gateway.errors import InvalidRequest
 from gateway.metrics import Metrics
-from gateway.protocol.reports import WEEK, check_dimension, parse_slice, window
+from gateway.protocol.reports import (
+    WEEK,
+    check_dimension,
+    parse_duration,
+    parse_slice,
+    window,
+)
 from gateway.services.control import ControlPlane, slice_view, state_view
 from gateway.services.reports import calibrated_overrides
 from gateway.services.reports.thresholds import DEFAULT_MIN_SERVED
@@ -55,7 +66,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     rows = with_engine(settings, status)
     if args.json:
-        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        print_json(rows)
         return 0
     header = ("ROUTE", "MODE", "PERCENT", "THRESHOLD", "METHOD", "AUDIT", "VERSION")
     table = [
@@ -156,6 +167,16 @@ def _change_slice(args: argparse.Namespace) -> int:
     )
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if args.json:
+        print_json(
+            {
+                "route": args.route,
+                "slice": slice_view(override),
+                "changed": changed,
+                "warnings": warnings,
+            }
+        )
+        return 0
     shown = _knobs(slice_view(override))
     if changed:
         print(f"{args.route} {override.name}: {shown}")
@@ -173,6 +194,9 @@ def cmd_clear(args: argparse.Namespace) -> int:
             args.route, dimension, value, actor=args.actor or default_actor(), reason=args.reason
         ),
     )
+    if args.json:
+        print_json({"route": args.route, "cleared": slice_view(cleared)})
+        return 0
     print(f"{args.route} {cleared.name}: cleared; the slice follows the route's knobs")
     return 0
 
@@ -212,8 +236,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     result, applied = _on_route(args, calibrate)
     if args.json:
-        result = {**result, "applied": [slice_view(o) for o in applied] if args.apply else None}
-        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        print_json({**result, "applied": [slice_view(o) for o in applied] if args.apply else None})
         return 0
     basis = "lower end of the 95% interval" if args.conservative else "agreement"
     print(
@@ -252,6 +275,9 @@ def _change(args: argparse.Namespace, knobs: dict[str, Any], action: str) -> int
             action=action,
         ),
     )
+    if args.json:
+        print_json({"route": args.route, **state_view(state), "changed": changed})
+        return 0
     summary = (
         f"mode={state.mode} percent={state.rollout_percent:g} "
         f"threshold={state.confidence_threshold:g} method={state.confidence_method} "
@@ -288,16 +314,20 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    state = _on_route(
-        args,
-        lambda control: control.start_plan(
+    async def plan(control: ControlPlane) -> tuple[RouteState, dict[str, Any] | None]:
+        state = await control.start_plan(
             args.route,
             args.steps,
             args.hold,
             actor=args.actor or default_actor(),
             reason=args.reason,
-        ),
-    )
+        )
+        return state, (await control.plans(args.route)).get(args.route)
+
+    state, ramp = _on_route(args, plan)
+    if args.json:
+        print_json({"route": args.route, **state_view(state), "ramp": ramp})
+        return 0
     steps = ", ".join(f"{step:g}%" for step in args.steps)
     print(
         f"{args.route}: ramp {steps}, holding {args.hold:g}s per step while every critical "
@@ -313,6 +343,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             args.route, actor=args.actor or default_actor(), reason=args.reason
         ),
     )
+    if args.json:
+        print_json({"route": args.route, "ramp": ramp})
+        return 0
     print(
         f"{args.route}: ramp cancelled at step {ramp['step']} of {len(ramp['steps'])}; "
         f"the route stays at {ramp['percent']:g}%"
@@ -334,20 +367,17 @@ def _steps(text: str) -> list[float]:
     return steps
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 def _duration(text: str) -> float:
-    """``90``, ``90s``, ``30m``, ``2h``, ``1d`` → seconds."""
-    unit = text[-1:].lower()
-    number = text[:-1] if unit in _UNITS else text
+    """``--hold``: ``90`` (seconds), or a number and a unit like ``--since`` ages (``90s``,
+    ``30m``, ``2h``, ``1d``, ``2w``) → seconds."""
     try:
-        seconds = float(number) * _UNITS.get(unit, 1)
+        seconds = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"a duration is a number with s, m, h or d, like 30m; not {text!r}"
-        ) from None
-    if seconds <= 0:
+        try:
+            seconds = parse_duration(text, "--hold").total_seconds()
+        except InvalidRequest as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+    if not 0 < seconds < math.inf:
         raise argparse.ArgumentTypeError("the hold must be positive")
     return seconds
 
@@ -361,7 +391,7 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     actions = rollout.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     status = actions.add_parser("status", parents=[parent], help="Every route's live knobs.")
-    status.add_argument("--json", action="store_true", help="JSON instead of a table")
+    add_json_option(status, "JSON instead of a table")
     status.set_defaults(handler=cmd_status)
 
     def changing(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -371,6 +401,7 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
         sub.add_argument("route", help="the route's name")
         sub.add_argument("--reason", required=True, type=reason_text, help="why (recorded)")
         sub.add_argument("--actor", help="who is changing it (default: $USER)")
+        add_json_option(sub, "the route's knobs (or the slice's override) after it, as JSON")
         return sub
 
     change = changing(
@@ -443,7 +474,7 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     calibrate.add_argument("--apply", action="store_true", help="set the thresholds (audited)")
     calibrate.add_argument("--reason", type=reason_text, help="why (required with --apply)")
     calibrate.add_argument("--actor", help="who is changing it (default: $USER)")
-    calibrate.add_argument("--json", action="store_true", help="JSON instead of a table")
+    add_json_option(calibrate, "JSON instead of a table")
     calibrate.set_defaults(handler=cmd_calibrate)
 
     rollback = changing("rollback", "Put a route back in shadow mode (the teacher answers).")
@@ -459,7 +490,8 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
         "--hold",
         type=_duration,
         required=True,
-        help="how long each step is held and judged, e.g. 30m",
+        help="how long each step is held and judged: seconds, or a number and a unit "
+        "(s, m, h, d, w) like 30m or 2h",
     )
     plan.set_defaults(handler=cmd_plan)
 

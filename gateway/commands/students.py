@@ -3,7 +3,8 @@
 Like ``rollout``, the commands change the shared state in Postgres directly (the same registry
 the admin API uses), so every gateway replica picks the change up within about a second. Each
 change needs ``--reason`` and is recorded in ``route_events`` under ``--actor`` (default:
-$USER).
+$USER). Every command takes ``--json``: the students, or the one changed, as the admin API
+shows them.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import argparse
 import sys
 from typing import Any
 
-import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.commands.common import (
     CommandError,
+    add_json_option,
     bounded,
     default_actor,
     positive_int,
+    print_json,
     print_table,
     reason_text,
     with_engine,
@@ -59,8 +61,7 @@ def _summary(state: StudentState) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     students: list[StudentState] = _run(args, "all")
     if args.json:
-        views = [student.view() for student in students]
-        print(orjson.dumps(views, option=orjson.OPT_INDENT_2).decode())
+        print_json([student.view() for student in students])
         return 0
     header = ("NAME", "STATUS", "MODEL", "SHADOW", "CONCURRENCY", "TIMEOUT", "VERSION", "URLS")
     table = [
@@ -99,12 +100,18 @@ def _actor(args: argparse.Namespace) -> dict[str, str]:
 def cmd_add(args: argparse.Namespace) -> int:
     fields = {"name": args.name, "model": args.model, **_knobs(args)}
     state: StudentState = _run(args, "add", fields, **_actor(args))
+    if args.json:
+        print_json({"route": args.route, "student": state.view(), "changed": True})
+        return 0
     print(f"{args.route}: added {_summary(state)}")
     return 0
 
 
 def _report(args: argparse.Namespace, result: tuple[StudentState, bool], done: str) -> int:
     state, changed = result
+    if args.json:
+        print_json({"route": args.route, "student": state.view(), "changed": changed})
+        return 0
     if changed:
         print(f"{args.route}: {done} {_summary(state)}")
     else:
@@ -141,7 +148,7 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
 
     listing = actions.add_parser("list", parents=[parent], help="A route's students.")
     listing.add_argument("route", help="the route's name")
-    listing.add_argument("--json", action="store_true", help="JSON instead of a table")
+    add_json_option(listing, "JSON instead of a table")
     listing.set_defaults(handler=cmd_list)
 
     def changing(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -152,6 +159,7 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
         sub.add_argument("name", help="the student's name")
         sub.add_argument("--reason", required=True, type=reason_text, help="why (recorded)")
         sub.add_argument("--actor", help="who is changing it (default: $USER)")
+        add_json_option(sub, "the student after the change, as JSON")
         return sub
 
     def knobs(sub: argparse.ArgumentParser, *, adding: bool) -> None:

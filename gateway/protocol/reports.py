@@ -41,6 +41,23 @@ CONTENT_DIMENSION = "_prompt_content"  # drift against a registered dataset: nov
 CHAMPION_DATASET = "champion"  # reference_dataset=champion: the champion's training set
 
 
+def parse_duration(text: str, param: str) -> timedelta:
+    """A length of time: a number and a unit (``s``, ``m``, ``h``, ``d``, ``w``), like
+    ``30m`` or ``7d``: what an age (``--since 7d``) and a hold (``--hold 30m``) take."""
+    found = _AGE.match(text.strip().lower())
+    try:
+        if found:
+            return timedelta(seconds=float(found.group(1)) * _UNITS[found.group(2)])
+    except OverflowError:
+        pass
+    raise InvalidRequest(
+        f"'{text[:100]}' is not a duration for {param}: use a number and a unit "
+        "(s, m, h, d or w), like 90m, 24h, 7d or 2w.",
+        param=param,
+        code="invalid_value",
+    )
+
+
 def parse_time(text: str, param: str, now: datetime | None = None) -> datetime:
     """An absolute time from ISO 8601, ``now``, or an age like ``24h`` (before ``now``)."""
     now = now or datetime.now(UTC)
@@ -50,9 +67,9 @@ def parse_time(text: str, param: str, now: datetime | None = None) -> datetime:
         if cleaned.lower() == "now":
             return now
         if age:
-            return now - timedelta(seconds=float(age.group(1)) * _UNITS[age.group(2)])
+            return now - parse_duration(cleaned, param)
         parsed = datetime.fromisoformat(cleaned)
-    except (ValueError, OverflowError):
+    except (ValueError, OverflowError, InvalidRequest):
         pass
     else:
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from gateway import cli
 from tests.support.process import BIN
 
 CONFIG = """
@@ -88,3 +93,72 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(
     assert result.returncode == 141, result.stderr
     assert "Traceback" not in result.stderr
     assert "Exception ignored" not in result.stderr
+
+
+STUDENT_CONFIG = """
+routes:
+  - name: r
+    teacher: {base_url: "http://127.0.0.1:9/v1", model: t}
+    student: {base_urls: ["http://127.0.0.1:9/v1"], model: s}
+"""
+
+
+def test_every_change_prints_json_with_json(
+    tmp_path: Path,
+    clean_db: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--json` on the changing commands too: one JSON document on stdout, notes on stderr."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(STUDENT_CONFIG)
+    monkeypatch.setenv("DATABASE_URL", clean_db)
+
+    def shell(*args: str) -> Any:
+        code = cli.main([*args, "--config", str(config), "--json"])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        return json.loads(out)
+
+    why = ("--reason", "json")
+    changed = shell("rollout", "set", "r", "--percent", "5", *why)
+    assert (changed["route"], changed["rollout_percent"], changed["changed"]) == ("r", 5, True)
+    assert changed["version"] == 2
+    assert shell("rollout", "set", "r", "--percent", "5", *why)["changed"] is False
+    override = shell("rollout", "set", "r", "--slice", "tier=free", "--mode", "teacher", *why)
+    assert override["slice"] == {
+        "slice": "tier=free",
+        "dimension": "tier",
+        "value": "free",
+        "mode": "teacher",
+        "rollout_percent": None,
+        "confidence_threshold": None,
+    }
+    assert override["warnings"]  # no request carried a tier yet
+    assert shell("rollout", "clear", "r", "--slice", "tier=free", *why)["cleared"]["mode"] == (
+        "teacher"
+    )
+    ramp = shell("rollout", "plan", "r", "5,50", "--hold", "2w", *why)
+    assert (ramp["mode"], ramp["ramp"]["hold_s"], ramp["ramp"]["step"]) == ("rollout", 1209600, 1)
+    assert shell("rollout", "cancel", "r", *why)["ramp"]["status"] == "cancelled"
+    assert shell("rollout", "rollback", "r", *why)["mode"] == "shadow"
+    added = shell(
+        "students",
+        "add",
+        "r",
+        "second",
+        "--model",
+        "m2",
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        *why,
+    )
+    assert (added["student"]["name"], added["student"]["status"]) == ("second", "candidate")
+    retired = shell("students", "retire", "r", "second", *why)
+    assert (retired["student"]["status"], retired["changed"]) == ("retired", True)
+    key = shell("keys", "create", "ci", "--scope", "analyst")
+    assert (key["name"], key["scopes"]) == ("ci", ["analyst"])
+    assert key["key"]
+    revoked = shell("keys", "revoke", "ci")
+    assert (revoked["name"], revoked["source"]) == ("ci", "database")
+    assert revoked["revoked_at"]
