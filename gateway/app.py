@@ -40,6 +40,7 @@ from gateway.services.guardian import Guardian
 from gateway.services.proxy import ProxyService
 from gateway.services.reports import DriftMonitor
 from gateway.services.reviews import ReviewQueue
+from gateway.services.rollups import RollupJob
 from gateway.services.students import StudentRegistry, StudentState
 from gateway.services.teachers import TeacherVersions
 from gateway.shadow.analysis import build_analyses
@@ -125,6 +126,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         drift.start()
         partitions = PartitionMaintainer(engine, config.database.partitions)
         partitions.start()  # at once, then every check_interval_s
+        rollups = RollupJob(engine, config.database.rollups)
+        if config.database.rollups.enabled:
+            rollups.start()  # reports read raw rows for any hour it has not computed
         teacher_versions.start()
         app.state.gateway = GatewayState(
             settings=settings,
@@ -154,6 +158,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
             await guardian.stop()
             await drift.stop()
             await partitions.stop()
+            await rollups.stop()
             await listener.stop()
             await dispatcher.drain(config.server.drain_timeout_s)
             await writer.close()

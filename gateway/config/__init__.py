@@ -53,6 +53,7 @@ from gateway.config.sections import (
     PartitionsConfig,
     RateLimit,
     RateLimitsConfig,
+    RollupsConfig,
     Scope,
     ServerConfig,
 )
@@ -98,6 +99,7 @@ __all__ = [
     "RedactionPattern",
     "RegexVerifier",
     "RolloutConfig",
+    "RollupsConfig",
     "RouteConfig",
     "Scope",
     "ScopeConfig",

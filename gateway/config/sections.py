@@ -71,12 +71,24 @@ class PartitionsConfig(Strict):
     check_interval_s: float = Field(default=3600.0, gt=0)
 
 
+class RollupsConfig(Strict):
+    """The hourly rollups the reports read (gateway.services.rollups; docs/reports.md)."""
+
+    # false: no replica recomputes them; reports then read raw rows (still exact, slower)
+    enabled: bool = True
+    interval_s: float = Field(default=30.0, gt=0)  # between two rounds
+    # an hour is recomputed once it ended this long ago (late rows of it mark it again)
+    settle_s: float = Field(default=120.0, ge=0)
+    max_buckets: int = Field(default=500, ge=1)  # recomputed per round, newest first
+
+
 class DatabaseConfig(Strict):
     pool_size: int = Field(default=5, ge=1)
     connect_timeout_s: float = Field(default=5.0, gt=0)
     # None: migrate the embedded database automatically, never an external one.
     auto_migrate: bool | None = None
     partitions: PartitionsConfig = PartitionsConfig()
+    rollups: RollupsConfig = RollupsConfig()
 
 
 class LogWriterConfig(Strict):

@@ -15,7 +15,10 @@ short transaction:
   which stays small for this very reason (periods with rows in it get their own partition at
   the next run);
 - *drop* a partition wholly older than ``retention_days`` (this one does lock the parent,
-  briefly), and delete the default partition's rows older than that.
+  briefly), and delete the default partition's rows older than that;
+- *drop the rollups* (migration 0015) of every hour wholly older than that, with their
+  buckets and dirty marks: a report then reads whatever raw rows of those hours a partition
+  not yet wholly past the retention still holds (gateway.services.reports.rollup).
 
 Every step waits at most ``lock_timeout_s`` for its locks; one that cannot have them is
 reported and tried again at the next run, it never queues the writer behind it for long. Two
@@ -34,7 +37,7 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Table, text
 from sqlalchemy.exc import DBAPIError
@@ -50,6 +53,17 @@ _log = logging.getLogger("shadow_gateway.partitions")
 # The partitioned tables, kept alike and in this order; with the migration that made each one
 # partitioned, for the error that asks for it.
 PARTITIONED: tuple[Table, ...] = (requests, student_answers)
+# Dropped by the hour with the retention (migration 0015).
+ROLLUP_TABLES = (
+    "rollup_requests",
+    "rollup_confidence",
+    "rollup_prompt_lengths",
+    "rollup_answers",
+    "rollup_answer_pairs",
+    "rollup_answer_latency",
+    "rollup_buckets",
+    "rollup_dirty",
+)
 _MIGRATION = {requests.name: "0006", student_answers.name: "0009"}
 
 # pg_advisory_lock key: "sgw-part" as a 64-bit integer, shared by every replica and the CLI
@@ -101,6 +115,7 @@ class Maintenance:
 
     dry_run: bool
     tables: list[TableMaintenance] = field(default_factory=list)
+    rollup_rows_dropped: int = 0  # rows of the rollup tables past the retention
 
     def __getitem__(self, table: str) -> TableMaintenance:
         for found in self.tables:
@@ -288,6 +303,20 @@ async def _expire(
     return result.rowcount
 
 
+async def _drop_rollups(connection: AsyncConnection, cutoff: datetime) -> int:
+    """Delete the rollups of the hours wholly before ``cutoff`` (small tables: one DELETE
+    each, by their (route, hour) index), in one transaction."""
+    dropped = 0
+    async with connection.begin():
+        for table in ROLLUP_TABLES:
+            result = await connection.execute(
+                text(f"DELETE FROM {table} WHERE hour <= :last"),
+                {"last": cutoff - timedelta(hours=1)},
+            )
+            dropped += result.rowcount
+    return dropped
+
+
 async def _lock_timeout(connection: AsyncConnection, seconds: float) -> None:
     await connection.execute(text(f"SET LOCAL lock_timeout = '{int(seconds * 1000)}ms'"))
 
@@ -322,6 +351,8 @@ async def maintain(
                 result = await _survey_all(connection, config, now, dry_run=False)
             for table, done in zip(PARTITIONED, result.tables, strict=True):
                 await _apply(connection, table, done, lock_timeout_s)
+            if result.cutoff is not None:
+                result.rollup_rows_dropped = await _drop_rollups(connection, result.cutoff)
         finally:
             async with connection.begin():
                 await connection.execute(

@@ -6,6 +6,8 @@ against typed columns, and so the log writer knows each column's Postgres type.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -18,6 +20,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     Table,
     Text,
     UniqueConstraint,
@@ -376,6 +379,109 @@ rollout_plans = Table(
     Column("created_by", Text, nullable=False),
     Column("reason", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+
+# Hourly rollups (migration 0015; gateway.db.rollups computes them, reports read them).
+# Triggers on requests and student_answers mark a changed (route, hour) in rollup_dirty.
+rollup_dirty = Table(
+    "rollup_dirty",
+    metadata,
+    Column("route", Text, primary_key=True),
+    Column("hour", DateTime(timezone=True), primary_key=True),
+    Column("marked_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+rollup_buckets = Table(
+    "rollup_buckets",
+    metadata,
+    Column("route", Text, primary_key=True),
+    Column("hour", DateTime(timezone=True), primary_key=True),
+    Column("computed_at", DateTime(timezone=True)),
+    Column("stale", Boolean, nullable=False, server_default=text("false")),
+    Index("ix_rollup_buckets_stale", "hour", postgresql_where=text("stale")),
+)
+
+
+def _rollup_key(*answer: str) -> list[Column[Any]]:
+    """route, hour, [source, student, baseline,] teacher version and slice label."""
+    return [
+        Column("route", Text, nullable=False),
+        Column("hour", DateTime(timezone=True), nullable=False),
+        *[Column(name, Text, nullable=False) for name in answer],
+        Column("teacher_model_reported", Text),
+        Column("teacher_fingerprint", Text),
+        Column("dimension", Text),  # NULL: the route as a whole
+        Column("value", Text),
+    ]
+
+
+def _rollup_counts(*names: str) -> list[Column[Any]]:
+    return [Column(name, BigInteger, nullable=False) for name in names]
+
+
+rollup_requests = Table(
+    "rollup_requests",
+    metadata,
+    *_rollup_key(),
+    *_rollup_counts(
+        "requests",
+        "compared",
+        "agreed",
+        "fallbacks",
+        "out_of_scope",
+        "slice_teacher_only",
+        "student_served",
+    ),
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+    Index("ix_rollup_requests_route_hour", "route", "hour"),
+)
+
+rollup_confidence = Table(
+    "rollup_confidence",
+    metadata,
+    *_rollup_key(),
+    Column("bin", SmallInteger, nullable=False),
+    *_rollup_counts("compared", "agreed"),
+    Index("ix_rollup_confidence_route_hour", "route", "hour"),
+)
+
+rollup_prompt_lengths = Table(
+    "rollup_prompt_lengths",
+    metadata,
+    Column("route", Text, nullable=False),
+    Column("hour", DateTime(timezone=True), nullable=False),
+    Column("length", Integer),  # NULL where the prompt has none
+    *_rollup_counts("requests"),
+    Index("ix_rollup_prompt_lengths_route_hour", "route", "hour"),
+)
+
+rollup_answers = Table(
+    "rollup_answers",
+    metadata,
+    *_rollup_key("source", "student"),
+    *_rollup_counts("answers", "compared", "agreed"),
+    Column("confidence_sum", Float, nullable=False),
+    *_rollup_counts("confidences"),
+    Index("ix_rollup_answers_route_hour", "route", "hour"),
+)
+
+rollup_answer_pairs = Table(
+    "rollup_answer_pairs",
+    metadata,
+    *_rollup_key("source", "student", "baseline"),
+    *_rollup_counts("both_agreed", "candidate_only", "baseline_only", "neither"),
+    Index("ix_rollup_answer_pairs_route_hour", "route", "hour"),
+)
+
+rollup_answer_latency = Table(
+    "rollup_answer_latency",
+    metadata,
+    *_rollup_key("source", "student"),
+    Column("bin", SmallInteger, nullable=False),
+    *_rollup_counts("answers"),
+    Index("ix_rollup_answer_latency_route_hour", "route", "hour"),
 )
 
 

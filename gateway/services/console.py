@@ -38,7 +38,16 @@ _TREND = text(
     "WHERE r.route = :route AND r.created_at >= :since AND r.created_at < :until "
     "GROUP BY 1, 2, 3"
 )
-_NO_JIT = text("SET LOCAL jit = off")  # see services.reports: compiling costs more than it saves
+
+# The same from the hourly rollups (migration 0015), for the window's clean hours.
+_ROLLUP_TREND = text(
+    "SELECT r.dimension AS dim, r.value AS val, date_bin(CAST(:step AS interval), r.hour, "
+    "CAST(:origin AS timestamptz)) AS at, sum(r.requests)::bigint AS requests, "
+    "sum(r.compared)::bigint AS samples, sum(r.agreed)::bigint AS agreed "
+    "FROM rollup_requests AS r WHERE r.route = :route "
+    "AND r.hour = ANY(CAST(:hours AS timestamptz[])) AND (CAST(:dimension AS text) IS NULL "
+    "OR r.dimension IS NULL OR r.dimension = CAST(:dimension AS text)) GROUP BY 1, 2, 3"
+)
 
 
 def default_step(window: Window) -> Step:
@@ -139,13 +148,25 @@ class ConsoleData(ReportsBase):
             "origin": ORIGIN,
             "dimension": dimension,
         }
-        async with self._engine.connect() as connection:
-            await connection.execute(_NO_JIT)
-            rows = (await connection.execute(_TREND, params)).all()
+        # whole hours from the rollups, the rest raw, in one snapshot (services.reports.rollup)
+        async with self._snapshot() as connection:
+            cover = await self._coverage(connection, route, window)
+            rows: list[Any] = []
+            if cover.hours:
+                hours = {**params, **cover.params(name)}
+                rows.extend((await connection.execute(_ROLLUP_TREND, hours)).all())
+            for part in cover.raw:
+                raw = {**params, "since": part.since, "until": part.until}
+                rows.extend((await connection.execute(_TREND, raw)).all())
         grouped: dict[tuple[str | None, str | None], dict[datetime, tuple[int, int, int]]] = {}
         for row in rows:
-            key = (row.dim, row.val)
-            grouped.setdefault(key, {})[row.at] = (row.requests, row.samples, row.agreed)
+            points = grouped.setdefault((row.dim, row.val), {})
+            before = points.get(row.at, (0, 0, 0))
+            points[row.at] = (
+                before[0] + int(row.requests),
+                before[1] + int(row.samples),
+                before[2] + int(row.agreed),
+            )
         total = grouped.pop((None, None), None)
         if total is None:
             raise NoData(f"Route '{name}' has no requests from {window.describe()}.")

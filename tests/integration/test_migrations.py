@@ -29,6 +29,14 @@ from gateway.db.tables import (
     metadata,
     review_verdicts,
     reviews,
+    rollup_answer_latency,
+    rollup_answer_pairs,
+    rollup_answers,
+    rollup_buckets,
+    rollup_confidence,
+    rollup_dirty,
+    rollup_prompt_lengths,
+    rollup_requests,
     route_slice_overrides,
     route_students,
     student_answers,
@@ -593,3 +601,43 @@ def test_0014_adds_datasets_and_distill_runs_and_takes_them_away(scratch_url: st
     assert gone == [{"d": None, "i": None, "r": None}]
     columns = {row["attname"] for row in fetch(scratch_url, COLUMNS_OF, "route_students")}
     assert "train_dataset_id" not in columns
+
+
+ROLLUPS = (
+    rollup_dirty,
+    rollup_buckets,
+    rollup_requests,
+    rollup_confidence,
+    rollup_prompt_lengths,
+    rollup_answers,
+    rollup_answer_pairs,
+    rollup_answer_latency,
+)
+
+
+def test_0015_adds_the_rollups_marks_logged_hours_and_takes_them_away(scratch_url: str) -> None:
+    config = alembic_config(scratch_url)
+    command.upgrade(config, "0014")
+    execute(
+        scratch_url,
+        "INSERT INTO requests (request_id, route, endpoint, created_at, mode) "
+        "VALUES ('old', 'r', 'chat', '2026-11-30 10:20:00+00', 'shadow')",
+    )
+    command.upgrade(config, "0015")
+    for table in ROLLUPS:
+        columns = [r["attname"] for r in fetch(scratch_url, COLUMNS_OF, table.name)]
+        assert columns == [c.name for c in table.columns]
+        assert fetch(scratch_url, UNCOMMENTED, table.name) == []
+    marked = fetch(scratch_url, "SELECT route, hour FROM rollup_dirty")
+    assert [(r["route"], r["hour"].isoformat()) for r in marked] == [
+        ("r", "2026-11-30T10:00:00+00:00")
+    ]
+    command.downgrade(config, "0014")
+    left = fetch(
+        scratch_url,
+        "SELECT count(*) AS n FROM pg_class WHERE relname LIKE 'rollup\\_%' AND relkind = 'r'",
+    )
+    assert left == [{"n": 0}]
+    triggers = fetch(scratch_url, "SELECT tgname FROM pg_trigger WHERE tgname LIKE 'rollup%'")
+    assert triggers == []
+    execute(scratch_url, "UPDATE requests SET mode = 'teacher'")  # no trigger left behind

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.core import statistics as stats
 from gateway.core.paired import MIN_PAIRS, PairedCounts, paired_difference
@@ -33,9 +35,17 @@ from gateway.services.reports.common import (
     ANSWER_TEACHER_VERSION,
     IN_WINDOW,
     LABELS,
+    TEACHER_VERSION,
     ReportsBase,
     of_version,
     window_params,
+    window_params_of,
+)
+from gateway.services.reports.rollup import (
+    IN_HOURS,
+    LATENCY_BIN,
+    Coverage,
+    latency_percentile,
 )
 
 SOURCES = ("live", "replay")
@@ -69,6 +79,41 @@ _PAIRS = text(
     f"{LABELS} WHERE {IN_WINDOW} AND r.student <> :baseline AND r.agree IS NOT NULL "
     f"AND {ANSWER_TEACHER_VERSION} GROUP BY 1, 2, 3, 4"
 )
+# Decomposable figures, so rollup hours and raw parts add up: confidence as a sum and a count,
+# latency as bins (:data:`~.rollup.LATENCY_BIN`).
+_RAW_FIGURES = text(
+    "SELECT r.source, r.student, s.dim, s.val, "
+    "count(*) FILTER (WHERE r.student_status = 'ok') AS answers, "
+    "count(r.agree) AS compared, count(*) FILTER (WHERE r.agree) AS agreed, "
+    "coalesce(sum(r.student_confidence), 0) AS confidence_sum, "
+    "count(r.student_confidence) AS confidences "
+    f"FROM student_answers AS r {LABELS} WHERE {IN_WINDOW} AND {ANSWER_TEACHER_VERSION} "
+    "GROUP BY 1, 2, 3, 4"
+)
+_RAW_LATENCY = text(
+    f"SELECT r.source, r.student, s.dim, s.val, {LATENCY_BIN} AS bin, count(*) AS n "
+    f"FROM student_answers AS r {LABELS} WHERE {IN_WINDOW} AND r.student_status = 'ok' "
+    f"AND r.student_latency_ms IS NOT NULL AND {ANSWER_TEACHER_VERSION} GROUP BY 1, 2, 3, 4, 5"
+)
+_ROLLUP_FIGURES = text(
+    "SELECT r.source, r.student, r.dimension AS dim, r.value AS val, "
+    "sum(r.answers)::bigint AS answers, sum(r.compared)::bigint AS compared, "
+    "sum(r.agreed)::bigint AS agreed, sum(r.confidence_sum) AS confidence_sum, "
+    "sum(r.confidences)::bigint AS confidences FROM rollup_answers AS r "
+    f"WHERE {IN_HOURS} AND {TEACHER_VERSION} GROUP BY 1, 2, 3, 4"
+)
+_ROLLUP_LATENCY = text(
+    "SELECT r.source, r.student, r.dimension AS dim, r.value AS val, r.bin, "
+    "sum(r.answers)::bigint AS n FROM rollup_answer_latency AS r "
+    f"WHERE {IN_HOURS} AND {TEACHER_VERSION} GROUP BY 1, 2, 3, 4, 5"
+)
+_ROLLUP_PAIRS = text(
+    "SELECT r.source, r.student, r.dimension AS dim, r.value AS val, "
+    "sum(r.both_agreed)::bigint AS both_agreed, sum(r.candidate_only)::bigint AS candidate_only, "
+    "sum(r.baseline_only)::bigint AS baseline_only, sum(r.neither)::bigint AS neither "
+    f"FROM rollup_answer_pairs AS r WHERE {IN_HOURS} AND r.baseline = :baseline "
+    f"AND {TEACHER_VERSION} GROUP BY 1, 2, 3, 4"
+)
 _REGISTERED = text("SELECT name, status FROM route_students WHERE route = :route ORDER BY name")
 
 
@@ -89,16 +134,21 @@ class CandidateReport(ReportsBase):
                 "min_pairs must be at least 1", param="min_pairs", code="invalid_value"
             )
         params = window_params(route, window, dimension=None, teacher_version=teacher_version)
-        async with self._reading() as connection:
+        async with self._snapshot() as connection:
             registered = {
                 row.name: row.status
                 for row in (await connection.execute(_REGISTERED, {"route": name})).all()
             }
-            figures = (await connection.execute(_FIGURES, params)).all()
+            cover = await self._coverage(connection, route, window)
+            figures: Sequence[Any]
+            if cover.hours:  # latency from bins (within 1%): they add up across parts
+                figures = await _figures(connection, cover, params)
+            else:  # all raw: exact percentiles
+                figures = (await connection.execute(_FIGURES, params)).all()
             if not figures:
                 await self._check_teacher_version(connection, route, teacher_version)
             chosen = _baseline(name, registered, {row.student for row in figures}, baseline)
-            pairs = (await connection.execute(_PAIRS, {**params, "baseline": chosen})).all()
+            pairs = await _pairs(connection, cover, {**params, "baseline": chosen})
         if not figures:
             raise NoData(
                 f"Route '{name}' has no student answers from {window.describe()}"
@@ -153,6 +203,88 @@ class CandidateReport(ReportsBase):
             ],
             "sources": sources,
         }
+
+
+@dataclass
+class _Figures:
+    """One (source, student, dimension, value)'s figures, as :data:`_FIGURES` has them."""
+
+    source: str
+    student: str
+    dim: str | None
+    val: str | None
+    answers: int = 0
+    compared: int = 0
+    agreed: int = 0
+    confidence_sum: float = 0.0
+    confidences: int = 0
+    latency: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def p50(self) -> float | None:
+        return latency_percentile(self.latency, 0.5)
+
+    @property
+    def p95(self) -> float | None:
+        return latency_percentile(self.latency, 0.95)
+
+    @property
+    def confidence(self) -> float | None:
+        return self.confidence_sum / self.confidences if self.confidences else None
+
+
+async def _figures(
+    connection: AsyncConnection, cover: Coverage, params: dict[str, Any]
+) -> list[_Figures]:
+    """Each student's figures over the rollup hours and the raw parts of the window."""
+    found: dict[tuple[Any, ...], _Figures] = {}
+    parts = [(_ROLLUP_FIGURES, _ROLLUP_LATENCY, {**params, **cover.params(params["route"])})]
+    parts += [(_RAW_FIGURES, _RAW_LATENCY, window_params_of(params, p)) for p in cover.raw]
+    for figures, latency, part in parts:
+        for row in (await connection.execute(figures, part)).all():
+            key = (row.source, row.student, row.dim, row.val)
+            entry = found.setdefault(key, _Figures(*key))
+            entry.answers += int(row.answers)
+            entry.compared += int(row.compared)
+            entry.agreed += int(row.agreed)
+            entry.confidence_sum += float(row.confidence_sum)
+            entry.confidences += int(row.confidences)
+        for row in (await connection.execute(latency, part)).all():
+            key = (row.source, row.student, row.dim, row.val)
+            entry = found.setdefault(key, _Figures(*key))
+            entry.latency[row.bin] = entry.latency.get(row.bin, 0) + int(row.n)
+    return list(found.values())
+
+
+async def _pairs(connection: AsyncConnection, cover: Coverage, params: dict[str, Any]) -> list[Any]:
+    """The paired counts against ``params["baseline"]``, rollup hours and raw parts."""
+    rows: list[Any] = []
+    if cover.hours:
+        rollup = {**params, **cover.params(params["route"])}
+        rows.extend((await connection.execute(_ROLLUP_PAIRS, rollup)).all())
+    for part in cover.raw:
+        rows.extend((await connection.execute(_PAIRS, window_params_of(params, part))).all())
+    summed: dict[tuple[Any, ...], list[int]] = {}
+    for row in rows:
+        key = (row.source, row.student, row.dim, row.val)
+        counts = summed.setdefault(key, [0, 0, 0, 0])
+        for index, value in enumerate(
+            (row.both_agreed, row.candidate_only, row.baseline_only, row.neither)
+        ):
+            counts[index] += int(value)
+    return [_Pairs(*key, *counts) for key, counts in summed.items()]
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    source: str
+    student: str
+    dim: str | None
+    val: str | None
+    both_agreed: int
+    candidate_only: int
+    baseline_only: int
+    neither: int
 
 
 def _baseline(route: str, registered: dict[str, str], answered: set[str], asked: str | None) -> str:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.config import GatewayConfig, RouteConfig
 from gateway.errors import NoData, NotEnoughData, UnknownDimension
 from gateway.protocol.reports import Window
+from gateway.services.reports.rollup import Coverage, coverage
 
 DEFAULT_PSI_THRESHOLD = 0.2
 DEFAULT_MIN_ROWS = 50
@@ -95,6 +96,7 @@ _TEACHER_VERSIONS = text(
     "ORDER BY first_seen, id"
 )
 _NO_JIT = text("SET LOCAL jit = off")
+_REPEATABLE_READ = text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
 HAS_DIMENSION = text(
     "SELECT EXISTS (SELECT 1 FROM requests WHERE route = :route AND slices ? :dimension)"
 )
@@ -126,6 +128,11 @@ def window_params(route: RouteConfig, window: Window, **extra: Any) -> dict[str,
     }
 
 
+def window_params_of(params: dict[str, Any], part: Window) -> dict[str, Any]:
+    """``params`` (of :func:`window_params`) for a part of their window, read raw."""
+    return {**params, "since": part.since, "until": part.until}
+
+
 def enough(rows: int, min_rows: int, subject: str) -> None:
     """``subject``: what has the rows, e.g. "Route 'x' from <window>"."""
     if rows == 0:
@@ -140,9 +147,11 @@ def enough(rows: int, min_rows: int, subject: str) -> None:
 class ReportsBase:
     """The engine, the config and the checks each report's mixin builds on."""
 
-    def __init__(self, engine: AsyncEngine, config: GatewayConfig) -> None:
+    def __init__(self, engine: AsyncEngine, config: GatewayConfig, *, rollups: bool = True) -> None:
         self._engine = engine
         self._config = config
+        # False: every figure from raw rows (what the rollups are tested against)
+        self._rollups = rollups
 
     def route(self, name: str) -> RouteConfig:
         return self._config.find_route(name)
@@ -154,6 +163,20 @@ class ReportsBase:
             # real row count and JIT-compiles; compiling then costs more than the query.
             await connection.execute(_NO_JIT)
             yield connection
+
+    @contextlib.asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[AsyncConnection]:
+        """:meth:`_reading` in one REPEATABLE READ snapshot: a report that adds rollup hours
+        to raw sub-windows sees the rollups and the raw rows as of the same moment."""
+        async with self._engine.connect() as connection:
+            await connection.execute(_REPEATABLE_READ)
+            await connection.execute(_NO_JIT)
+            yield connection
+
+    async def _coverage(
+        self, connection: AsyncConnection, route: RouteConfig, window: Window
+    ) -> Coverage:
+        return await coverage(connection, route.name, window, enabled=self._rollups)
 
     async def _check_dimension(
         self, connection: AsyncConnection, route: RouteConfig, dimension: str

@@ -7,7 +7,7 @@ distance against a registered dataset, and the agreement trend per day."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -40,6 +40,7 @@ from gateway.services.reports.reference import (
     content_shift,
     load_dataset,
 )
+from gateway.services.reports.rollup import IN_HOURS, Coverage
 from gateway.shadow.analysis import slice_rules
 
 # A reference: a window, an uploaded file, a registered dataset (loaded, or its id, or
@@ -58,6 +59,19 @@ _LABEL_COUNTS = text(
 _LENGTHS = text(
     f"SELECT char_length({last_user_text_sql('r.request_payload')}) AS length, count(*) AS n "
     f"FROM requests AS r WHERE {IN_WINDOW} AND r.request_payload IS NOT NULL GROUP BY 1"
+)
+
+# The same two from the rollups, for the clean hours.
+_ROLLUP_LABEL_COUNTS = text(
+    "SELECT r.dimension AS dim, r.value AS val, (r.hour AT TIME ZONE 'UTC')::date AS day, "
+    "sum(r.requests)::bigint AS n, sum(r.compared)::bigint AS samples, "
+    f"sum(r.agreed)::bigint AS agreed FROM rollup_requests AS r WHERE {IN_HOURS} "
+    "AND (CAST(:dimension AS text) IS NULL OR r.dimension IS NULL "
+    "OR r.dimension = CAST(:dimension AS text)) GROUP BY 1, 2, 3"
+)
+_ROLLUP_LENGTHS = text(
+    "SELECT r.length, sum(r.requests)::bigint AS n FROM rollup_prompt_lengths AS r "
+    f"WHERE {IN_HOURS} GROUP BY 1"
 )
 
 
@@ -89,17 +103,19 @@ class DriftReport(ReportsBase):
         if reference is None:
             reference = Window(current.since - timedelta(days=7), current.since)
         content: dict[str, Any] | str | None = None
-        async with self._reading() as connection:
+        async with self._snapshot() as connection:
             if dimension is not None:
                 await self._check_dimension(connection, route, dimension)
             if isinstance(reference, int | str):
                 reference = await load_dataset(connection, route, reference)
-            now = await _population(connection, route, current, dimension)
+            now_cover = await self._coverage(connection, route, current)
+            now = await _population(connection, route, now_cover, dimension)
             now_rows, now_labels = now.rows, now.labels
             enough(now_rows, min_rows, f"Route '{name}' from {current.describe()}")
             reference_agreement = None
             if isinstance(reference, Window):
-                ref = await _population(connection, route, reference, dimension)
+                ref_cover = await self._coverage(connection, route, reference)
+                ref = await _population(connection, route, ref_cover, dimension)
                 ref_rows, ref_labels = ref.rows, ref.labels
                 reference_agreement = proportion_json(
                     sum(day.agreed for day in ref.days), sum(day.samples for day in ref.days)
@@ -107,7 +123,7 @@ class DriftReport(ReportsBase):
                 enough(
                     ref_rows, min_rows, f"Route '{name}', reference window {reference.describe()}"
                 )
-                ref_lengths = await _lengths(connection, route, reference)
+                ref_lengths = await _lengths(connection, route, ref_cover)
             elif isinstance(reference, RegisteredDataset):
                 ref_rows, ref_labels = reference.rows, reference.labels(dimension)
                 enough(ref_rows, min_rows, f"{reference.describe()} (its requests still logged)")
@@ -120,7 +136,7 @@ class DriftReport(ReportsBase):
                 ref_rows, ref_labels = reference.rows, reference.labels(dimension)
                 enough(ref_rows, min_rows, f"The reference dataset {reference.source}")
                 ref_lengths = reference.lengths
-            now_lengths = await _lengths(connection, route, current)
+            now_lengths = await _lengths(connection, route, now_cover)
         compared = set(ref_labels)
         if not isinstance(reference, ReferenceDataset):  # the same labelling on both sides
             compared |= set(now_labels)
@@ -202,30 +218,58 @@ def reference_dataset(route: RouteConfig, source: str) -> ReferenceDataset:
     return ReferenceDataset(slice_rules(route.slices), source)
 
 
+@dataclass
+class _Day:
+    day: date
+    n: int
+    samples: int
+    agreed: int
+
+
 @dataclass(frozen=True)
 class _Population:
     rows: int
     labels: dict[str, dict[str, int]]  # dimension → value → requests
-    days: list[Any]  # rows with day, n, samples, agreed; by day
+    days: list[_Day]  # by day
 
 
 async def _population(
-    connection: AsyncConnection, route: RouteConfig, window: Window, dimension: str | None
+    connection: AsyncConnection, route: RouteConfig, cover: Coverage, dimension: str | None
 ) -> _Population:
-    rows = (
-        await connection.execute(_LABEL_COUNTS, window_params(route, window, dimension=dimension))
-    ).all()
+    """Requests per label and per UTC day (with their agreement): rollup hours and raw parts."""
+    rows: list[Any] = []
+    if cover.hours:
+        params = {**cover.params(route.name), "dimension": dimension}
+        rows.extend((await connection.execute(_ROLLUP_LABEL_COUNTS, params)).all())
+    for part in cover.raw:
+        params = window_params(route, part, dimension=dimension)
+        rows.extend((await connection.execute(_LABEL_COUNTS, params)).all())
     labels: dict[str, dict[str, int]] = {}
+    days: dict[date, _Day] = {}
     for row in rows:
         if row.dim is not None:
             values = labels.setdefault(row.dim, {})
-            values[row.val] = values.get(row.val, 0) + row.n
-    days = sorted((row for row in rows if row.dim is None), key=lambda row: row.day)
-    return _Population(sum(day.n for day in days), labels, days)
+            values[row.val] = values.get(row.val, 0) + int(row.n)
+            continue
+        day = days.setdefault(row.day, _Day(row.day, 0, 0, 0))
+        day.n += int(row.n)
+        day.samples += int(row.samples)
+        day.agreed += int(row.agreed)
+    ordered = sorted(days.values(), key=lambda day: day.day)
+    # in a set order (SQL's grouping has none), so ties in the PSI's bins come out the same
+    labels = {dim: dict(sorted(values.items())) for dim, values in sorted(labels.items())}
+    return _Population(sum(day.n for day in ordered), labels, ordered)
 
 
 async def _lengths(
-    connection: AsyncConnection, route: RouteConfig, window: Window
+    connection: AsyncConnection, route: RouteConfig, cover: Coverage
 ) -> dict[int, int]:
-    rows = await connection.execute(_LENGTHS, window_params(route, window))
-    return {row.length: row.n for row in rows}
+    rows: list[Any] = []
+    if cover.hours:
+        rows.extend((await connection.execute(_ROLLUP_LENGTHS, cover.params(route.name))).all())
+    for part in cover.raw:
+        rows.extend((await connection.execute(_LENGTHS, window_params(route, part))).all())
+    lengths: dict[int, int] = {}
+    for row in rows:
+        lengths[row.length] = lengths.get(row.length, 0) + int(row.n)
+    return dict(sorted(lengths.items(), key=lambda item: (item[0] is None, item[0] or 0)))

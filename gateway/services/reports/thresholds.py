@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.config import RouteConfig
 from gateway.core import statistics as stats
 from gateway.db.tables import route_state
 from gateway.errors import InvalidRequest, NoData, NotEnoughData
@@ -23,7 +25,9 @@ from gateway.services.reports.common import (
     TEACHER_VERSION,
     ReportsBase,
     window_params,
+    window_params_of,
 )
+from gateway.services.reports.rollup import IN_HOURS, all_raw, grid_buckets, regrid
 
 # Shadow comparisons only: the teacher answered and the student was not chosen. Fallbacks and
 # student-served rows are selected by the live threshold, so they would bias the curve.
@@ -40,10 +44,51 @@ _CALIBRATION = text(
 )
 
 
+# The same from the rollups' confidence bins (:data:`~.rollup.GRID`), for the clean hours.
+_ROLLUP_CALIBRATION = text(
+    "SELECT r.dimension AS dim, r.value AS val, r.bin, sum(r.compared)::bigint AS samples, "
+    "sum(r.agreed)::bigint AS agreed FROM rollup_confidence AS r "
+    f"WHERE {IN_HOURS} AND (CAST(:dimensions AS text[]) IS NULL OR r.dimension IS NULL "
+    f"OR r.dimension = ANY(CAST(:dimensions AS text[]))) AND {TEACHER_VERSION} GROUP BY 1, 2, 3"
+)
+
 DEFAULT_MIN_SERVED = stats.MIN_SERVED
+# (dimension, value) (None, None for all) → report bucket → (samples, agreed)
+Calibration = dict[tuple[Any, Any], dict[int, tuple[int, int]]]
 
 
 class ThresholdReport(ReportsBase):
+    async def _calibration(
+        self,
+        connection: AsyncConnection,
+        route: RouteConfig,
+        window: Window,
+        thresholds: Sequence[float],
+        params: dict[str, Any],
+    ) -> Calibration:
+        """Shadow comparisons per slice and ``width_bucket`` over ``thresholds``: the whole
+        hours from the rollups when every threshold is on their grid, the rest raw."""
+        places = grid_buckets(thresholds)
+        cover = await self._coverage(connection, route, window)
+        if places is None:
+            cover = all_raw(window)
+        found: Calibration = {}
+
+        def add(dim: Any, val: Any, bucket: int, samples: int, agreed: int) -> None:
+            counts = found.setdefault((dim, val), {})
+            before = counts.get(bucket, (0, 0))
+            counts[bucket] = (before[0] + int(samples), before[1] + int(agreed))
+
+        if cover.hours and places is not None:
+            rollup = {**params, **cover.params(route.name)}
+            for row in (await connection.execute(_ROLLUP_CALIBRATION, rollup)).all():
+                add(row.dim, row.val, regrid(row.bin, places), row.samples, row.agreed)
+        for part in cover.raw:
+            raw = window_params_of(params, part)
+            for row in (await connection.execute(_CALIBRATION, raw)).all():
+                add(row.dim, row.val, row.bucket, row.samples, row.agreed)
+        return found
+
     async def thresholds(
         self,
         name: str,
@@ -64,7 +109,7 @@ class ThresholdReport(ReportsBase):
         if gate:  # no critical slice: the route as a whole, against its ramp gate
             rollout = route.rollout
             bars = [stats.Bar("all", "all", rollout.gate_min_agreement, rollout.gate_min_samples)]
-        async with self._reading() as connection:
+        async with self._snapshot() as connection:
             live = (
                 await connection.execute(
                     select(route_state.c.confidence_threshold).where(route_state.c.route == name)
@@ -84,8 +129,8 @@ class ThresholdReport(ReportsBase):
                 dimensions=sorted(dimensions),
                 teacher_version=teacher_version,
             )
-            rows = (await connection.execute(_CALIBRATION, params)).all()
-            if not rows:
+            found = await self._calibration(connection, route, window, thresholds, params)
+            if not found:
                 await self._check_teacher_version(connection, route, teacher_version)
                 count = await self._count(connection, route, window)
                 if count == 0:
@@ -95,10 +140,10 @@ class ThresholdReport(ReportsBase):
                     "shadow comparison with a student confidence (the teacher answered, the "
                     "student was not chosen, both answers compared); calibration needs those."
                 )
-        buckets: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
-        for row in rows:
-            key = ("all", "all") if row.dim is None else (row.dim, row.val)
-            buckets.setdefault(key, {})[row.bucket] = (row.samples, row.agreed)
+        buckets = {
+            (("all", "all") if dim is None else (dim, val)): counts
+            for (dim, val), counts in found.items()
+        }
         wanted = {(b.dimension, b.value) for b in bars} | {("all", "all")}
         wanted |= {key for key in buckets if key[0] == dimension}
         curves = {key: stats.calibration_curve(thresholds, buckets.get(key, {})) for key in wanted}
@@ -164,7 +209,7 @@ class ThresholdReport(ReportsBase):
                 code="invalid_value",
             )
         thresholds = stats.check_thresholds(candidates or stats.candidate_thresholds())
-        async with self._reading() as connection:
+        async with self._snapshot() as connection:
             if dimension is not None:
                 await self._check_dimension(connection, route, dimension)
             params = window_params(
@@ -173,11 +218,8 @@ class ThresholdReport(ReportsBase):
                 thresholds=list(thresholds),
                 dimensions=None if dimension is None else [dimension],
             )
-            rows = (await connection.execute(_CALIBRATION, params)).all()
-        buckets: dict[tuple[str, str], dict[int, tuple[int, int]]] = {}
-        for row in rows:
-            if row.dim is not None:
-                buckets.setdefault((row.dim, row.val), {})[row.bucket] = (row.samples, row.agreed)
+            found = await self._calibration(connection, route, window, thresholds, params)
+        buckets = {key: counts for key, counts in found.items() if key[0] is not None}
         if not buckets:
             raise NoData(
                 f"Route '{name}' has no labelled shadow comparison with a student confidence "
