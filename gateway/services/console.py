@@ -1,11 +1,15 @@
-"""What the console draws that the reports do not answer: agreement per slice over time, and
-one logged row as it is stored.
+"""What the console draws that the reports do not answer: agreement per slice over time, the
+slice table in the console's order, and one logged row as it is stored.
 
 The trend is aggregated in Postgres like every report: one scan of the route's rows in the
 window, grouped by slice label and by ``date_bin`` of ``created_at`` (UTC hours or days), the
 route as a whole in the same scan. A critical slice is judged against its bar over the whole
 window and point by point; the aggregate comes beside the slices, never alone (a window whose
 rows carry no slice label is a 404, as in the slices report).
+
+Every slice list here is in the one order of :func:`~gateway.services.reports.common.rank_slices`
+(failing critical slices first, then by the low end of the interval; slices with too few
+comparisons marked and last), so the charts and the table beside them agree.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from gateway.core.routing import judge_slice
 from gateway.db.tables import requests
 from gateway.errors import InvalidRequest, NoData
 from gateway.protocol.reports import Window, iso_time, proportion_json
-from gateway.services.reports.common import ReportsBase
+from gateway.services.reports.common import mark_samples, rank_slices
+from gateway.services.reports.slices import SliceReport
 
 Step = Literal["hour", "day"]
 STEPS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -107,17 +112,6 @@ def _series(
     }
 
 
-def _worst_first(line: dict[str, Any]) -> tuple[Any, ...]:
-    return (
-        line["verdict"] != "fail",
-        not line["critical"],
-        line["samples"] == 0,
-        line["ci_low"] or 0.0,
-        line["dimension"],
-        line["value"],
-    )
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return iso_time(value)
@@ -126,7 +120,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-class ConsoleData(ReportsBase):
+class ConsoleData(SliceReport):
     async def agreement_trend(
         self,
         name: str,
@@ -182,9 +176,8 @@ class ConsoleData(ReportsBase):
                 f"No request of route '{name}' from {window.describe()} has a slice "
                 f"label{within}. The aggregate alone is not reported: it hides bad slices."
             )
-        lines = sorted(
-            (_series(d, v, grouped.get((d, v), {}), bars.get((d, v))) for d, v in keys),
-            key=_worst_first,
+        lines = rank_slices(
+            (_series(d, v, grouped.get((d, v), {}), bars.get((d, v))) for d, v in keys), route
         )
         return {
             "route": name,
@@ -194,7 +187,22 @@ class ConsoleData(ReportsBase):
             "dimension": dimension,
             "slices": lines[:max_slices],
             "omitted_slices": max(0, len(lines) - max_slices),
-            "aggregate": _series("all", "all", total, None),
+            "aggregate": mark_samples(_series("all", "all", total, None), route),
+        }
+
+    async def slice_table(
+        self, name: str, window: Window, dimension: str | None = None
+    ) -> dict[str, Any]:
+        """The slices report's lines (comparisons, agreement, bar, verdict, fallbacks, student
+        share) in the console's order, each marked; the aggregate last, never instead."""
+        report = await self.slices(name, window, dimension)
+        route = self.route(name)
+        return {
+            "route": name,
+            **window.as_json(),
+            "dimension": dimension,
+            "slices": rank_slices(report["slices"], route),
+            "aggregate": mark_samples(report["aggregate"], route),
         }
 
     async def request_row(self, request_id: str) -> dict[str, Any]:

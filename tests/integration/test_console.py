@@ -464,7 +464,8 @@ def test_agreement_trend_per_slice_per_day_with_bars_and_the_aggregate(
     assert len(trend["buckets"]) in (7, 8)  # 7 days from now start mid-day: 8 UTC days
     assert all(b.endswith("T00:00:00Z") for b in trend["buckets"])
     by_name = {s["value"]: s for s in trend["slices"]}
-    assert [s["value"] for s in trend["slices"]] == ["enterprise", "gold", "free"]
+    # the one slice order: the failing critical slice, then by the interval's low end
+    assert [s["value"] for s in trend["slices"]] == ["enterprise", "free", "gold"]
     enterprise = by_name["enterprise"]
     assert (enterprise["samples"], enterprise["agreed"], enterprise["verdict"]) == (80, 54, "fail")
     assert (enterprise["bar"], enterprise["min_samples"], enterprise["critical"]) == (0.9, 20, True)
@@ -487,6 +488,127 @@ def test_agreement_trend_per_slice_per_day_with_bars_and_the_aggregate(
         browser.json("/console/api/trend", route=ROUTE, since="7d", max_slices=1)["omitted_slices"]
         == 2
     )
+
+
+def test_one_slice_order_for_the_charts_and_the_table_thin_slices_last(
+    seeded: GatewayServer, clean_db: str
+) -> None:
+    """Failing critical slices first, then by the interval's low end (a plain slice worse than
+    the failing one comes after it), slices with too few comparisons marked and last, even
+    with the worst interval of all (one bad sample)."""
+    insert(clean_db, 40, "basic", 1, slices="""'{"tier": "basic"}'::jsonb""", agree="i < 20")
+    insert(clean_db, 1, "trial", 0, slices="""'{"tier": "trial"}'::jsonb""", agree="false")
+    browser = Browser(seeded, ANALYST)
+    order = ["enterprise", "basic", "free", "gold", "trial"]
+    trend = browser.json("/console/api/trend", route=ROUTE, since="7d")
+    table = browser.json("/console/api/slices", route=ROUTE, since="7d")
+    assert [s["value"] for s in trend["slices"]] == order
+    assert [s["value"] for s in table["slices"]] == order
+    marks = {s["value"]: (s["samples_needed"], s["enough_samples"]) for s in table["slices"]}
+    assert marks == {
+        "enterprise": (20, True),  # its bar's min_samples
+        "basic": (30, True),  # the route's gate_min_samples
+        "free": (30, True),
+        "gold": (20, True),
+        "trial": (30, False),
+    }
+    assert {s["value"]: s["enough_samples"] for s in trend["slices"]} == {
+        v: enough for v, (_, enough) in marks.items()
+    }
+    assert table["aggregate"]["enough_samples"] is True
+    assert trend["aggregate"]["samples"] == table["aggregate"]["samples"] == 186
+    # the same figures as the slices report, only ordered and marked
+    report = browser.json("/admin/reports/slices", route=ROUTE, since="7d")
+    by_value = {s["value"]: s for s in report["slices"]}
+    for line in table["slices"]:
+        assert {k: v for k, v in line.items() if k in by_value[line["value"]]} == by_value[
+            line["value"]
+        ]
+    only_tier = browser.json("/console/api/slices", route=ROUTE, since="7d", dimension="tier")
+    assert [s["value"] for s in only_tier["slices"]] == order
+    missing = browser.get("/console/api/slices", route="other")
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "no_data")
+
+
+def _documented(schema: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in schema:
+        return _documented(spec["components"]["schemas"][schema["$ref"].split("/")[-1]], spec)
+    for option in schema.get("anyOf", []):
+        if option.get("type") != "null":
+            return _documented(option, spec)
+    return schema
+
+
+def undocumented(value: Any, schema: dict[str, Any], spec: dict[str, Any], at: str) -> list[str]:
+    """Every key of ``value`` its OpenAPI ``schema`` does not name (JSON columns: any)."""
+    schema = _documented(schema, spec)
+    found: list[str] = []
+    if isinstance(value, dict) and "properties" in schema:
+        for key, inner in value.items():
+            if key not in schema["properties"]:
+                found.append(f"{at}.{key}")
+            else:
+                found += undocumented(inner, schema["properties"][key], spec, f"{at}.{key}")
+    elif isinstance(value, list) and "items" in schema:
+        for inner in value[:3]:
+            found += undocumented(inner, schema["items"], spec, f"{at}[]")
+    return found
+
+
+def test_the_console_api_is_documented_in_openapi_field_by_field(seeded: GatewayServer) -> None:
+    spec = httpx.get(f"{seeded.url}/openapi.json", timeout=10).json()
+    browser = Browser(seeded, ANALYST)
+    answers = {
+        "/console/api/trend": browser.json("/console/api/trend", route=ROUTE, since="7d"),
+        "/console/api/slices": browser.json("/console/api/slices", route=ROUTE, since="7d"),
+        "/console/api/requests/{request_id}": browser.json("/console/api/requests/free-d0-1"),
+    }
+    for path, answer in answers.items():
+        documented = spec["paths"][path]["get"]["responses"]
+        ok = documented["200"]["content"]["application/json"]
+        assert "$ref" in ok["schema"], path
+        assert undocumented(answer, ok["schema"], spec, path) == []
+        # the errors it answers, in OpenAI's shape; never FastAPI's 422
+        assert {"401", "403", "404"} <= set(documented), path
+        assert "422" not in documented, path
+        error = documented["404"]["content"]["application/json"]["schema"]["$ref"]
+        assert error.endswith("/OpenAIError"), path
+    models = spec["components"]["schemas"]
+    assert {"Trend", "TrendSeries", "TrendPoint", "SliceTable", "SliceLine", "RequestRow"} <= set(
+        models
+    )
+    assert models["RequestRow"]["properties"]["student_logprobs"]["anyOf"][0]["items"][
+        "$ref"
+    ].endswith("/TokenLogprob")
+
+
+def test_a_shared_link_survives_the_login_and_the_redirect_stays_on_the_console(
+    gateway: GatewayServer,
+) -> None:
+    page = httpx.get(
+        f"{gateway.url}/console", params={"route": ROUTE, "window": "30d", "row": "a<b"}
+    )
+    assert 'name="next" value="route=support-bot&amp;window=30d&amp;row=a%3Cb"' in page.text
+    answer = httpx.post(
+        f"{gateway.url}/console/login",
+        data={"key": ANALYST, "next": "route=support-bot&window=30d&row=a%3Cb"},
+        follow_redirects=False,
+        timeout=10,
+    )
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/console?route=support-bot&window=30d&row=a%3Cb"
+    for hostile in ("//evil.example", "https://evil.example/x", "\\evil", ""):
+        elsewhere = httpx.post(
+            f"{gateway.url}/console/login",
+            data={"key": ANALYST, "next": hostile},
+            follow_redirects=False,
+            timeout=10,
+        )
+        assert elsewhere.headers["location"] == "/console", hostile
+    wrong = httpx.post(
+        f"{gateway.url}/console/login", data={"key": "nope", "next": "page=review"}, timeout=10
+    )
+    assert 'name="next" value="page=review"' in wrong.text
 
 
 def test_trend_and_raw_row_refuse_what_they_cannot_answer(seeded: GatewayServer) -> None:

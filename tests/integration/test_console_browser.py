@@ -19,7 +19,10 @@ drives it as it is (no ``playwright install``: nothing is downloaded).
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -119,9 +122,11 @@ def save_screenshot(page: Page, path: Path, section: str | None = None) -> None:
         page.evaluate("document.querySelector('header.top').style.position = 'static'")
         page.locator(section).screenshot(path=str(path))
         page.evaluate("document.querySelector('header.top').style.position = ''")
+    print(f"screenshot: {path}")  # shown with pytest -s (or -rP)
     if artifacts := os.environ.get("SGW_TEST_ARTIFACTS"):
         Path(artifacts).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(artifacts) / path.name)
+        print(f"screenshot: {Path(artifacts) / path.name}")
 
 
 # Every piece of text under a selector that overlaps another on screen (what a reader would see
@@ -380,12 +385,18 @@ def sre_visit(browser: Browser, seeded: GatewayServer, tmp_path: Path) -> None:
     request_id = first.get_attribute("data-request-id")
     assert request_id is not None
     assert request_id.startswith("free-")
-    with console.context.expect_page() as opened:
-        first.locator("a", has_text="raw row").click()
-    raw = opened.value
-    raw.wait_for_load_state()
-    assert f'"request_id":"{request_id}"' in raw.inner_text("body")
-    raw.close()
+    # its row, readable, over the page; the raw JSON one click away; Escape closes it
+    first.locator("a.row-link").click()
+    view = page.locator("#row-view")
+    expect(view).to_be_visible()
+    expect(view).to_have_attribute("data-ready", "true")
+    expect(page.locator("#row-title")).to_have_text(f"Request {request_id}")
+    assert f"row={request_id}" in page.url
+    view.locator("#row-raw summary").click()
+    expect(view.locator("#row-raw pre")).to_contain_text(f'"request_id": "{request_id}"')
+    page.keyboard.press("Escape")
+    expect(view).to_be_hidden()
+    expect(page).not_to_have_url(re.compile("row="))  # Back, to where it was opened
 
     save_screenshot(page, tmp_path / "console-sre.png")
     save_screenshot(page, tmp_path / "console-agreement.png", "#agreement-section")
@@ -630,6 +641,383 @@ def analyst_visit(browser: Browser, seeded: GatewayServer, tmp_path: Path) -> No
     save_screenshot(page, tmp_path / "console-analyst.png")
     # 403 in the console is expected above; nothing else went wrong
     assert [p for p in console.problems if "403" not in p] == []
+    console.close()
+
+
+# -- reading at a glance: one slice order, the URL, the row view, auto-refresh, a phone -------
+
+# Beside the seeded rows, two slices of the last day: tier=basic, 40 comparisons, half agreeing
+# (an interval lower than failing enterprise's, but not critical, so after it), and tier=trial,
+# one disagreement (the lowest interval of all, from one sample: too few to rank, so last).
+ORDER = ["tier=enterprise", "tier=basic", "tier=free", "tier=gold", "tier=trial"]
+ROW = "free-d0-9"  # a tier=free disagreement; it gets the student's token probabilities
+# (token, probability, top alternatives with theirs)
+TOKENS = [
+    ("Refunds", 0.98, []),
+    (" take", 0.95, []),
+    (" 7", 0.35, [(" 5", 0.55), (" 7", 0.35), (" 10", 0.05)]),
+    (" business", 0.9, []),
+    (" days", 0.85, []),
+    (" to reach your account.", 0.99, []),
+]
+
+
+def seed_glance(url: str) -> None:
+    insert(url, 40, "basic", 0, slices="""'{"tier": "basic"}'::jsonb""", agree="i < 20")
+    insert(url, 1, "trial", 0, slices="""'{"tier": "trial"}'::jsonb""", agree="false")
+    logprobs = [
+        {
+            "token": token,
+            "logprob": math.log(p),
+            "top_logprobs": [{"token": t, "logprob": math.log(q)} for t, q in alternatives],
+        }
+        for token, p, alternatives in TOKENS
+    ]
+    updated = fetch(
+        url,
+        "UPDATE requests SET student_logprobs = $1::jsonb WHERE request_id = $2 "
+        "RETURNING request_id",
+        json.dumps(logprobs),
+        ROW,
+    )
+    assert updated == [{"request_id": ROW}]
+
+
+# A series with buckets 0, 1, 3 and 4 compared, 2 empty and 5 with requests but no comparison:
+# two line segments, nothing drawn across the gap (drawn by the page's own module).
+GAPPED_CHART = """async () => {
+  const { trendChart } = await import("/console/static/charts.js");
+  const day = (i) => new Date(Date.UTC(2024, 4, 1 + i)).toISOString().replace(".000Z", "Z");
+  const buckets = Array.from({ length: 8 }, (_, i) => day(i));
+  const point = (i, samples, agreed) => ({ at: day(i), requests: samples || 3, samples, agreed,
+    agreement: samples ? agreed / samples : null, ci_low: samples ? 0.5 : null,
+    ci_high: samples ? 0.95 : null, below_bar: null });
+  const series = { dimension: "tier", value: "gaps", bar: null, verdict: null,
+    points: [point(0, 40, 36), point(1, 10, 8), point(3, 2, 2), point(4, 40, 30), point(5, 0, 0)] };
+  const holder = document.createElement("div");
+  holder.id = "gap-check";
+  holder.className = "chart";
+  holder.append(trendChart(series, buckets, "day", 40));
+  document.querySelector("#agreement-section").append(holder);
+  const svg = holder.querySelector("svg");
+  const found = {
+    segments: [...svg.querySelectorAll("polyline.series")].map(
+      (l) => [l.dataset.from, l.dataset.to]),
+    radii: Object.fromEntries([...svg.querySelectorAll("circle.point")].map(
+      (c) => [c.dataset.samples, Number(c.getAttribute("r"))])),
+    labels: [...svg.querySelectorAll("text.x-label")].map((t) => t.textContent),
+  };
+  holder.remove();
+  return found;
+}"""
+
+HIDE_TAB = """(hidden) => {
+  const state = hidden ? "hidden" : "visible";
+  for (const [name, value] of [["hidden", hidden], ["visibilityState", state]]) {
+    Object.defineProperty(document, name, { configurable: true, get: () => value });
+  }
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+TEXTS = "nodes => nodes.map(n => n.textContent)"  # SVG text has no innerText
+PAGE_WIDER_THAN_VIEWPORT = "document.documentElement.scrollWidth > window.innerWidth"
+
+
+def test_the_console_reads_at_a_glance_and_keeps_its_state_in_the_url(
+    seeded: GatewayServer, clean_db: str, tmp_path: Path
+) -> None:
+    seed_glance(clean_db)
+    with chromium() as browser:
+        order_and_charts_visit(browser, seeded, tmp_path)
+        url_state_visit(browser, seeded, tmp_path)
+        auto_refresh_visit(browser, seeded)
+        narrow_visit(browser, seeded, tmp_path)
+
+
+def order_and_charts_visit(browser: Browser, seeded: GatewayServer, tmp_path: Path) -> None:
+    """The one slice order in the charts, the table and the per-slice sections; the thin slice
+    marked; points sized by comparisons, lines broken over empty buckets, an x axis that fits."""
+    console = Console(browser, seeded)
+    page = console.log_in(ANALYST)
+    charts = page.locator("#slice-charts .chart")
+    expect(charts).to_have_count(len(ORDER))
+    assert charts.evaluate_all("cs => cs.map(c => c.dataset.slice)") == ORDER
+    rows = page.locator("#slice-table tbody tr")
+    assert rows.evaluate_all("rs => rs.map(r => r.dataset.slice)") == [*ORDER, "all"]
+    trial = page.locator('#slice-charts .chart[data-slice="tier=trial"]')
+    expect(trial).to_have_class("chart thin")
+    expect(trial.locator(".badge")).to_have_text("few samples")
+    expect(trial.locator(".sub")).to_contain_text("few samples: 1 of 30")
+    trial_row = page.locator('#slice-table tr[data-slice="tier=trial"]')
+    expect(trial_row).to_have_class("thin")
+    expect(trial_row.locator("td").nth(6)).to_have_text("few samples")
+    expect(page.locator("#agreement-note")).to_contain_text("1 with too few comparisons to rank")
+    # the other per-slice lists follow the same order, the route as a whole last
+    curves = page.locator("#calibration-charts .chart")
+    assert curves.evaluate_all("cs => cs.map(c => c.dataset.curve)") == [
+        "tier=enterprise",
+        "tier=gold",
+        "all",
+    ]
+    calibration = page.locator("#slice-calibration tbody tr")
+    expect(calibration).to_have_count(len(ORDER))
+    assert calibration.evaluate_all("rs => rs.map(r => r.dataset.slice)") == ORDER
+    options = page.locator("#disagreement-filter select[name=slice] option")
+    assert options.evaluate_all("os => os.map(o => o.value)") == ["", *ORDER]
+
+    # enterprise: four days in a row, one line; each point's size grows with its comparisons
+    enterprise = page.locator('#slice-charts .chart[data-slice="tier=enterprise"] svg')
+    expect(enterprise.locator("polyline.series")).to_have_count(1)
+    radii = enterprise.locator("circle.point").evaluate_all(
+        "cs => cs.map(c => [Number(c.dataset.samples), Number(c.getAttribute('r'))])"
+    )
+    trial_radius = float(trial.locator("circle.point").get_attribute("r") or "0")
+    assert all(r > trial_radius for _, r in radii)  # 20 comparisons against 1
+    basic = page.locator('#slice-charts .chart[data-slice="tier=basic"] circle.point')
+    assert float(basic.get_attribute("r") or "0") == 4.5  # 40 comparisons: the most of any
+    assert max(r for _, r in radii) < 4.5  # 20
+    labels = enterprise.locator("text.x-label").evaluate_all(TEXTS)
+    assert 3 <= len(labels) <= 8, labels
+    assert all(re.fullmatch(r"[A-Z][a-z]{2} \d{1,2}", label) for label in labels), labels
+    gaps = page.evaluate(GAPPED_CHART)
+    assert gaps["segments"] == [
+        ["2024-05-01T00:00:00Z", "2024-05-02T00:00:00Z"],
+        ["2024-05-04T00:00:00Z", "2024-05-05T00:00:00Z"],
+    ]
+    assert gaps["radii"]["2"] < gaps["radii"]["10"] < gaps["radii"]["40"] == 4.5
+    assert "May 1" in gaps["labels"]
+    # the hourly axis: times of day between dates, none touching another
+    page.select_option("#window", "24h")
+    expect(page.locator("body")).to_have_attribute("data-loaded", "true")
+    hourly = page.locator("#aggregate-chart svg text.x-label").evaluate_all(TEXTS)
+    assert hourly
+    assert all(re.fullmatch(r"\d\d:00|[A-Z][a-z]{2} \d{1,2}", t) for t in hourly)
+    assert overlapping(page, "#agreement-section") == []
+    save_screenshot(page, tmp_path / "console-glance-agreement-24h.png", "#agreement-section")
+    assert console.problems == []
+    console.close()
+
+
+def url_state_visit(browser: Browser, seeded: GatewayServer, tmp_path: Path) -> None:
+    """A link with a state: through the login, the page in that state, the row in view; a
+    reload keeps it, Back and Forward walk it."""
+    console = Console(browser, seeded)
+    page = console.page
+    shared = (
+        f"{seeded.url}/console?route={ROUTE}&window=30d&slice=tier%3Dfree&served_by=teacher"
+        f"&reference=window&target=0.95&row={ROW}"
+    )
+    page.goto(shared)
+    page.fill("#key", ANALYST)  # not logged in: the form, then straight back to the link
+    page.click("button[type=submit]")
+    expect(page.locator("body")).to_have_attribute("data-loaded", "true")
+    expect(page.locator("#window")).to_have_value("30d")
+    expect(page.locator("#disagreement-filter select[name=slice]")).to_have_value("tier=free")
+    expect(page.locator("#disagreement-filter select[name=served_by]")).to_have_value("teacher")
+    expect(page.locator("#slice-calibration-form input[name=target_agreement]")).to_have_value(
+        "0.95"
+    )
+    expect(page.locator("#slice-calibration-note")).to_contain_text("Target 95%")
+    items = page.locator("#disagreements article.disagreement")
+    expect(items).to_have_count(4)  # tier=free's over 30 days
+    check_row_view(page)
+    save_screenshot(page, tmp_path / "console-row-view-1400.png", "#row-view")
+    page.keyboard.press("Escape")
+    expect(page.locator("#row-view")).to_be_hidden()
+    expect(page).not_to_have_url(re.compile("row="))  # closed: out of the URL
+    assert "window=30d" in page.url
+
+    # a reload keeps it all; Back and Forward walk the window and a row opened here
+    page.reload()
+    expect(page.locator("body")).to_have_attribute("data-loaded", "true")
+    expect(page.locator("#window")).to_have_value("30d")
+    expect(items).to_have_count(4)
+    page.select_option("#window", "7d")
+    expect(page.locator("body")).to_have_attribute("data-loaded", "true")
+    assert "window=7d" in page.url
+    items.first.locator("a.row-link").click()
+    expect(page.locator("#row-view")).to_be_visible()
+    page.go_back()
+    expect(page.locator("#row-view")).to_be_hidden()
+    expect(page.locator("#window")).to_have_value("7d")
+    page.go_back()
+    expect(page.locator("#window")).to_have_value("30d")
+    expect(page.locator("body")).to_have_attribute("data-loaded", "true")
+    page.go_forward()
+    expect(page.locator("#window")).to_have_value("7d")
+
+    # the page itself: the old #review link, then the query string
+    page.goto(f"{seeded.url}/console#review")
+    expect(page.locator("body")).to_have_attribute("data-page", "review")
+    expect(page.locator("body")).to_have_attribute("data-loaded", "true")
+    assert "page=review" in page.url
+    assert "#" not in page.url
+    page.goto(f"{seeded.url}/console?page=review&route={ROUTE}&status=judged")
+    expect(page.locator("body")).to_have_attribute("data-page", "review")
+    expect(page.locator("#review-filter select[name=status]")).to_have_value("judged")
+    page.click("#pages a[data-page=overview]")
+    expect(page.locator("body")).to_have_attribute("data-page", "overview")
+    assert "page=" not in page.url
+    assert "status=judged" in page.url
+    # 404s only: drift over 30 days has no reference (nothing 30 to 60 days back), and no
+    # answer was judged for the quality view
+    assert [p for p in console.problems if "404 (Not Found)" not in p] == []
+    refused = {r.split("?")[0] for r in console.refused}
+    assert refused <= {"404 /admin/reports/drift", "404 /admin/reports/quality"}
+    console.close()
+
+
+def check_row_view(page: Page) -> None:
+    """The row as a reader wants it: the prompt, both answers diffed, the verdict, the tokens
+    shaded with their alternatives on hover and on focus, the raw JSON a click away."""
+    view = page.locator("#row-view")
+    expect(view).to_be_visible()
+    expect(view).to_have_attribute("data-ready", "true")
+    expect(page.locator("#row-title")).to_have_text(f"Request {ROW}")
+    expect(view.locator("#row-summary [data-field=slices]")).to_have_text("tier=free")
+    expect(view.locator("#row-summary [data-field=served_by]")).to_have_text("teacher")
+    expect(view.locator("#row-conversation .turn")).to_have_text(
+        ["userHow long do refunds take? #009"]
+    )
+    expect(view.locator('#row-answers [data-side="teacher"]')).to_contain_text(TEACHER)
+    expect(view.locator('#row-answers [data-side="student"]')).to_contain_text(STUDENT)
+    assert view.locator("#row-answers ins.diff").all_inner_texts() == ["7", "account."]
+    expect(view.locator("#row-verdict [data-field=agree]")).to_have_text("Disagrees")
+    expect(view.locator("#row-verdict")).to_contain_text("score 0.40")
+    tokens = view.locator("#row-tokens .tokens .tok")
+    expect(tokens).to_have_count(len(TOKENS))
+    assert tokens.all_inner_texts() == [t for t, _, _ in TOKENS]
+    expect(tokens.nth(2)).to_have_class("tok band-3")  # 35%: between 30% and 50%
+    expect(tokens.nth(0)).to_have_class("tok band-0")
+    expect(view.locator("[data-field=token-summary]")).to_have_text("6 tokens, 1 below 50%.")
+    tokens.nth(2).hover()
+    detail = view.locator("#row-token-detail")
+    expect(detail).to_contain_text('" 7" token 3: probability 35.0%')
+    expect(detail.locator("tbody tr")).to_have_count(3)
+    expect(detail.locator("tbody tr").first).to_have_text('" 5"55.0%')
+    tokens.nth(0).focus()  # the keyboard: one tab stop, the arrows move
+    page.keyboard.press("ArrowRight")
+    expect(tokens.nth(1)).to_be_focused()
+    expect(detail).to_contain_text('" take" token 2: probability 95.0%')
+    view.locator("#row-raw summary").click()
+    expect(view.locator("#row-raw pre")).to_contain_text(f'"request_id": "{ROW}"')
+    raw = view.locator("#row-raw a")
+    expect(raw).to_have_attribute("href", f"/console/api/requests/{ROW}")
+
+
+def auto_refresh_visit(browser: Browser, seeded: GatewayServer) -> None:
+    """The toggle refreshes every minute on a fake clock: not while a filter is being typed,
+    not while the tab is hidden (it catches up when shown), not once switched off."""
+    console = Console(browser, seeded)
+    page = console.page
+    page.clock.install()
+    console.log_in(SRE)
+    refreshed = page.locator("body")
+    toggle = page.locator("#auto-refresh")
+    expect(toggle).to_be_visible()
+    expect(toggle).not_to_be_checked()
+    toggle.check()
+    expect(refreshed).to_have_attribute("data-auto-refresh", "on")
+    expect(page.locator("#auto-refresh-state")).to_have_text("every 60 s")
+    assert "refresh=on" in page.url
+    trends = lambda: sum("/console/api/trend" in u for u in console.requests)  # noqa: E731
+    before = trends()
+    page.clock.run_for(61_000)
+    expect(refreshed).to_have_attribute("data-refreshes", "1")
+    assert trends() == before + 1
+    expect(page.locator("#slice-charts .chart")).to_have_count(len(ORDER))  # redrawn in place
+
+    # typing in a form (focused, then typed and not sent) holds it back
+    page.fill("#disagreement-filter input[name=since]", "36h")
+    page.clock.run_for(61_000)
+    expect(refreshed).to_have_attribute("data-auto-refresh", "typing")
+    expect(page.locator("#auto-refresh-state")).to_have_text("paused while you type")
+    page.locator("#agreement-section h2").click()  # the focus leaves; the text is still unsent
+    page.clock.run_for(6_000)
+    expect(refreshed).to_have_attribute("data-auto-refresh", "typing")
+    page.click("#disagreement-filter button[type=submit]")
+    page.locator("#agreement-section h2").click()
+    page.clock.run_for(6_000)
+    expect(refreshed).to_have_attribute("data-refreshes", "2")
+    expect(page.locator("#disagreement-filter input[name=since]")).to_have_value("36h")
+
+    # a hidden tab is never refreshed; shown again, it catches up at once
+    page.evaluate(HIDE_TAB, True)
+    page.clock.run_for(61_000)
+    expect(refreshed).to_have_attribute("data-auto-refresh", "hidden")
+    page.clock.run_for(120_000)
+    assert refreshed.get_attribute("data-refreshes") == "2"
+    page.evaluate(HIDE_TAB, False)
+    expect(refreshed).to_have_attribute("data-refreshes", "3")
+
+    # off: nothing more; a reload of the link turns it back on
+    toggle.uncheck()
+    expect(refreshed).to_have_attribute("data-auto-refresh", "off")
+    assert "refresh=" not in page.url
+    count = trends()
+    page.clock.run_for(180_000)
+    assert trends() == count
+    toggle.check()
+    page.reload()
+    expect(page.locator("#auto-refresh")).to_be_checked()
+    assert console.problems == []
+    console.close()
+
+
+def narrow_visit(browser: Browser, seeded: GatewayServer, tmp_path: Path) -> None:
+    """A phone, 390 pixels wide: no sideways page scroll anywhere, the header folded behind
+    Menu, wide tables scrolling in their own box, the row view across the screen."""
+    console = Console(browser, seeded)
+    page = console.page
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{seeded.url}/console")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # the login form too
+    console.log_in(SRE)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert not page.evaluate(PAGE_WIDER_THAN_VIEWPORT)
+    expect(page.locator("#menu-toggle")).to_be_visible()
+    expect(page.locator("#route")).to_be_hidden()
+    expect(page.locator("#pages")).to_be_hidden()
+    page.click("#menu-toggle")
+    expect(page.locator("#menu-toggle")).to_have_attribute("aria-expanded", "true")
+    expect(page.locator("#route")).to_be_visible()
+    expect(page.locator("#pages a[data-page=review]")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.click("#menu-toggle")
+    expect(page.locator("#route")).to_be_hidden()
+    # the candidates' table is wider than the screen: it scrolls in its box, not the page
+    box = page.locator("#candidates-live").locator("xpath=..")
+    assert box.evaluate("b => b.scrollWidth > b.clientWidth")
+    assert box.evaluate("b => getComputedStyle(b).overflowX") == "auto"
+    save_screenshot(page, tmp_path / "console-narrow-390.png")
+    page.locator("#disagreements a.row-link").first.click()
+    expect(page.locator("#row-view")).to_have_attribute("data-ready", "true")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.keyboard.press("Escape")
+    page.goto(f"{seeded.url}/console?route={ROUTE}&window=7d&row={ROW}")  # with its tokens
+    expect(page.locator("#row-view .tokens .tok")).to_have_count(len(TOKENS))
+    expect(page.locator("body")).to_have_attribute("data-loaded", "true")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    view = page.locator("#row-view")
+    assert view.evaluate("v => v.scrollWidth <= v.clientWidth")
+    assert (view.bounding_box() or {"width": 0})["width"] <= 390
+    save_screenshot(page, tmp_path / "console-narrow-row-390.png", "#row-view")
+    page.keyboard.press("Escape")
+    page.click("#menu-toggle")
+    page.click("#pages a[data-page=review]")
+    expect(page.locator("body")).to_have_attribute("data-page", "review")
+    expect(page.locator("body")).to_have_attribute("data-loaded", "true")
+    expect(page.locator("#route")).to_be_hidden()  # a choice made: the menu folds again
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    save_screenshot(page, tmp_path / "console-narrow-review-390.png")
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    page.click("#pages a[data-page=overview]")
+    expect(page.locator("body")).to_have_attribute("data-loaded", "true")
+    expect(page.locator("#menu-toggle")).to_be_hidden()
+    save_screenshot(page, tmp_path / "console-desktop-1400.png")
+    # the review page's quality view: no answer judged yet, its 404 only
+    assert {r.split("?")[0] for r in console.refused} == {"404 /admin/reports/quality"}
+    assert [p for p in console.problems if "404 (Not Found)" not in p] == []
     console.close()
 
 

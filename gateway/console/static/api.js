@@ -32,7 +32,7 @@ export async function api(path, params = {}, init = {}) {
   const response = await fetch(url, { credentials: "same-origin", ...init, headers });
   const body = await response.json().catch(() => null);
   if (response.status === 401) {
-    location.assign("/console"); // the session ended: back to the login form
+    location.assign(`/console${location.search}`); // the session ended: log in, back to this state
   }
   if (!response.ok) {
     throw new ApiError(response.status, body?.error?.message ?? response.statusText, body?.error?.code);

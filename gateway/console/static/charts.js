@@ -113,19 +113,73 @@ function placeLabels(svg, labels, taken) {
   }
 }
 
-function polyline(svg, points, cls) {
+function polyline(svg, points, cls) { // a calibration curve (thresholds leave no gaps)
   if (points.length > 1) {
     svg.append(svgEl("polyline", { class: cls, points: points.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" ") }));
   }
 }
 
-// One slice (or the aggregate) over time: a line through the buckets that had comparisons,
-// a whisker for each one's 95% interval, the bar as a dashed line.
-export function trendChart(series, buckets, step) {
-  const stepMs = step === "hour" ? 3600e3 : 86400e3;
+// -- agreement over time --------------------------------------------------------------------
+
+const HOUR = 3600e3, DAY = 86400e3;
+const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+// Tick spacings tried in turn, the finest whose labels fit side by side wins.
+const SPACINGS = {
+  hour: [1, 2, 3, 6, 12, 24, 48, 96, 168].map((h) => h * HOUR),
+  day: [1, 2, 3, 7, 14, 28, 56, 91, 182, 364].map((d) => d * DAY),
+};
+const R_MIN = 1.5, R_MAX = 4.5; // a point's radius: the bucket with the most comparisons gets R_MAX
+
+const dayLabel = (ms) => `${MONTHS[new Date(ms).getUTCMonth()]} ${new Date(ms).getUTCDate()}`;
+function hourLabel(ms) {
+  const hour = new Date(ms).getUTCHours();
+  return hour === 0 ? dayLabel(ms) : `${String(hour).padStart(2, "0")}:00`;
+}
+
+// The x axis, in UTC: hourly charts tick the hours between buckets (a date at midnight), daily
+// charts name each day under its point. Labels are measured and never touch: the finest
+// spacing whose labels fit is drawn, each kept inside the chart.
+function timeAxis(svg, start, end, step) {
+  const xAt = (ms) => M.left + PLOT_W * ((ms - start) / (end - start));
+  const stepMs = step === "hour" ? HOUR : DAY;
+  for (const [n, spacing] of SPACINGS[step].entries()) {
+    const ticks = [];
+    if (step === "hour") { // on the hour marks that divide the day (UTC)
+      for (let t = Math.ceil(start / spacing) * spacing; t <= end; t += spacing) ticks.push(t);
+    } else { // under the days' points, every so many days from the first
+      for (let t = start; t < end; t += spacing) ticks.push(t + stepMs / 2);
+    }
+    const labels = ticks.map((t) => {
+      const text = step === "hour" ? hourLabel(t) : dayLabel(t - stepMs / 2);
+      const width = labelWidth(text);
+      const x0 = Math.min(Math.max(xAt(t) - width / 2, 1), W - 1 - width);
+      return { t, text, x0, x1: x0 + width };
+    });
+    const fits = labels.every((label, i) => i === 0 || label.x0 >= labels[i - 1].x1 + 6);
+    if (!fits && n < SPACINGS[step].length - 1) continue;
+    for (const label of fits ? labels : [labels[0]]) {
+      const x = xAt(label.t);
+      svg.append(svgEl("line", { class: "tick", x1: x, x2: x, y1: M.top + PLOT_H, y2: M.top + PLOT_H + 3 }));
+      svg.append(svgEl("text", {
+        class: "x-label", x: label.x0.toFixed(1), y: H - 6, "data-at": new Date(label.t).toISOString(),
+      }, label.text));
+    }
+    svg.dataset.tickHours = String(spacing / HOUR);
+    return;
+  }
+}
+
+// One slice (or the aggregate) over time: a line through consecutive buckets with comparisons,
+// broken where a bucket has none (nothing is drawn across a gap); a whisker for each bucket's
+// 95% interval; each point's area in proportion to its comparisons (``maxSamples``: the most
+// any point of the charts drawn together has, so sizes compare across charts); the bar dashed.
+export function trendChart(series, buckets, step, maxSamples = null) {
+  const stepMs = step === "hour" ? HOUR : DAY;
   const start = Date.parse(buckets[0]);
   const end = Date.parse(buckets[buckets.length - 1]) + stepMs;
   const xOf = (iso) => M.left + PLOT_W * ((Date.parse(iso) + stepMs / 2 - start) / (end - start));
+  const most = maxSamples ?? Math.max(1, ...series.points.map((p) => p.samples));
+  const radius = (n) => R_MIN + (R_MAX - R_MIN) * Math.sqrt(Math.min(n / most, 1));
   const name = series.dimension === "all" ? "all" : `${series.dimension}=${series.value}`;
   const svg = svgEl("svg", {
     viewBox: `0 0 ${W} ${H}`, role: "img", "data-slice": name, "data-verdict": series.verdict ?? "",
@@ -133,28 +187,38 @@ export function trendChart(series, buckets, step) {
   });
   frame(svg);
   barLine(svg, series.bar);
-  const line = [];
-  for (const point of series.points) {
-    if (!point.samples) continue;
-    const x = xOf(point.at), y = yOf(point.agreement);
-    line.push([x, y]);
+  const slot = new Map(buckets.map((at, i) => [Date.parse(at), i]));
+  const shown = [...series.points].filter((p) => p.samples > 0).sort((a, b) => Date.parse(a.at) - Date.parse(b.at));
+  const segments = [];
+  let previous = null;
+  for (const point of shown) {
+    const at = slot.get(Date.parse(point.at));
+    if (previous === null || at !== previous + 1) segments.push([]);
+    segments[segments.length - 1].push(point);
+    previous = at;
+  }
+  for (const point of shown) {
+    const x = xOf(point.at);
     svg.append(svgEl("line", { class: "whisker", x1: x, x2: x, y1: yOf(point.ci_low), y2: yOf(point.ci_high) }));
   }
-  polyline(svg, line, "series");
-  for (const point of series.points) {
-    if (!point.samples) continue;
+  for (const segment of segments) {
+    if (segment.length < 2) continue;
+    svg.append(svgEl("polyline", {
+      class: "series", "data-from": segment[0].at, "data-to": segment[segment.length - 1].at,
+      points: segment.map((p) => `${xOf(p.at).toFixed(1)},${yOf(p.agreement).toFixed(1)}`).join(" "),
+    }));
+  }
+  for (const point of shown) {
     const dot = svgEl("circle", {
       class: point.below_bar ? "point below" : "point", cx: xOf(point.at).toFixed(1),
-      cy: yOf(point.agreement).toFixed(1), r: 2.6, "data-at": point.at,
+      cy: yOf(point.agreement).toFixed(1), r: radius(point.samples).toFixed(2), "data-at": point.at,
       "data-agreement": point.agreement, "data-samples": point.samples,
     });
     dot.append(svgEl("title", {}, `${utc(point.at, step === "hour")}: ${point.agreed}/${point.samples} agree, ` +
       `${pct(point.agreement)} (95% CI ${pct(point.ci_low)}–${pct(point.ci_high)})`));
     svg.append(dot);
   }
-  const last = buckets[buckets.length - 1];
-  svg.append(svgEl("text", { x: M.left, y: H - 6 }, utc(buckets[0], step === "hour")));
-  svg.append(svgEl("text", { x: W - M.right, y: H - 6, "text-anchor": "end" }, utc(last, step === "hour")));
+  timeAxis(svg, start, end, step);
   return svg;
 }
 

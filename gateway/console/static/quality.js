@@ -53,13 +53,17 @@ function render(report) {
   $("quality-rules").textContent = report.rules ?? "";
 }
 
-export async function loadQuality(route, since) {
-  $("quality-note").textContent = "Loading…";
-  $("quality-rules").textContent = "";
+// ``quiet`` (auto-refresh): the figures shown stay until the new ones come, and stay when
+// they cannot be had.
+export async function loadQuality(route, since, quiet = false) {
+  if (!quiet) {
+    $("quality-note").textContent = "Loading…";
+    $("quality-rules").textContent = "";
+  }
   try {
     render(await api("/admin/reports/quality", { route, since }));
   } catch (error) {
-    $("quality").replaceChildren();
-    $("quality-note").textContent = error.message;
+    if (!quiet) $("quality").replaceChildren();
+    $("quality-note").textContent = quiet ? `Not refreshed: ${error.message}` : error.message;
   }
 }

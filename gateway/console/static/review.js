@@ -4,7 +4,9 @@
 // sre keys judge and draw tasks; analysts read.
 import { api, CAN_JUDGE, CAN_READ_ADMIN } from "./api.js";
 import { el, utc } from "./charts.js";
+import { turns } from "./conversation.js";
 import { wordDiff } from "./diff.js";
+import { rowLink } from "./rowview.js";
 
 const $ = (id) => document.getElementById(id);
 const PAGE = 50; // tasks fetched at a time; more when the focus nears the end
@@ -32,6 +34,7 @@ const review = {
   focusing: 0, // the latest task fetch
   busy: false, // a verdict is on its way
   onChange: () => {},
+  wantedStudent: null, // the student filter a link asked for, until the route's students are known
 };
 
 const sliceText = (slices) => Object.entries(slices ?? {}).map(([k, v]) => `${k}=${v}`).join(", ");
@@ -43,49 +46,6 @@ function filters() {
 }
 
 // -- the conversation ----------------------------------------------------------------------
-
-function partText(part) {
-  if (typeof part === "string") return part;
-  if (typeof part?.text === "string") return part.text;
-  if (typeof part?.refusal === "string") return part.refusal;
-  return `[${part?.type ?? "part"}]`;
-}
-
-function contentText(content) {
-  if (content === null || content === undefined) return "";
-  if (typeof content === "string") return content;
-  if (Array.isArray(content)) return content.map(partText).join("\n");
-  return JSON.stringify(content);
-}
-
-function messageText(message) {
-  const lines = [contentText(message.content)];
-  for (const call of Array.isArray(message.tool_calls) ? message.tool_calls : []) {
-    lines.push(`→ ${call.function?.name ?? call.type ?? "tool"}(${call.function?.arguments ?? ""})`);
-  }
-  if (message.type === "function_call") lines.push(`→ ${message.name}(${message.arguments ?? ""})`);
-  if (message.type === "function_call_output") lines.push(contentText(message.output));
-  return lines.filter(Boolean).join("\n");
-}
-
-// Every turn of the logged request (chat messages, a Responses API input, a completion
-// prompt), or null when the payload was not stored.
-function turns(payload) {
-  if (!payload || typeof payload !== "object") return null;
-  if (Array.isArray(payload.messages)) {
-    return payload.messages.map((m) => ({ role: m.role ?? "?", text: messageText(m) }));
-  }
-  const found = [];
-  if (typeof payload.instructions === "string") found.push({ role: "instructions", text: payload.instructions });
-  if (typeof payload.input === "string") found.push({ role: "user", text: payload.input });
-  if (Array.isArray(payload.input)) {
-    found.push(...payload.input.map((item) => ({ role: item.role ?? item.type ?? "?", text: messageText(item) })));
-  }
-  if (payload.prompt !== undefined && payload.prompt !== null) {
-    found.push({ role: "prompt", text: Array.isArray(payload.prompt) ? payload.prompt.join("\n") : String(payload.prompt) });
-  }
-  return found.length ? found : null;
-}
 
 function renderConversation(task) {
   const shown = task.request_payload !== undefined ? turns(task.request_payload) : null;
@@ -137,8 +97,7 @@ function teacherVersion(version) {
 function renderHead(task) {
   const compared = task.disagreement === true ? "disagreed" : task.disagreement === false ? "agreed" : "not compared";
   const request = CAN_READ_ADMIN
-    ? el("a", { href: `/console/api/requests/${encodeURIComponent(task.request_id)}`, target: "_blank", rel: "noopener", class: "mono" },
-      `request ${task.request_id}`)
+    ? rowLink(task.request_id, `request ${task.request_id}`)
     : el("span", { class: "mono" }, `request ${task.request_id}`);
   $("review-task-head").replaceChildren(
     el("strong", {}, `Task #${task.id}`),
@@ -331,6 +290,7 @@ const typing = (node) =>
 
 function onKey(event) {
   if (document.body.dataset.page !== "review" || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (document.querySelector("dialog[open]")) return; // the row view is over the task: keys are its own
   if (event.target === $("review-correction")) {
     if (event.key === "Escape") {
       event.preventDefault();
@@ -389,12 +349,14 @@ export async function loadReview(route, since) {
   try {
     const { routes } = await api("/admin/reviews/routes");
     const students = routes.find((r) => r.name === route)?.students ?? [];
-    for (const [select, first] of [[$("review-filter").elements.student, "(any)"], [$("review-draw").elements.student, "(champion)"]]) {
-      const chosen = select.value;
+    const filter = $("review-filter").elements.student;
+    for (const [select, first] of [[filter, "(any)"], [$("review-draw").elements.student, "(champion)"]]) {
+      const chosen = select === filter && review.wantedStudent !== null ? review.wantedStudent : select.value;
       select.replaceChildren(el("option", { value: "" }, first),
         ...students.map((s) => el("option", { value: s.name }, `${s.name} (${s.status ?? "gone"}, ${s.open} open)`)));
       select.value = students.some((s) => s.name === chosen) ? chosen : "";
     }
+    review.wantedStudent = null;
     await loadQueue();
   } catch (error) {
     review.tasks = [];
@@ -402,6 +364,13 @@ export async function loadReview(route, since) {
     $("review-task").hidden = true;
     $("review-note").textContent = error.message;
   }
+}
+
+// The queue's filters from a link (the page's URL): applied by the next loadReview.
+export function setReviewFilters({ status, student }) {
+  const form = $("review-filter");
+  form.elements.status.value = ["open", "judged", "all"].includes(status) ? status : "open";
+  review.wantedStudent = student ?? "";
 }
 
 // Wire the page's controls once; ``onChange`` is told after each verdict or draw.

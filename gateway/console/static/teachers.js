@@ -16,6 +16,7 @@ export async function loadTeacherVersions(route) {
   if (!rows.length) {
     rows.push(el("tr", {}, el("td", { colspan: head.length, class: "muted" }, "No teacher answer logged yet.")));
   }
+  document.getElementById("teacher-versions-note").textContent = "";
   document.getElementById("teacher-versions").replaceChildren(
     el("thead", {}, el("tr", {}, ...head.map((label) => el("th", { class: label === "requests" ? "num" : null }, label)))),
     el("tbody", {}, ...rows));

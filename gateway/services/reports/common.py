@@ -1,11 +1,12 @@
-"""What every report shares: the route's window in SQL, a reading connection, bad-input checks."""
+"""What every report shares: the route's window in SQL, a reading connection, bad-input checks,
+and the one order slices are listed in (:func:`rank_slices`)."""
 
 # ruff: noqa: S608  (the SQL below is assembled from constants; every value is a bound parameter)
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import text
@@ -126,6 +127,45 @@ def window_params(route: RouteConfig, window: Window, **extra: Any) -> dict[str,
         "teacher_version": None,
         **extra,
     }
+
+
+def samples_needed(line: Mapping[str, Any], route: RouteConfig) -> int:
+    """The comparisons a slice needs before its agreement counts in the order: its bar's
+    ``min_samples`` for a critical slice, else the route's own bar's ``gate_min_samples``."""
+    needed = line.get("min_samples")
+    return int(needed) if needed else route.rollout.gate_min_samples
+
+
+def worst_first(line: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The one slice order (a sort key over a line marked by :func:`rank_slices`).
+
+    Slices with too few comparisons come last, never first because of one bad sample (those
+    with none at the very end); before them, failing critical slices first, then every slice
+    by the low end of its 95% interval, worst first. A failing slice always has enough
+    comparisons: a critical slice is judged only from its ``min_samples``.
+    """
+    low = line["ci_low"]
+    return (
+        not line["enough_samples"],
+        line["samples"] == 0,
+        line["verdict"] != "fail",
+        low if low is not None else 0.0,
+        line["dimension"],
+        line["value"],
+    )
+
+
+def mark_samples(line: Mapping[str, Any], route: RouteConfig) -> dict[str, Any]:
+    """A copy of a slice line with ``samples_needed`` and ``enough_samples``, so a reader
+    sees why a slice is ranked last."""
+    needed = samples_needed(line, route)
+    return {**line, "samples_needed": needed, "enough_samples": line["samples"] >= needed}
+
+
+def rank_slices(lines: Iterable[Mapping[str, Any]], route: RouteConfig) -> list[dict[str, Any]]:
+    """Slice lines (``dimension``, ``value``, ``samples``, ``ci_low``, ``verdict``,
+    ``min_samples``), marked (:func:`mark_samples`) and in :func:`worst_first` order."""
+    return sorted((mark_samples(line, route) for line in lines), key=worst_first)
 
 
 def window_params_of(params: dict[str, Any], part: Window) -> dict[str, Any]:
