@@ -235,13 +235,15 @@ def _short(text: str | None, width: int = 40) -> str:
 def _slices_table(result: dict[str, Any]) -> None:
     print(f"{result['route']}: {result['since']} to {result['until']}")
     print(
-        "slices worst first (lowest end of the 95% Wilson interval), the aggregate last; "
+        "slices worst first: failing critical slices, then by the low end of the 95% Wilson "
+        "interval; * too few comparisons to rank (listed last); the aggregate last; "
         "KEPT: chosen for the student but kept on the teacher (scope, slice override)\n"
     )
     verdicts = {"pass": "pass", "fail": "FAIL", "not_enough_data": "not enough data"}
     rows = [
         (
-            f"{line['dimension']}={line['value']}" if line is not result["aggregate"] else "all",
+            (f"{line['dimension']}={line['value']}" if line is not result["aggregate"] else "all")
+            + ("" if line.get("enough_samples", True) else " *"),
             str(line["requests"]),
             str(line["samples"]),
             _pct(line["agreement"]),

@@ -53,6 +53,11 @@ class SliceAgreement(View):
     student_share: Number | None
     out_of_scope: int = Field(description="Chosen for the student, kept by the scope gate")
     slice_teacher_only: int = Field(description="Chosen for the student, kept by a slice")
+    samples_needed: int = Field(
+        description="Comparisons needed before the slice's agreement counts in the order: its "
+        "min_samples, else the route's rollout.gate_min_samples"
+    )
+    enough_samples: bool = Field(description="False: ranked last, whatever its agreement")
 
 
 class TeacherVersionLine(View):

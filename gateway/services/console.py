@@ -196,13 +196,12 @@ class ConsoleData(SliceReport):
         """The slices report's lines (comparisons, agreement, bar, verdict, fallbacks, student
         share) in the console's order, each marked; the aggregate last, never instead."""
         report = await self.slices(name, window, dimension)
-        route = self.route(name)
         return {
             "route": name,
             **window.as_json(),
             "dimension": dimension,
-            "slices": rank_slices(report["slices"], route),
-            "aggregate": mark_samples(report["aggregate"], route),
+            "slices": report["slices"],  # in the one order already, marked
+            "aggregate": report["aggregate"],
         }
 
     async def request_row(self, request_id: str) -> dict[str, Any]:

@@ -171,7 +171,10 @@ def seeded(clean_db: str) -> str:
 def test_slice_report_worst_first_with_intervals_bars_and_the_aggregate_last(seeded: str) -> None:
     report = run(seeded, lambda r: r.slices(ROUTE, last_day(), "tier"))
     lines = {line["value"]: line for line in report["slices"]}
-    assert [line["value"] for line in report["slices"]] == ["free", "enterprise", "gold"]
+    # the one order (the console's too): the failing critical slice first, then by the
+    # interval's low end; gold, with fewer comparisons than its min_samples, last and marked
+    assert [line["value"] for line in report["slices"]] == ["enterprise", "free", "gold"]
+    assert [line["enough_samples"] for line in report["slices"]] == [True, True, False]
     free, enterprise, gold = lines["free"], lines["enterprise"], lines["gold"]
     assert (free["samples"], free["agreed"], free["verdict"], free["critical"]) == (
         50,
@@ -710,7 +713,8 @@ def test_cli_reports_as_tables_and_json(
     assert code == 0, err
     lines = out.splitlines()
     assert lines[3].startswith("SLICE")
-    assert lines[4].startswith("tier=free")
+    assert lines[4].startswith("tier=enterprise")  # failing critical slices first
+    assert lines[-2].startswith("tier=gold *")  # too few comparisons to rank: marked, last
     assert lines[-1].startswith("all ")
     assert "FAIL" in out
     assert "not enough data" in out

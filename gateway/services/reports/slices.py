@@ -20,7 +20,9 @@ from gateway.services.reports.common import (
     LABELS,
     TEACHER_VERSION,
     ReportsBase,
+    mark_samples,
     of_version,
+    rank_slices,
     window_params,
     window_params_of,
 )
@@ -187,16 +189,14 @@ class SliceReport(ReportsBase):
                 f"label{within}. The aggregate alone is not reported: it hides bad slices. "
                 "Label requests with metadata, X-Slice-* headers or the route's slice rules."
             )
-        lines.sort(
-            key=lambda s: (s["samples"] == 0, s["ci_low"] or 0.0, s["dimension"], s["value"])
-        )
+        lines = rank_slices(lines, route)
         return {
             "route": name,
             **window.as_json(),
             "dimension": dimension,
             "teacher_version": teacher_version,
             "slices": lines,
-            "aggregate": slice_json("all", "all", _figures(total), None),
+            "aggregate": mark_samples(slice_json("all", "all", _figures(total), None), route),
             "teacher_versions": [
                 teacher_version_json(
                     row.model,
