@@ -24,11 +24,14 @@ from typing import Any
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
+from tqdm import tqdm
 
 from gateway.commands import export_summary
 from gateway.commands.common import CommandError, default_actor, positive_int, with_engine
 from gateway.config import Settings, VerifierConfig, load_settings
 from gateway.core.verify import Verifier
+from gateway.errors import InvalidRequest
+from gateway.protocol.reports import parse_time
 from gateway.services.datasets import DatasetError, get_dataset
 from gateway.services.export import (
     FORMATS,
@@ -47,20 +50,23 @@ from gateway.services.export import (
 _SLICE = re.compile(r"^([^=\s]+)=(.+)$")
 
 
-def _moment(end_of_day: bool) -> Any:
-    """An ISO date or date-time; a bare date ends at its midnight for ``--until`` (inclusive)."""
+def _moment(option: str, end_of_day: bool) -> Any:
+    """An ISO date or date-time, ``now`` or an age (``7d``), as every command takes them; a
+    bare date ends at its midnight for ``--until`` (inclusive). The manifest records the
+    absolute time an age stood for."""
 
     def parse(text: str) -> datetime:
-        try:
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            try:
                 day = date.fromisoformat(text) + timedelta(days=1 if end_of_day else 0)
+            except ValueError:
+                pass  # reported below
+            else:
                 return datetime(day.year, day.month, day.day, tzinfo=UTC)
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"not an ISO date or date-time: {text!r} (e.g. 2026-11-01 or 2026-11-01T12:00Z)"
-            ) from None
-        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        try:
+            return parse_time(text, option)
+        except InvalidRequest as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
 
@@ -257,12 +263,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         verifier, config = _verifier(settings, asked)
         if manifest is not None:
             _warn_verifier(manifest, asked, config)
-        exporter: Exporter | PreferenceExporter = (
-            PreferenceExporter(engine, verifier, config)
-            if asked.format == "dpo"
-            else Exporter(engine, verifier, config)
-        )
-        return await exporter.run(asked, origin), asked
+        kind = PreferenceExporter if asked.format == "dpo" else Exporter
+        # rows read so far, on stderr (tqdm shows it on a terminal only: stdout stays the result)
+        with tqdm(unit=" rows", file=sys.stderr, mininterval=0.5, disable=None) as bar:
+            exporter = kind(engine, verifier, config, progress=bar.update)
+            return await exporter.run(asked, origin), asked
 
     try:
         result, asked = with_engine(settings, export)
@@ -327,12 +332,15 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
     export.add_argument("--route", help="the route whose traffic to export (required)")
     export.add_argument("--output", "-o", help="the JSONL file to write (required)")
     export.add_argument(
-        "--since", type=_moment(end_of_day=False), help="from this ISO date/time (UTC if no zone)"
+        "--since",
+        type=_moment("--since", end_of_day=False),
+        help="from this ISO date/time (UTC if no zone), or an age like 7d",
     )
     export.add_argument(
         "--until",
-        type=_moment(end_of_day=True),
-        help="until this ISO date/time, exclusive; a bare date includes that day",
+        type=_moment("--until", end_of_day=True),
+        help="until this ISO date/time (or now, or an age), exclusive; a bare date includes "
+        "that day",
     )
     export.add_argument(
         "--slice",

@@ -520,7 +520,9 @@ def test_rows_the_student_served_unaudited_are_not_asked_not_failed(
             1,
             "match all of tier=enterprise, category=billing at once",
         ),
-        (["--since", "yesterday"], 2, "not an ISO date or date-time: 'yesterday'"),
+        (["--since", "yesterday"], 2, "'yesterday' is not a time for --since"),
+        (["--since", "3d"], 1, "its 400 rows are from 2026-11-01 to 2026-11-05"),  # an age
+        (["--until", "2026-13-01"], 2, "'2026-13-01' is not a time for --until"),
         (["--slice", "tier"], 2, "a slice is DIM=VALUE, like tier=free; not 'tier'"),
         (["--limit", "0"], 2, "must be at least 1, not 0"),
         (["--max", "5"], 1, "--max caps --only-disagreements"),

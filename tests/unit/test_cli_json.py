@@ -125,6 +125,4 @@ def test_one_parser_for_durations_and_ages() -> None:
     "path", sorted(path for path, parser in COMMANDS.items() if "--since" in options(parser))
 )
 def test_every_since_option_says_it_takes_an_age(path: tuple[str, ...]) -> None:
-    if path == ("export",):
-        pytest.skip("export parses its own dates (gateway/commands/export.py): ISO only so far")
     assert "age" in (options(COMMANDS[path])["--since"].help or ""), path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -83,10 +84,13 @@ class Exporter:
         engine: AsyncEngine,
         verifier: verify.Verifier | None = None,
         verifier_config: VerifierConfig | None = None,
+        *,
+        progress: Callable[[int], object] | None = None,
     ) -> None:
         self._engine = engine
         self._verifier = verifier
         self._verifier_config = verifier_config
+        self._progress = progress  # told of each row read (the CLI's progress bar)
         self._reset()
 
     def _reset(self) -> None:
@@ -187,6 +191,8 @@ class Exporter:
                     self._consider(row, result, out, row.stratum)
                 else:
                     self._count(row.endpoint, row.request_payload)
+            if self._progress is not None:
+                self._progress(len(partition))
 
     def _count(self, endpoint: str, payload: Any) -> None:
         messages = prompt_messages(endpoint, payload)
@@ -273,6 +279,8 @@ class Exporter:
         rows = {row.request_id: row for row in await connection.execute(_BY_KEY, keys)}
         for (request_id, _), stratum in batch:  # in the sampled order, not the table's
             self._consider(rows[request_id], result, out, stratum)
+        if self._progress is not None:
+            self._progress(len(batch))
 
     def _consider(self, row: Any, result: ExportResult, out: AtomicFile, stratum: str) -> bool:
         """Write the row's example unless it is dropped (and counted); whether it was written.

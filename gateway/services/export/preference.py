@@ -36,6 +36,7 @@ prompt, so there is no live frequency to keep).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -185,10 +186,13 @@ class PreferenceExporter:
         engine: AsyncEngine,
         verifier: verify.Verifier | None = None,
         verifier_config: VerifierConfig | None = None,
+        *,
+        progress: Callable[[int], object] | None = None,
     ) -> None:
         self._engine = engine
         self._verifier = verifier
         self._verifier_config = verifier_config
+        self._progress = progress  # told of each row read (the CLI's progress bar)
         self._seen: set[tuple[int, str, str]] = set()
         self._requests: set[str] = set()  # the requests already among the dataset's items
         self._excluded: set[int] = set()  # short keys of the prompts of exclude_datasets
@@ -282,6 +286,8 @@ class PreferenceExporter:
                 reason = self._consider(row, result, out)
                 if reason is not None:
                     result.skipped[reason] += 1
+            if self._progress is not None:
+                self._progress(len(partition))
 
     def _consider(self, row: Any, result: PreferenceResult, out: AtomicFile) -> str | None:
         """Write the task's pairs; the reason it gave none (counted by the caller)."""
