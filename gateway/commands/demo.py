@@ -4,7 +4,9 @@ Starts the embedded PostgreSQL (or uses ``DATABASE_URL``), the demo teacher, the
 students on vLLM's CPU build (through :mod:`student_server`: the shipped one as champion, a
 smaller checkpoint as candidate) and the gateway; replays traffic in shadow mode, prints the
 candidates report, recommends a threshold, switches the route to rollout, and prints the slice
-report (see :mod:`gateway.demo.walkthrough`). Then it keeps everything running, with the URLs
+report (see :mod:`gateway.demo.walkthrough`). ``--redistill`` then runs the re-distillation
+loop once on the demo's traffic (:mod:`gateway.demo.redistill`: export, fine-tune, vLLM,
+candidate, replay, report; never a promotion). Then it keeps everything running, with the URLs
 to try, until Ctrl-C, and stops it all. ``--exit-after`` stops right after the report.
 
 vLLM's CPU build lives in its own virtual environment (its torch is not the gateway's):
@@ -100,6 +102,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
             seed=args.seed,
             say=say,
         )
+        if args.redistill:
+            from gateway.demo.redistill import redistill
+
+            say(
+                "\n== 7. re-distill: the real `distill` loop on this run's traffic: export "
+                "(verified, with a held-out split), fine-tune, vLLM, candidate, replay, report"
+            )
+            redistill(stack, say)
         try_it(stack, say)
         if not args.exit_after:
             _wait_for_ctrl_c()
@@ -156,7 +166,8 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
         description="Start the embedded PostgreSQL, the demo teacher, the two demo students "
         "(vLLM on CPU: a champion and a candidate) and the gateway; replay traffic in shadow "
         "mode, print the candidates report, switch the route to rollout at the recommended "
-        "threshold, print the slice report, and keep it all running until Ctrl-C.",
+        "threshold, print the slice report, and keep it all running until Ctrl-C "
+        "(--redistill first runs the re-distillation loop once on the demo's traffic).",
     )
     demo.add_argument("--requests", type=positive_int, default=300, help="shadow requests (300)")
     demo.add_argument(
@@ -184,6 +195,12 @@ def add_parsers(commands: Any, parent: argparse.ArgumentParser) -> None:
         "--install-student",
         action="store_true",
         help="make .venv-student with student_server/install-cpu.sh if it is missing",
+    )
+    demo.add_argument(
+        "--redistill",
+        action="store_true",
+        help="then run `distill` once on the demo's traffic: export, fine-tune a new student "
+        "on CPU, serve it on vLLM, add it as a candidate, replay, report (never promotes)",
     )
     demo.add_argument(
         "--exit-after", action="store_true", help="stop after the report instead of waiting"

@@ -160,12 +160,68 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.json:
         print(orjson.dumps({"run": run.as_json(), "report": report}).decode())
     elif report is not None:
+        print(f"== recent traffic, replayed (it includes prompts {run.student} was trained on)")
         report_command._candidates_table(report)
-        for line in report.get("holdout", []):
-            share = "-" if line["agreement"] is None else f"{line['agreement']:.1%}"
-            print(f"holdout {line['student']}: {line['agreed']}/{line['compared']} agree ({share})")
+        print()
+        for line in holdout_lines(report.get("holdout")):
+            print(line)
         print(f"\nrun {run.id} done; {run.student} is a candidate (never promoted by distill)")
     return 0
+
+
+_VERDICTS = {
+    "better": "BETTER",
+    "worse": "WORSE",
+    "inconclusive": "inconclusive",
+    "not_enough_data": "too few pairs",
+}
+
+
+def _agreement(side: dict[str, Any]) -> str:
+    if side["agreement"] is None:
+        return "-"
+    return f"{side['agreement']:.1%} ({side['agreed']}/{side['compared']})"
+
+
+def holdout_lines(holdout: dict[str, Any] | None) -> list[str]:
+    """The held-out comparison as text: a heading, then slices worst first and the route."""
+    if holdout is None:
+        return ["== held-out split: none (the export made no eval split)"]
+    candidate, baseline = holdout["candidate"], holdout["baseline"]
+    lines = [
+        f"== held-out split (dataset {holdout['dataset_id']}: {holdout['items']} requests "
+        f"{candidate} was not trained on), {candidate} against {baseline} on the same requests",
+        f"   agreement with the teacher; DIFF: paired, {candidate} minus {baseline}, Newcombe's "
+        f"95% interval; fewer than {holdout['min_pairs']} pairs is not judged",
+    ]
+    header = ("SLICE", "REQUESTS", candidate.upper(), baseline.upper(), "PAIRS", "DIFF")
+    rows = []
+    for line in [*holdout["slices"], *([holdout["overall"]] if holdout["overall"] else [])]:
+        name = "all" if line is holdout["overall"] else f"{line['dimension']}={line['value']}"
+        paired = line["paired"]
+        interval = (
+            "-"
+            if paired["ci_low"] is None
+            else f"{paired['ci_low']:+.1%} to {paired['ci_high']:+.1%}"
+        )
+        rows.append(
+            (
+                name,
+                str(line["items"]),
+                _agreement(line["candidate"]),
+                _agreement(line["baseline"]),
+                str(paired["pairs"]),
+                "-" if paired["difference"] is None else f"{paired['difference']:+.1%}",
+                interval,
+                _VERDICTS[line["verdict"]],
+            )
+        )
+    table = [(*header, "95% CI", "VERDICT"), *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
+    ]
+    return lines
 
 
 def cmd_status(args: argparse.Namespace) -> int:

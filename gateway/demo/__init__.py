@@ -4,5 +4,6 @@
 bug, the export verifier); :mod:`gateway.demo.teacher` serves the teacher over HTTP;
 :mod:`gateway.demo.stack` starts Postgres, the teacher, the vLLM student and the gateway;
 :mod:`gateway.demo.replay` sends traffic; :mod:`gateway.demo.walkthrough` is what
-``shadow-gateway demo`` does with them (shadow, threshold, rollout, report).
+``shadow-gateway demo`` does with them (shadow, threshold, rollout, report), and
+:mod:`gateway.demo.redistill` what ``--redistill`` adds (one real ``distill`` run).
 """

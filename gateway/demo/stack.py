@@ -10,13 +10,15 @@ needs, and waited for until it answers.
 The route has two students: the shipped one (``student_server/demo/model``) as champion and a
 smaller checkpoint (``student_server/demo/model-small``, one layer instead of two) as a
 candidate, so the walk-through can show the candidates report. The two vLLM servers start at
-the same time (startup is most of the demo's wait) and each gets its own CPU cores.
+the same time (startup is most of the demo's wait) and each gets its own CPU cores. The route
+also has a ``distill`` section (:func:`distill_section`) for ``demo --redistill``.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import socket
 import sys
 import time
@@ -85,13 +87,39 @@ def student_entry(name: str, url: str, model: str) -> dict[str, Any]:
     }
 
 
+DISTILL_HOLDOUT = 0.2  # the demo's few hundred requests: a split big enough to judge
+
+
+def distill_section(student_python: Path) -> dict[str, Any]:
+    """The route's ``distill`` section (``demo --redistill``, or ``distill dates`` by hand):
+    the project's fine-tuning script as the train command, run by vLLM's environment (it has
+    torch and transformers), and vLLM's CPU build, as the demo starts its students."""
+    python = shlex.quote(str(student_python))
+    return {
+        "train_command": f"{python} -m student_server.demo.finetune "
+        "--train {train} --eval {eval} --output {output}",
+        "holdout": DISTILL_HOLDOUT,
+        "since": "1d",
+        "launch": {
+            "device": "cpu",
+            "python": str(student_python),
+            "max_model_len": 64,
+            "extra_args": ["--enforce-eager"],
+        },
+    }
+
+
 def route_config(
-    teacher_url: str, student_url: str, threshold: float, candidate_url: str | None = None
+    teacher_url: str,
+    student_url: str,
+    threshold: float,
+    candidate_url: str | None = None,
+    distill: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The demo route: shadow first, min_prob confidence, style slices, the task's verifier.
 
     The shipped student is the champion; with ``candidate_url`` the small one is shadowed
-    beside it as a candidate.
+    beside it as a candidate. ``distill``: the route's ``distill`` section, if any.
     """
     students = [student_entry(CHAMPION, student_url, STUDENT_MODEL)]
     if candidate_url is not None:
@@ -121,6 +149,7 @@ def route_config(
             "defaults": {"style": "other"},
         },
         "export": {"verifier": {"kind": "function", "function": "gateway.demo.task:verify_answer"}},
+        **({"distill": distill} if distill is not None else {}),
     }
 
 
@@ -395,7 +424,13 @@ class DemoStack:
         os.environ[APP_KEY_ENV] = self.app_key
         os.environ[ADMIN_KEY_ENV] = self.admin_key
         os.environ["DATABASE_URL"] = self.database_url
-        route = route_config(self.teacher.url, self.student_url, self.threshold, self.candidate_url)
+        route = route_config(
+            self.teacher.url,
+            self.student_url,
+            self.threshold,
+            self.candidate_url,
+            distill_section(self.student_python),
+        )
         self.config_path = write_config(
             self.data_dir / "shadow-gateway.yaml", route, self.gateway_port
         )

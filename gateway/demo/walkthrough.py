@@ -460,6 +460,7 @@ messages=[{{"role": "user", "content": "9 days after 2024-02-25"}}]).choices[0].
   SHADOW_GATEWAY_CONFIG={stack.config_path} DATABASE_URL='{stack.database_url}' \\
     {cli} report candidates {ROUTE}
   (likewise: report slices {ROUTE} --dimension style, report thresholds {ROUTE},
-   students list {ROUTE}, export --route {ROUTE} -o dates.jsonl, rollout status)
+   students list {ROUTE}, export --route {ROUTE} -o dates.jsonl, rollout status,
+   distill {ROUTE} --name tiny-next: the re-distillation loop --redistill runs)
 """
     )

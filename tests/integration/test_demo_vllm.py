@@ -63,9 +63,11 @@ def port_open(port: int) -> bool:
 # --- the one-command demo (first: it starts and stops its own students) --------------------
 
 
-def test_demo_command_runs_the_whole_loop_and_stops_everything(
+def test_demo_command_runs_the_whole_loop_redistills_and_stops_everything(
     tmp_path: Path, clean_db: str
 ) -> None:
+    """``demo --redistill --exit-after``: the walk-through, then the re-distillation loop
+    (export, fine-tune, a third vLLM, candidate, replay, report), then everything stopped."""
     student_port = free_port()
     # The test Postgres rather than the embedded one: the same code path after the start,
     # and the embedded server's start (pg_ctl -w, 10 s) times out on a loaded machine.
@@ -73,7 +75,8 @@ def test_demo_command_runs_the_whole_loop_and_stops_everything(
     env["SHADOW_GATEWAY_STUDENT_PYTHON"] = str(STUDENT_PYTHON)
     data = tmp_path / "demo"
     command = [str(BIN / "shadow-gateway"), "demo", "--requests", "80", "--rollout-requests"]
-    command += ["40", "--exit-after", "--port", "0", "--student-port", str(student_port)]
+    command += ["40", "--exit-after", "--redistill", "--port", "0"]
+    command += ["--student-port", str(student_port)]
     result = subprocess.run(
         [*command, "--data-dir", str(data)],
         env=env,
@@ -126,6 +129,29 @@ def test_demo_command_runs_the_whole_loop_and_stops_everything(
         "WHERE source = 'live' AND student_status = 'ok' AND agree IS NOT NULL GROUP BY 1",
     )
     assert {row["student"] for row in answered} == {CHAMPION, CANDIDATE}, answered
+
+    # --redistill: the loop ran once on this traffic and left a candidate, never a promotion.
+    redistilled = out[out.index("== 7. re-distill") : out.index("== running: try it")]
+    for stage in ("export", "train", "launch", "add", "replay", "report"):
+        assert f"{stage}: done in" in redistilled, redistilled
+    assert "train.log: held-out, fine-tuned:" in redistilled
+    assert "recent traffic, replayed" in redistilled
+    held_out = redistilled[redistilled.index("== held-out split") :]
+    assert re.search(r"^\s+all\s+\d+\s+\d+\.\d%", held_out, re.M), held_out
+    assert "tiny-v2 is a candidate" in redistilled
+    (run,) = fetch(clean_db, "SELECT status, student, stages FROM distill_runs")
+    stages = json.loads(run["stages"]) if isinstance(run["stages"], str) else run["stages"]
+    assert (run["status"], run["student"]) == ("done", "tiny-v2")
+    holdout = stages[-1]["details"]["holdout"]
+    # the champion was asked where it had no live answer: every held-out request is paired
+    assert holdout["paired"]["pairs"] == holdout["items"] > 0, holdout
+    registered = {
+        row["name"]: row["status"] for row in fetch(clean_db, "SELECT * FROM route_students")
+    }
+    assert registered == {CHAMPION: "champion", CANDIDATE: "candidate", "tiny-v2": "candidate"}
+    launched = re.search(r":(\d+)/v1$", stages[2]["details"]["url"])
+    assert launched is not None
+    assert not port_open(int(launched[1])), "the new candidate's vLLM is still running"
 
     # The teacher's documented bug reached the log; the route's verifier keeps it out of the
     # training set.

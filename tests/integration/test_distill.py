@@ -7,7 +7,9 @@ student into ``{output}``: the project embeds no trainer, and what matters here 
 The failure paths run without vLLM: a training command that fails, then ``--resume`` with a
 fixed one (the export is not redone), then a launch that fails (a stand-in for vLLM's Python
 that dies with an error: the launch error and the log's tail, no candidate). The whole loop
-starts the real vLLM CPU build once and is skipped without ``.venv-student``.
+starts the real vLLM CPU build once, and Ctrl-C interrupts another start of it; both are
+skipped without ``.venv-student``. The later stages' paths (resume after the add,
+``--keep-serving``, the held-out comparison) are in ``test_distill_stages.py``.
 """
 
 from __future__ import annotations
@@ -219,7 +221,7 @@ def test_the_whole_loop_on_vllm_adds_a_candidate_and_reports(clean_db: str, tmp_
     assert done.returncode == 0, done.stderr[-4000:]
     assert "Traceback" not in done.stderr
     assert "replay answers" in done.stdout  # the candidates report, source replay
-    assert "holdout next:" in done.stdout
+    assert "== held-out split" in done.stdout  # and the held-out comparison, apart
     (run,) = runs(clean_db)
     assert run["status"] == "done"
     assert [name for name, _ in stages(run)] == [
@@ -286,3 +288,69 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def process_group(pgid: int) -> list[int]:
+    """The live processes of a process group (vLLM's server and the engine it spawns)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not STUDENT_PYTHON.exists(), reason="no .venv-student (bash student_server/install-cpu.sh)"
+)
+def test_ctrl_c_while_vllm_starts_leaves_no_vllm_process(clean_db: str, tmp_path: Path) -> None:
+    """Ctrl-C once vLLM has spawned its engine process: the run is stopped, resumable, and no
+    process of the server's group is left (resuming it, and --keep-serving, are tested with a
+    stand-in server in test_distill_stages.py: the same code, without a second vLLM start)."""
+    insert(clean_db, traffic(40))
+    launch = {
+        "device": "cpu",
+        "python": str(STUDENT_PYTHON),
+        "max_model_len": 64,
+        "extra_args": ["--enforce-eager"],
+    }
+    path = config(tmp_path, launch)
+    env = {**os.environ, "DATABASE_URL": clean_db, "SGW_TEST_APP_KEY": "test-app-key"}
+    command = [str(BIN / "shadow-gateway"), "distill", "--config", str(path), ROUTE]
+    process = subprocess.Popen(
+        [*command, "--name", "next"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    server = 0
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "vLLM never spawned its engine"
+            found = runs(clean_db)
+            launched = found[0]["stages"][-1] if found and found[0]["stages"] else {}
+            server = launched.get("details", {}).get("pid", 0) if launched else 0
+            if launched.get("stage") == "launch" and server and len(process_group(server)) > 1:
+                break
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, err
+    assert "is stopped" in err
+    assert "Traceback" not in err
+    assert process_group(server) == []  # the server and its engine process, all gone
+    (run,) = runs(clean_db)
+    assert run["status"] == "stopped"
+    assert stages(run) == [("export", "done"), ("train", "done"), ("launch", "stopped")]
+    status = cli(clean_db, path, "status", ROUTE)
+    assert "launch: stopped" in status.stdout

@@ -10,8 +10,10 @@ The stages, each recorded in a ``distill_runs`` row (:mod:`.runs`):
 3. ``launch``: the output on vLLM through :mod:`student_server`, on a free port;
 4. ``add``: the server as a candidate (``shadow_sample`` 0 unless asked), its
    ``route_students.train_dataset_id`` set to the training dataset;
-5. ``replay``: the held-out requests, then recent traffic, sent to it (:mod:`.replays`);
-6. ``report``: the candidates report against the champion, replayed answers only.
+5. ``replay``: the held-out requests, then recent traffic, sent to it, and the held-out
+   requests the champion has no answer to sent to the champion (:mod:`.replays`);
+6. ``report``: the candidate against the champion on the held-out split, paired
+   (:mod:`.holdout`), and the candidates report on the replayed answers.
 
 It never promotes. See :mod:`.pipeline` for failure, Ctrl-C and resume.
 """

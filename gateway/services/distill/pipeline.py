@@ -10,14 +10,14 @@ unless ``keep_serving``; a candidate added earlier gets the new server's URL) an
 
 The export is the export service's (the route's verifier, the holdout split, datasets
 registered); the candidate is added through the student registry, the answers replayed by the
-replay service, the report is the candidates report (:mod:`gateway.services.reports`).
+replay service (:mod:`.replays`), the report is the held-out comparison (:mod:`.holdout`)
+beside the candidates report (:mod:`gateway.services.reports`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,18 +25,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.clients.students import make_student
-from gateway.clients.upstream import new_session
 from gateway.config import DistillLaunch, RouteConfig, Settings
-from gateway.db.engine import plain_dsn
 from gateway.db.tables import route_students
 from gateway.errors import GatewayError
-from gateway.metrics import Metrics
 from gateway.protocol.reports import Window
+from gateway.services.distill.holdout import holdout_comparison
 from gateway.services.distill.processes import (
     Served,
     StageFailed,
@@ -45,7 +41,7 @@ from gateway.services.distill.processes import (
     tail,
     train_command_line,
 )
-from gateway.services.distill.replays import HOLDOUT_AGREEMENT, HoldoutReplay
+from gateway.services.distill.replays import ReplayPasses
 from gateway.services.distill.runs import DistillRun, save_run
 from gateway.services.export import (
     Exporter,
@@ -56,14 +52,10 @@ from gateway.services.export import (
     build_verifier,
     eval_path,
 )
-from gateway.services.replay import Replay, ReplayOutcome
 from gateway.services.reports import Reports
 from gateway.services.students import StudentRegistry, StudentState
-from gateway.shadow.analysis import RouteAnalysis
-from gateway.shadow.records import RedactingWriter, route_redactors
 
 CREATED_BY = "distill"
-REPLAY_CONCURRENCY = 4
 
 
 @dataclass
@@ -265,8 +257,15 @@ class Distill:
         output = self._output_dir()
         attempt = sum(1 for s in self._run.stages if s["stage"] == "launch")
         log_path = self._folder / f"vllm-{attempt}.log"
+        record = self._run.stages[-1]
+
+        async def started(pid: int) -> None:
+            # Recorded at once: a command killed outright leaves the pid to stop by hand.
+            record["details"] = {"pid": pid, "log": str(log_path)}
+            await save_run(self._engine, self._run)
+
         self._served = served = await launch(
-            output, self._run.student, self._options.launch, log_path
+            output, self._run.student, self._options.launch, log_path, started
         )
         return {
             "url": served.url,
@@ -333,44 +332,21 @@ class Distill:
         return state
 
     async def _replay(self) -> dict[str, Any]:
-        state = await self._candidate()
-        settings, config = self._settings, self._settings.config
-        secrets = {k: v.get_secret_value() for k, v in settings.upstream_keys.items()}
-        student = make_student(
-            state.name, state.config, lambda key: secrets.get(key) or os.environ.get(key)
+        candidate = await self._candidate()
+        champion = (await self._registry()).champion(self._route.name)
+        passes = ReplayPasses(
+            self._engine,
+            self._settings,
+            self._route,
+            Window(self._options.since, datetime.now(UTC)),
+            self._progress,
         )
-        analysis = RouteAnalysis(self._route, config.metrics, settings.config_path.parent)
-        span = Window(self._options.since, datetime.now(UTC))
-        passes: list[tuple[str, Replay]] = []
-        if self._run.eval_dataset_id is not None:
-            holdout = HoldoutReplay(self._engine, self._route, analysis, student, span)
-            passes.append(("holdout", holdout.for_dataset(self._run.eval_dataset_id)))
-        recent = Replay(
-            self._engine, self._route, analysis, student, span, limit=self._options.replay_limit
+        return await passes.run(
+            candidate,
+            None if champion is None or champion.name == candidate.name else champion,
+            self._run.eval_dataset_id,
+            self._options.replay_limit,
         )
-        passes.append(("recent", recent))
-        writer = RedactingWriter(
-            plain_dsn(self._engine.url.render_as_string(hide_password=False)),
-            settings.data_dir / "journal",
-            config.log_writer,
-            Metrics(CollectorRegistry()),
-            redactors=route_redactors(config),
-            connect_timeout_s=config.database.connect_timeout_s,
-        )
-        details: dict[str, Any] = {}
-        await writer.start()
-        try:
-            async with new_session(max_connections=REPLAY_CONCURRENCY) as session:
-                for label, replay in passes:
-                    plan = await replay.plan()
-                    outcome: ReplayOutcome = await replay.run(session, writer, REPLAY_CONCURRENCY)
-                    details[label] = {"chosen": plan.chosen, **outcome.as_json()}
-                    self._progress(f"replay {label}: {outcome.answered} answered of {plan.chosen}")
-                    if outcome.stopped:
-                        raise StageFailed(outcome.stopped, details)
-        finally:
-            await writer.close()
-        return details
 
     async def _make_report(self) -> dict[str, Any]:
         span = Window(self._options.since, datetime.now(UTC))
@@ -381,7 +357,7 @@ class Distill:
         except GatewayError as exc:
             raise StageFailed(exc.message) from exc
         report["sources"] = [s for s in report["sources"] if s["source"] == "replay"]
-        report["holdout"] = await self._holdout_agreement()
+        report["holdout"] = await self._holdout(report["baseline"])
         self._report = report
         overall = next(
             (
@@ -392,23 +368,24 @@ class Distill:
             ),
             None,
         )
-        return {"baseline": report["baseline"], "candidate": overall, "holdout": report["holdout"]}
+        holdout = report["holdout"]
+        return {
+            "baseline": report["baseline"],
+            "candidate": overall,
+            "holdout": holdout["overall"] if holdout else None,
+        }
 
-    async def _holdout_agreement(self) -> list[dict[str, Any]]:
+    async def _holdout(self, baseline: str) -> dict[str, Any] | None:
+        """The candidate against ``baseline`` on the held-out split (None without one)."""
         if self._run.eval_dataset_id is None:
-            return []
-        params = {"dataset": self._run.eval_dataset_id, "route": self._route.name}
-        async with self._engine.connect() as connection:
-            rows = (await connection.execute(HOLDOUT_AGREEMENT, params)).all()
-        return [
-            {
-                "student": row.student,
-                "compared": row.compared,
-                "agreed": row.agreed,
-                "agreement": row.agreed / row.compared if row.compared else None,
-            }
-            for row in rows
-        ]
+            return None
+        return await holdout_comparison(
+            self._engine,
+            self._route.name,
+            self._run.eval_dataset_id,
+            candidate=self._run.student,
+            baseline=baseline,
+        )
 
     async def _shut_down(self) -> None:
         served = self._served

@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,9 +132,17 @@ class Served:
             self.process.stop(grace_s=30.0)
 
 
-async def launch(model_dir: Path, name: str, settings: DistillLaunch, log_path: Path) -> Served:
+async def launch(
+    model_dir: Path,
+    name: str,
+    settings: DistillLaunch,
+    log_path: Path,
+    started: Callable[[int], Awaitable[None]] | None = None,
+) -> Served:
     """Start vLLM on ``model_dir`` as ``name``, wait until it lists the name; StageFailed with
-    the launch error and the log's tail if it does not come up (the process is stopped)."""
+    the launch error and the log's tail if it does not come up. ``started`` is told the
+    server's pid (its process group's) as soon as it runs. Failed or cancelled (Ctrl-C), the
+    server and every process of its group are stopped before this returns."""
     if not (model_dir / "config.json").is_file():
         raise StageFailed(
             f"{model_dir} has no config.json: the train command did not write a model vLLM "
@@ -167,6 +176,8 @@ async def launch(model_dir: Path, name: str, settings: DistillLaunch, log_path: 
     except OSError as exc:
         raise StageFailed(f"cannot start {python}: {exc.strerror or exc}") from exc
     try:
+        if started is not None:
+            await started(process.pid)
         seconds = await asyncio.to_thread(
             process.wait_ready, settings.ready_timeout_s, should_stop=stopping.is_set
         )
