@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.core.statistics import Z_95, wilson_interval
 
@@ -72,6 +72,21 @@ class PairedComparison:
     high: float | None
     p_value: float | None
     verdict: Verdict
+
+
+def paired_json(counts: PairedCounts, comparison: PairedComparison) -> dict[str, Any]:
+    """The table and its comparison as the reports give them (``paired`` in their JSON)."""
+    return {
+        "pairs": counts.n,
+        "both": counts.both,
+        "candidate_only": counts.candidate_only,
+        "baseline_only": counts.baseline_only,
+        "neither": counts.neither,
+        "difference": comparison.difference,
+        "ci_low": comparison.low,
+        "ci_high": comparison.high,
+        "p_value": comparison.p_value,
+    }
 
 
 def paired_counts(pairs: Iterable[tuple[bool, bool]]) -> PairedCounts:

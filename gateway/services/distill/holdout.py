@@ -24,7 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.core import statistics as stats
-from gateway.core.paired import MIN_PAIRS, PairedCounts, paired_difference
+from gateway.core.paired import MIN_PAIRS, PairedCounts, paired_difference, paired_json
 from gateway.services.reports.common import LABELS
 
 
@@ -74,17 +74,7 @@ def _line(row: Any, min_pairs: int) -> dict[str, Any]:
         "items": row.items,
         "candidate": _side(row.candidate_compared, row.candidate_agreed),
         "baseline": _side(row.baseline_compared, row.baseline_agreed),
-        "paired": {
-            "pairs": counts.n,
-            "both": counts.both,
-            "candidate_only": counts.candidate_only,
-            "baseline_only": counts.baseline_only,
-            "neither": counts.neither,
-            "difference": comparison.difference,
-            "ci_low": comparison.low,
-            "ci_high": comparison.high,
-            "p_value": comparison.p_value,
-        },
+        "paired": paired_json(counts, comparison),
         "verdict": comparison.verdict,
     }
 

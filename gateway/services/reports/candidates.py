@@ -28,7 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.core import statistics as stats
-from gateway.core.paired import MIN_PAIRS, PairedCounts, paired_difference
+from gateway.core.paired import MIN_PAIRS, PairedCounts, paired_difference, paired_json
 from gateway.errors import InvalidRequest, NoData, StudentNotFound
 from gateway.protocol.reports import Window
 from gateway.services.reports.common import (
@@ -330,17 +330,7 @@ def _entry(
         return entry
     counts = counts or PairedCounts(0, 0, 0, 0)
     comparison = paired_difference(counts, min_pairs=min_pairs)
-    entry["paired"] = {
-        "pairs": counts.n,
-        "both": counts.both,
-        "candidate_only": counts.candidate_only,
-        "baseline_only": counts.baseline_only,
-        "neither": counts.neither,
-        "difference": comparison.difference,
-        "ci_low": comparison.low,
-        "ci_high": comparison.high,
-        "p_value": comparison.p_value,
-    }
+    entry["paired"] = paired_json(counts, comparison)
     entry["verdict"] = comparison.verdict
     return entry
 
