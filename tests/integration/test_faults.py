@@ -159,6 +159,18 @@ def test_a_refused_journal_is_retried_with_a_backoff_and_health_follows_the_disk
         server.start()
 
 
+def restart_until(
+    config: Path, env: dict[str, str], tmp_path: Path, replayed: Callable[[], bool]
+) -> None:
+    """Start the gateway again (on the killed one's data) until the replay has done its work."""
+    restarted = GatewayProcess(config, env, tmp_path / "second.log")
+    try:
+        restarted.wait_ready()
+        wait_for(replayed, timeout_s=30, what="the dead process's journal and log replayed")
+    finally:
+        restarted.kill()
+
+
 def test_sigkill_loses_no_answered_request(
     tmp_path: Path,
     private_postgres: tuple[EmbeddedPostgres, str],
@@ -224,16 +236,7 @@ def test_sigkill_loses_no_answered_request(
     assert journals, "the outage's records should be in the killed process's journal"
 
     server.start()
-    restarted = GatewayProcess(config, env, tmp_path / "second.log")
-    try:
-        restarted.wait_ready()
-        wait_for(
-            lambda: not any(path.exists() for path in journals),
-            timeout_s=30,
-            what="the dead process's journal replayed",
-        )
-    finally:
-        restarted.kill()
+    restart_until(config, env, tmp_path, lambda: not any(path.exists() for path in journals))
     rows = fetch(url, "SELECT request_id, teacher_output FROM requests")
     ids = [row["request_id"] for row in rows]
     assert len(ids) == len(set(ids)), "a replayed record must not duplicate a row"
@@ -316,16 +319,7 @@ def test_a_frozen_postgres_is_journaled_around_in_seconds_and_a_kill_then_loses_
         sender.join(timeout=30)
         gateway.kill()
 
-    restarted = GatewayProcess(config, env, tmp_path / "second.log")
-    try:
-        restarted.wait_ready()
-        wait_for(
-            lambda: not any(path.exists() for path in journaled),
-            timeout_s=30,
-            what="the dead process's journal and write-ahead log replayed",
-        )
-    finally:
-        restarted.kill()
+    restart_until(config, env, tmp_path, lambda: not any(path.exists() for path in journaled))
     rows = fetch(url, "SELECT request_id FROM requests WHERE teacher_output IS NOT NULL")
     assert set(answered) - {row["request_id"] for row in rows} == set()
 
@@ -456,16 +450,9 @@ def test_sigkill_mid_shadow_call_leaves_the_student_half_saying_so(
     segments = list((tmp_path / "data" / "journal").glob("journal-*wal*.jsonl"))
     assert segments, "the killed process's write-ahead log holds the markers"
 
-    restarted = GatewayProcess(config, env, tmp_path / "second.log")
-    try:
-        restarted.wait_ready()
-        wait_for(
-            lambda: len(fetch(url, "SELECT 1 FROM student_answers")) == 8,
-            timeout_s=30,
-            what="the cut calls' answers written by the replay",
-        )
-    finally:
-        restarted.kill()
+    restart_until(
+        config, env, tmp_path, lambda: len(fetch(url, "SELECT 1 FROM student_answers")) == 8
+    )
     rows = fetch(url, "SELECT request_id, student_status, student_error FROM requests")
     status = {row["request_id"]: row["student_status"] for row in rows}
     assert status == {done_id: "ok", **dict.fromkeys(cut, "shutdown")}
