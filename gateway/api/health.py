@@ -10,16 +10,53 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
-from gateway.api.state import gateway_state
+from gateway.api.state import GatewayState, gateway_state
 from gateway.metrics import render
 
 router = APIRouter()
 _READY_CACHE_S = 1.0
+# /readyz answers at once: Postgres is probed in the background, one probe at a time, and a
+# probe still unanswered after this long means Postgres is not answering (a frozen server
+# accepts the connection and never replies; a probe stuck in its clean-up must not keep an
+# old "ok" alive, nor hold the readiness probe past its own timeout).
+_PROBE_TIMEOUT_S = 1.0
 
 
 @router.get("/healthz", tags=["health"])
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+async def _probe(state: GatewayState) -> str:
+    try:
+        async with asyncio.timeout(_PROBE_TIMEOUT_S):
+            async with state.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        return f"unreachable: {type(exc).__name__}"
+    return "ok"
+
+
+async def _database(state: GatewayState) -> str:
+    """Postgres as /readyz reports it, known within about ``_PROBE_TIMEOUT_S`` at worst."""
+    probe = state.readiness_probe
+    if probe is not None and probe[1].done():  # a finished probe's answer is the news
+        state.readiness, state.readiness_probe, probe = (probe[0], probe[1].result()), None, None
+    cached = state.readiness
+    if probe is None and (cached is None or time.monotonic() - cached[0] > _READY_CACHE_S):
+        task = asyncio.create_task(_probe(state))
+        probe = state.readiness_probe = (time.monotonic(), task)
+        done, _ = await asyncio.wait({task}, timeout=_PROBE_TIMEOUT_S)  # usually 1 ms
+        if done:
+            state.readiness, state.readiness_probe, probe = (probe[0], task.result()), None, None
+            cached = state.readiness
+    if probe is not None and time.monotonic() - probe[0] >= _PROBE_TIMEOUT_S:
+        return f"unreachable: no answer within {_PROBE_TIMEOUT_S:g} s"
+    if cached is None:
+        return "unknown"
+    if cached[1] == "ok" and not state.writer.database_up:
+        return "unreachable: the log writer cannot write to it"
+    return cached[1]
 
 
 @router.get("/readyz", tags=["health"], responses={503: {"description": "unavailable"}})
@@ -30,22 +67,11 @@ async def readyz(request: Request) -> JSONResponse:
     the two is down, but records still land somewhere durable, so the replica keeps serving —
     a Postgres outage shared by every replica must not take them all out of rotation.
     ``unavailable`` (503): Postgres is unreachable *and* the disk refuses the journal, so new
-    records could only be held in memory. Postgres is checked at most once a second.
+    records could only be held in memory. Postgres is checked at most once a second, in the
+    background: the answer never waits long on a Postgres that does not reply.
     """
     state = gateway_state(request)
-    cached = state.readiness
-    now = time.monotonic()
-    if cached is None or now - cached[0] > _READY_CACHE_S:
-        database = "ok"
-        try:
-            async with asyncio.timeout(2):
-                async with state.engine.connect() as connection:
-                    await connection.execute(text("SELECT 1"))
-        except Exception as exc:
-            database = f"unreachable: {type(exc).__name__}"
-        cached = (now, database)
-        state.readiness = cached
-    database = cached[1]
+    database = await _database(state)
     journal = state.writer.journal
     journal_state = "ok" if journal.writable else f"unwritable: {journal.error}"
     if database == "ok" and journal.writable:

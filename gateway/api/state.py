@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -34,6 +35,8 @@ class GatewayState:
     reviews: ReviewQueue
     started_at: int
     readiness: tuple[float, str] | None = None  # (checked at, database status), cached 1 s
+    # the one Postgres probe of /readyz in flight, and when it started (api/health.py)
+    readiness_probe: tuple[float, asyncio.Task[str]] | None = None
 
 
 def gateway_state(request: Request) -> GatewayState:

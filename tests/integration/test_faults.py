@@ -309,6 +309,15 @@ def test_a_frozen_postgres_is_journaled_around_in_seconds_and_a_kill_then_loses_
                 timeout_s=20,
                 what="the stuck batch journaled",
             )
+
+            def readiness() -> dict[str, str]:  # answered within a probe's timeout, frozen or not
+                return dict(httpx.get(f"{gateway.url}/readyz", timeout=3).json())
+
+            wait_for(
+                lambda: readiness()["database"].startswith("unreachable"),
+                what="/readyz saying Postgres does not answer",
+            )
+            assert readiness()["status"] == "degraded"  # the journal takes the records
             gateway.proc.send_signal(signal.SIGKILL)
             gateway.proc.wait(timeout=10)
             stop.set()
