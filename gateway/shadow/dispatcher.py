@@ -139,7 +139,13 @@ class ShadowDispatcher:
             if admitted is not None:
                 self.record(student.name, champion, student_skipped(identity, admitted))
                 continue
-            self.spawn(self._shadow(student, champion, identity, body, teacher))
+            # On disk before the call's task even starts: a process killed from here on
+            # leaves the row's half saying so (``shutdown``) at the next start, not empty.
+            cut_short = student_skipped(identity, STUDENT_SHUTDOWN, _PROCESS_ENDED)
+            marker = self._writer.started(
+                {**answer_row(cut_short, student.name), "champion": champion}
+            )
+            self.spawn(self._shadow(student, champion, identity, body, teacher, marker))
 
     def record(self, student: str, champion: bool, half: Record) -> None:
         """A student's half: of the ``requests`` row if it is the champion, and its row of
@@ -248,12 +254,10 @@ class ShadowDispatcher:
         identity: RowIdentity,
         body: Mapping[str, Any],
         teacher: Output | None,
+        marker: int | None,
     ) -> None:
+        """One shadow call; ``marker`` is its "shadow started" mark (LogWriter.started)."""
         logs.note_in_task("student", student.name)  # this call's lines name its student
-        # On disk while the call runs: a process killed meanwhile leaves the row's half saying
-        # so (``shutdown``) at the next start's replay, rather than empty.
-        cut_short = student_skipped(identity, STUDENT_SHUTDOWN, _PROCESS_ENDED)
-        marker = self._writer.started({**answer_row(cut_short, student.name), "champion": champion})
         try:
             call = await self._ask(student, identity, body)
             record = call.record
