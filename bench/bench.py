@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from configs import ECHO_MODULE, ROUTE_FAST, ROUTE_SLOW, gateway_config, nginx_conf
+from hotspots import summarise
+from hotspots import table as profile_table
 from report import Result, gateway_metrics, machine_info, metric_by_label, report
 from sysutil import (
     API_KEY,
@@ -346,9 +348,33 @@ def run_gateway(
     settle(pids, max_s=30)
     rss_measured = {pid: status_field(pid, "VmRSS") for pid in process_tree(gateway.proc.pid)}
     sent_measured = sent
+    profile = None
     if args.soak_seconds > 0:
         print(f"[gateway] soak: full load for {args.soak_seconds:g} s", flush=True)
+        if args.profile:  # py-spy samples the soak (the flame graph's data stays in workdir)
+            profile = workdir / "gateway.folded"
+            spy = procs.start(
+                "py-spy",
+                [
+                    str(Path(sys.executable).with_name("py-spy")),
+                    "record",
+                    "--pid",
+                    str(gateway.proc.pid),
+                    "--duration",
+                    str(max(1, int(args.soak_seconds) - 2)),
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(profile),
+                    "--nonblocking",
+                ],
+                workdir / "py-spy.log",
+            )
         sent += int(run_wrk(args, url, ROUTE_FAST, args.soak_seconds)["requests"])
+        if args.profile:
+            spy.proc.wait(timeout=60)
         settle(pids, max_s=30)
 
     pids = process_tree(gateway.proc.pid)
@@ -388,7 +414,45 @@ def run_gateway(
         "exit_code": gateway.proc.returncode,
         "log_errors": errors_in_log[:20],
         "log": str(gateway.log),
+        "profile": str(profile) if profile is not None and profile.exists() else None,
     }
+
+
+# --------------------------------------------------------------------------- bare reference
+
+
+def run_bare(
+    args: argparse.Namespace, procs: Processes, workdir: Path, port_fast: int, port_slow: int
+) -> list[Result]:
+    """The floor: bench/bare_proxy.py on the gateway's core, the same two calls, no logging."""
+    base = f"http://127.0.0.1:{args.bare_port}"
+    bare = procs.start(
+        "bare proxy",
+        [
+            "taskset",
+            "-c",
+            args.gateway_cpu,
+            sys.executable,
+            str(BENCH_DIR / "bare_proxy.py"),
+            "--port",
+            str(args.bare_port),
+            "--upstream",
+            f"{ROUTE_FAST}=http://127.0.0.1:{port_fast}",
+            "--upstream",
+            f"{ROUTE_SLOW}=http://127.0.0.1:{port_slow}",
+        ],
+        workdir / "bare.log",
+    )
+    url = f"{base}/v1/chat/completions"
+    wait_until(
+        "bare proxy", lambda: http("POST", url, chat_request(ROUTE_FAST))[0] == 200, 30, alive=bare
+    )
+    pids = process_tree(bare.proc.pid)
+    results, _ = measure_target(
+        args, "bare", {0: url, 50: url}, {0: ROUTE_FAST, 50: ROUTE_SLOW}, pids
+    )
+    procs.stop(bare, grace_s=10)
+    return results
 
 
 # --------------------------------------------------------------------------- main
@@ -413,6 +477,16 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--gateway-port", type=int, default=18090)
+    parser.add_argument("--bare-port", type=int, default=18091)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the gateway with py-spy during the soak and print where its time goes "
+        "(bench/hotspots.py); needs pip install py-spy and --soak-seconds",
+    )
+    parser.add_argument(
+        "--no-bare", action="store_true", help="skip the bare reference proxy (the floor)"
+    )
     parser.add_argument(
         "--upstream-port",
         type=int,
@@ -496,6 +570,7 @@ def main() -> int:
     args = parse_args()
     port_fast, port_slow = args.upstream_port, args.upstream_port + 1
     ports = [port_fast, port_slow] + ([] if args.direct_only else [args.gateway_port])
+    ports += [] if args.direct_only or args.no_bare else [args.bare_port]
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, raise_interrupted)
     # A shell starts background jobs with SIGINT ignored; Ctrl-C / kill -INT must still clean up.
@@ -559,12 +634,17 @@ def main() -> int:
             print(f"Postgres pinned to CPU {args.load_cpus} for the run", flush=True)
 
         results, _ = measure_target(args, "direct", upstream, {0: "bench", 50: "bench"}, [])
+        if not args.direct_only and not args.no_bare:
+            results += run_bare(args, procs, workdir, port_fast, port_slow)
         gw = None
         if not args.direct_only:
             gw = run_gateway(args, procs, workdir, port_fast, port_slow)
             results += gw["results"]
 
         text = report(args, results, gw, machine)
+        if gw and gw.get("profile"):
+            text += "\n\nWhere the gateway's time goes (py-spy, during the soak):\n\n"
+            text += profile_table(summarise(Path(gw["profile"])))
         print("\n" + text + "\n", flush=True)
         if gw and gw["log_errors"]:
             print("\nerror lines in the gateway log:\n" + "\n".join(gw["log_errors"]), flush=True)

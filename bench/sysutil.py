@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key"
 
@@ -305,3 +307,60 @@ class PostgresPin:
                 with contextlib.suppress(OSError):
                     os.sched_setaffinity(tid, self.saved.get(tid, self.default))
         self.saved.clear()
+
+
+def alive(pid: int) -> bool:
+    """Running: a zombie (dead, its new parent not reaping it yet) is not."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def postmaster_tree(pgdata: Path) -> list[int]:
+    """The postmaster of the cluster in pgdata (from its postmaster.pid) and every child of it."""
+    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    children = psutil.Process(postmaster).children(recursive=True)
+    return [postmaster, *(child.pid for child in children)]
+
+
+def signal_each(pids: list[int], signum: int) -> int:
+    """Send signum to each pid in order; returns how many were still there to get it."""
+    sent = 0
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+            sent += 1
+    return sent
+
+
+# --------------------------------------------------------------------------- a small disk
+
+
+def mount_tmpfs(path: Path, size_mib: int) -> None:
+    """A tmpfs of size_mib at path (needs root, or CAP_SYS_ADMIN): a disk that can fill up."""
+    path.mkdir(parents=True, exist_ok=True)
+    run_checked(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0755", "tmpfs", str(path)])
+
+
+def unmount(path: Path) -> None:
+    result = subprocess.run(["umount", str(path)], capture_output=True, check=False)
+    if result.returncode != 0:  # still busy: detach it now, the kernel frees it when unused
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def fill_disk(path: Path) -> int:
+    """Write path until the filesystem refuses (ENOSPC); returns the bytes written."""
+    written = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for chunk in (1 << 20, 1 << 12):  # 1 MiB blocks, then pages for what is left
+            block = b"\0" * chunk
+            while True:
+                try:
+                    written += os.write(fd, block)
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
+    return written
