@@ -17,8 +17,8 @@ from pathlib import Path
 
 # (part, a substring of a frame "function (file:line)"), innermost match wins
 PARTS = [
-    ("log writer: batch encoding (_json, arrays)", "_json (gateway/db/writer.py"),
-    ("log writer: batch encoding (_json, arrays)", "_Target.arrays"),
+    ("log writer: batch encoding (_json, rows)", "_json (gateway/db/writer.py"),
+    ("log writer: batch encoding (_json, rows)", "_Target.row"),
     ("log writer: write-ahead log append", "gateway/db/wal.py"),
     ("log writer: Postgres driver", "asyncpg/"),
     ("log writer: other", "gateway/db/writer.py"),

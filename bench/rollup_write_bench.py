@@ -1,4 +1,5 @@
-"""What the rollups' dirty-marking triggers cost the log writer: its own upsert statements,
+"""What the rollups' dirty-marking triggers cost the log writer: its own statements (COPY into
+its batch table, then the merge),
 batches of ``--batch`` realistic rows (both halves of each request, and two students' answers),
 with the triggers on and off, alternating, on the same database.
 
@@ -21,13 +22,23 @@ import asyncpg
 
 from gateway.db.engine import plain_dsn
 from gateway.db.migrate import upgrade
-from gateway.db.writer import _ANSWERS, _REQUESTS  # the writer's own statements
+from gateway.db.writer import (  # the writer's own statements and encoding
+    _ANSWERS,
+    _REQUESTS,
+    _jsonb_value,
+    _jsonb_wire,
+    _Target,
+    batch_table_statement,
+)
 
 DATABASE = "bench_rollups_write"
 TRIGGERS = ("requests", "student_answers")
 
 
-def batch(first: int, size: int, now: datetime) -> tuple[list[Any], list[Any], list[Any]]:
+Rows = list[tuple[Any, ...]]
+
+
+def batch(first: int, size: int, now: datetime) -> tuple[Rows, Rows, Rows]:
     """A teacher half and a student half of ``size`` requests, and two answers each."""
     teacher, student, answers = [], [], []
     for n in range(first, first + size):
@@ -58,14 +69,27 @@ def batch(first: int, size: int, now: datetime) -> tuple[list[Any], list[Any], l
         for name in ("default", "rival"):
             answers.append({**key, **common, "student": name, "source": "live", "agree": True})
     return (
-        _REQUESTS.arrays(teacher),
-        _REQUESTS.arrays(student),
-        _ANSWERS.arrays(answers),
+        [_REQUESTS.row(record) for record in teacher],
+        [_REQUESTS.row(record) for record in student],
+        [_ANSWERS.row(record) for record in answers],
     )
+
+
+async def write(connection: asyncpg.Connection, target: _Target, rows: Rows) -> None:
+    """One batch as the log writer writes it: COPY into the batch table, merge, commit."""
+    async with connection.transaction():
+        await connection.execute(batch_table_statement(target.table))
+        await connection.copy_records_to_table(
+            target.batch_table, records=rows, columns=target.columns
+        )
+        await connection.execute(target.upsert)
 
 
 async def run(url: str, batches: int, size: int) -> None:
     connection = await asyncpg.connect(plain_dsn(url))
+    await connection.set_type_codec(
+        "jsonb", schema="pg_catalog", format="binary", encoder=_jsonb_wire, decoder=_jsonb_value
+    )
     now = datetime.now(UTC)
     times: dict[bool, list[float]] = {True: [], False: []}
     try:
@@ -76,9 +100,9 @@ async def run(url: str, batches: int, size: int) -> None:
                 await connection.execute(f"ALTER TABLE {table} {state} TRIGGER USER")
             teacher, student, answers = batch(index * size, size, now)
             started = time.perf_counter()
-            await connection.execute(_REQUESTS.upsert, *teacher)
-            await connection.execute(_REQUESTS.upsert, *student)
-            await connection.execute(_ANSWERS.upsert, *answers)
+            await write(connection, _REQUESTS, teacher)
+            await write(connection, _REQUESTS, student)
+            await write(connection, _ANSWERS, answers)
             times[on].append(time.perf_counter() - started)
     finally:
         await connection.close()

@@ -1,33 +1,36 @@
 """The log pipeline's own capacity: rows/s one real ``LogWriter`` sustains into one Postgres,
-what each row costs Postgres, and the writer's statement against COPY.
+what each row costs Postgres, and the writer's COPY against the ``unnest`` statement before it.
 
-    .venv/bin/python bench/writer_capacity.py [--rows 10000] [--ab-batches 6] [--json FILE]
+    .venv/bin/python bench/writer_capacity.py [--rows 10000] [--database NAME] [--json FILE]
 
-Makes and drops the database ``bench_writer_capacity`` (the real schema, by the migrations:
-partitioned ``requests``, ``student_answers``, the rollup triggers of 0015). Records are built
-by the gateway's own functions (``teacher_half``, ``student_half`` with 160 tokens of
-logprobs, ``answer_row``): per request a teacher half and a student half of its ``requests``
-row and one ``student_answers`` row, so a request is two rows in Postgres.
+Makes and drops the database ``--database`` (default ``bench_writer_capacity``; the real
+schema, by the migrations: partitioned ``requests``, ``student_answers``, the rollup triggers of
+0015, lz4 on the large jsonb columns of 0016). Records are built by the gateway's own functions
+(``teacher_half``, ``student_half`` with 160 tokens of logprobs, ``answer_row``): per request a
+teacher half and a student half of its ``requests`` row and one ``student_answers`` row, so a
+request is two rows in Postgres.
 
 1. **Writer runs.** For each batch size, a real :class:`LogWriter` (``wal=False``: Postgres's
    side, not the local write-ahead log, is measured) is fed as fast as it takes records: the
    producer submits both halves of a request back to back (they merge in the pending map, as
    they do when the student answers within a flush) and its answer, and waits only while two
-   batches are pending. Rows/s = rows counted in Postgres / time from the first submit to
-   ``close()`` returning. CPU seconds: this process (the writer and the producer) and
-   Postgres (the writer's backend plus the cluster's checkpointer, background writer and
-   walwriter, read with psutil). WAL bytes per row: ``pg_current_wal_lsn()`` before and
-   after (cluster-wide: other databases' writes at the same time are counted too). Bytes on
-   disk per row: heap (TOAST included) and index size of every partition of both tables. The
-   middle batch size is run again with the rollup triggers disabled (on this database only),
-   again with ``default_toast_compression = lz4`` instead of the server's ``pglz``, again with
-   two writers (two connections, as two gateways would have), and again with student halves
-   that carry no logprobs.
-2. **COPY A/B.** The same merged rows, in batches, written (a) by the writer's statement
-   (``upsert_statement`` with ``_Target.arrays``) and (b) by ``copy_records_to_table`` (binary)
-   into a TEMP table, then ``INSERT … SELECT FROM tmp ON CONFLICT … COALESCE`` (the same merge),
-   alternating, both as new rows ("insert") and again onto the rows just written ("merge",
-   every row conflicts). Wall time and this process's CPU per 1,000 rows.
+   batches are pending. Two writers alternate, which goes first changing each time: the
+   writer as it is (``copy``: binary COPY into its TEMP batch table, then ``INSERT … SELECT``)
+   with the columns' compression of 0016 (lz4), and the writer before it (``unnest``:
+   :class:`UnnestWriter`, the same writer with the ``INSERT … SELECT FROM unnest(…)`` statement
+   and JSON sent as text) with the server's default (pglz): before and after. Rows/s = rows
+   counted in Postgres / time from the first submit to ``close()`` returning. CPU seconds:
+   this process (the writer and the producer) and Postgres (the writer's backend plus the
+   cluster's checkpointer, background writer and walwriter, read with psutil). WAL bytes per
+   row: ``pg_current_wal_lsn()`` before and after (cluster-wide: other databases' writes at
+   the same time are counted too). Bytes on disk per row: heap (TOAST included) and index size
+   of every partition of both tables. The middle batch size is also run with each writer on
+   the other compression, with the rollup triggers disabled (on this database only), with two
+   writers (two connections, as two gateways would have), and with student halves that carry
+   no logprobs (five times ``--rows`` of those, or the run is over in a second).
+2. **A batch's steps.** The COPY writer's statements one at a time, on a connection prepared as
+   the writer's: encoding the records (client), ``COPY`` into the batch table, the ``INSERT …
+   SELECT … ON CONFLICT`` (new rows), ``COMMIT``; per table, ms per row.
 3. **Postgres's share.** Server time per row of the largest value, the student's logprobs:
    parsed as jsonb or json, and inserted as jsonb with each TOAST compression.
 
@@ -38,33 +41,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
-import re
 import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import asyncpg
 import orjson
 import psutil
 from prometheus_client import CollectorRegistry
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql
 
 from gateway.clients.upstream import StudentReply
 from gateway.config.sections import LogWriterConfig
 from gateway.core.confidence import confidence
 from gateway.db.engine import plain_dsn
-from gateway.db.migrate import upgrade
-from gateway.db.writer import _ANSWERS, _REQUESTS, LogWriter, _Target, merge
+from gateway.db.migrate import migrations_dir, upgrade
+from gateway.db.writer import _ANSWERS, _JSON_NUL, _REQUESTS, LogWriter, _Target, merge
 from gateway.metrics import Metrics
 from gateway.shadow.answers import answer_row
 from gateway.shadow.records import Reading, RowIdentity, student_half, teacher_half
 
-DATABASE = "bench_writer_capacity"
+DATABASE = "bench_writer_capacity"  # --database
 TABLES = ("requests", "student_answers")
 _BACKGROUND = ("checkpointer", "background writer", "walwriter")
 Record = dict[str, Any]
@@ -263,27 +268,108 @@ def _postgres_processes(backend_pids: list[int]) -> list[psutil.Process]:
     return processes
 
 
-# -- 1. the real writer ----------------------------------------------------------------------
+# -- 1. the real writer, and the one before it ----------------------------------------------
+
+
+def _migration_0016() -> ModuleType:
+    """Migration 0016, whose statement sets the large jsonb columns' compression."""
+    path = next(migrations_dir().glob("versions/0016_*.py"))
+    spec = importlib.util.spec_from_file_location("_shadow_gateway_migration_0016", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+def _unnest_statement(table: Table) -> str:
+    """The writer's statement before COPY: ``INSERT … SELECT FROM unnest(…) ON CONFLICT``."""
+    columns = [column.name for column in table.columns]
+    types = [column.type.compile(dialect=_DIALECT) for column in table.columns]
+    key = [column.name for column in table.primary_key.columns]
+    arrays = ", ".join(f"${i}::{pg_type}[]" for i, pg_type in enumerate(types, 1))
+    merged = ", ".join(
+        f"{c} = COALESCE(EXCLUDED.{c}, {table.name}.{c})" for c in columns if c not in key
+    )
+    return (
+        f"INSERT INTO {table.name} ({', '.join(columns)}) "  # noqa: S608
+        f"SELECT * FROM unnest({arrays}) ON CONFLICT ({', '.join(key)}) DO UPDATE SET {merged}"
+    )
+
+
+def _kinds(table: Table) -> list[tuple[str, str]]:
+    """Each column's name and how the writer encoded it: "json", "text" or "" (the driver)."""
+    kinds = []
+    for column in table.columns:
+        pg_type = column.type.compile(dialect=_DIALECT)
+        kinds.append((column.name, {"JSONB": "json", "TEXT": "text"}.get(pg_type, "")))
+    return kinds
+
+
+def _unnest_arrays(kinds: list[tuple[str, str]], batch: list[Record]) -> list[list[Any]]:
+    """Its parameters, as the writer made them: one array per column, JSON as text."""
+    arrays = []
+    for column, kind in kinds:
+        values = [record.get(column) for record in batch]
+        if kind == "json":
+            values = [None if v is None else _json_text(v) for v in values]
+        elif kind == "text":
+            values = [v.replace("\x00", "") if isinstance(v, str) else v for v in values]
+        arrays.append(values)
+    return arrays
+
+
+def _json_text(value: Any) -> str:
+    dumped = orjson.dumps(value)
+    if b"\\u0000" in dumped:
+        dumped = _JSON_NUL.sub(rb"\1", dumped)
+    return dumped.decode()
+
+
+_UNNEST = {t.name: (_unnest_statement(t.table), _kinds(t.table)) for t in (_REQUESTS, _ANSWERS)}
+
+
+class UnnestWriter(LogWriter):
+    """The writer before COPY: the same batching, merging and journaling, with one ``INSERT …
+    SELECT FROM unnest(…)`` per table and batch (JSON sent as text, asyncpg's own jsonb codec)
+    and no batch tables. An error ends the run (the bench's rows are all good)."""
+
+    async def _prepare(self, connection: asyncpg.Connection) -> None:
+        return None
+
+    async def _write_rows(self, target: _Target, batch: list[Record]) -> bool:
+        assert self._conn is not None
+        statement, kinds = _UNNEST[target.name]
+        await self._conn.execute(statement, *_unnest_arrays(kinds, batch), timeout=30)
+        self._metrics.log_rows_written.inc(len(batch))
+        return True
+
+
+WRITERS: dict[str, type[LogWriter]] = {"unnest": UnnestWriter, "copy": LogWriter}
 
 
 @dataclass(frozen=True)
 class Run:
     batch_size: int
+    writer: str = "copy"  # a key of WRITERS
+    compression: str = "lz4"  # of the large jsonb columns (migration 0016's)
     triggers: bool = True
-    compression: str = "pglz"
     writers: int = 1
     logprobs: int = 160
+
+
+async def _set_compression(connection: asyncpg.Connection, method: str) -> None:
+    await connection.execute(_migration_0016()._set_compression(method))
 
 
 async def writer_run(
     url: str, connection: asyncpg.Connection, plan: Run, *, requests: int, name: str
 ) -> dict[str, Any]:
     await _reset(connection)
-    # TOAST compression of the jsonb columns: no column sets its own, so new connections
-    # (the writers') use the database's default_toast_compression
-    await connection.execute(
-        f"ALTER DATABASE {DATABASE} SET default_toast_compression = '{plan.compression}'"
-    )
+    await _set_compression(connection, plan.compression)
     await _set_triggers(connection, plan.triggers)
     records = Records(plan.logprobs)
     now = datetime.now(UTC)
@@ -294,12 +380,15 @@ async def writer_run(
             batch_size=plan.batch_size,
             queue_max=plan.batch_size * 8,
             memory_max=plan.batch_size * 8,
+            write_timeout_s=30,
         )
         writers = []
         for k in range(plan.writers):
             journal = Path(directory) / str(k)
             journal.mkdir()
-            writer = LogWriter(plain_dsn(url), journal, config, Metrics(CollectorRegistry()))
+            writer = WRITERS[plan.writer](
+                plain_dsn(url), journal, config, Metrics(CollectorRegistry())
+            )
             await writer.start()
             writers.append(writer)
         backends = [w._conn.get_server_pid() for w in writers if w._conn is not None]
@@ -330,11 +419,15 @@ async def writer_run(
     rows = int(counts["r"]) + int(counts["a"])
     if rows != 2 * requests or journaled or rejected:
         raise SystemExit(f"run {name}: {rows} rows of {2 * requests}, journal {journaled}")
+    stored = await connection.fetchval(
+        "SELECT pg_column_compression(student_logprobs) FROM student_answers LIMIT 1"
+    )
     await connection.execute("CHECKPOINT")  # sizes after the dirty pages are on disk
     sizes = await _sizes(connection)
     await _set_triggers(connection, True)
     return {
         **asdict(plan),
+        "stored_compression": stored,
         "student_half_json_bytes": records.student_json_bytes,
         "rows": rows,
         "seconds": elapsed,
@@ -347,7 +440,28 @@ async def writer_run(
     }
 
 
-# -- 2. the writer's statement against COPY --------------------------------------------------
+def plan_runs(batches: list[int], logprobs: int) -> list[Run]:
+    """Before (unnest, pglz) and after (copy, lz4) at each batch size, in turns; then, at the
+    middle size, each writer on the other compression, and the variants of the writer."""
+    middle = batches[len(batches) // 2]
+    before = {"writer": "unnest", "compression": "pglz", "logprobs": logprobs}
+    after = {"writer": "copy", "compression": "lz4", "logprobs": logprobs}
+    plan = []
+    for i, size in enumerate(batches):
+        pair = [Run(size, **before), Run(size, **after)]  # type: ignore[arg-type]
+        plan += pair if i % 2 == 0 else pair[::-1]
+    plan += [
+        Run(middle, writer="copy", compression="pglz", logprobs=logprobs),
+        Run(middle, writer="unnest", compression="lz4", logprobs=logprobs),
+        Run(middle, triggers=False, logprobs=logprobs),
+        Run(middle, writers=2, logprobs=logprobs),
+        Run(middle, writer="unnest", compression="pglz", logprobs=0),
+        Run(middle, logprobs=0),
+    ]
+    return plan
+
+
+# -- 2. a COPY batch's steps -----------------------------------------------------------------
 
 
 def _merged(records: Records, run: str, requests: int) -> tuple[list[Record], list[Record]]:
@@ -362,84 +476,47 @@ def _merged(records: Records, run: str, requests: int) -> tuple[list[Record], li
     return rows, answers
 
 
-class Copier:
-    """COPY (binary) into a TEMP table, then the writer's merge from it."""
-
-    def __init__(self, target: _Target) -> None:
-        self.target = target
-        self.temp = f"tmp_{target.name}"
-        self.columns = [name for name, _ in target.columns]
-        self.insert = re.sub(
-            r"SELECT \* FROM unnest\(.*?\) ON CONFLICT",
-            f"SELECT {', '.join(self.columns)} FROM {self.temp} ON CONFLICT",  # noqa: S608
-            target.upsert,
-        )
-
-    async def prepare(self, connection: asyncpg.Connection) -> None:
-        await connection.execute(
-            f"CREATE TEMP TABLE {self.temp} (LIKE {self.target.name}) ON COMMIT DELETE ROWS"
-        )
-
-    async def write(self, connection: asyncpg.Connection, batch: list[Record]) -> None:
-        rows = list(zip(*self.target.arrays(batch), strict=True))
-        async with connection.transaction():
-            await connection.copy_records_to_table(self.temp, records=rows, columns=self.columns)
-            await connection.execute(self.insert)
-
-
-async def _timed(connection: asyncpg.Connection, write: Any, batch: list[Record]) -> tuple:
-    lsn = await _lsn(connection)
-    cpu, wall = time.process_time(), time.perf_counter()
-    await write(batch)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return wall, cpu, await _wal_since(connection, lsn)
-
-
-async def copy_ab(
-    connection: asyncpg.Connection, records: Records, *, batches: int, batch_size: int
+async def batch_steps(
+    url: str, connection: asyncpg.Connection, records: Records, *, batch: int, rounds: int
 ) -> list[dict[str, Any]]:
+    """Each step of the writer's batch, timed alone, on new rows; medians of ``rounds`` after
+    one warm-up. Server steps are wall time on the client (Postgres on the same machine)."""
     await _reset(connection)
-    results = []
-    for target in (_REQUESTS, _ANSWERS):
-        copier = Copier(target)
-        await copier.prepare(connection)
-
-        async def upsert(batch: list[Record], target: _Target = target) -> None:
-            await connection.execute(target.upsert, *target.arrays(batch))
-
-        methods = {
-            "unnest (the writer)": upsert,
-            "COPY + INSERT … SELECT": partial(copier.write, connection),
-        }
-        timings: dict[tuple[str, str], list[tuple]] = {}
-        for round_ in range(batches):
-            # alternate which goes first, so neither always meets a warmer cache
-            order = list(methods.items())
-            if round_ % 2:
-                order.reverse()
-            for name, write in order:
-                rows, answers = _merged(records, f"ab{round_}{name[0]}", batch_size)
-                batch = rows if target is _REQUESTS else answers
-                for case in ("insert", "merge"):
-                    timing = await _timed(connection, write, batch)
-                    if round_:  # the first round warms both up
-                        timings.setdefault((name, case), []).append(timing)
-        for (name, case), runs in timings.items():
-            per = 1000 / batch_size
-            results.append(
-                {
-                    "table": target.name,
-                    "method": name,
-                    "case": case,
-                    "wall_ms_per_1000": statistics.median(r[0] for r in runs) * 1000 * per,
-                    "client_cpu_ms_per_1000": statistics.median(r[1] for r in runs) * 1000 * per,
-                    "wal_bytes_per_row": statistics.median(r[2] for r in runs) / batch_size,
-                }
-            )
-    return results
-
-
-# -- the whole run ---------------------------------------------------------------------------
+    await _set_compression(connection, "lz4")
+    writer = await asyncpg.connect(plain_dsn(url))
+    # a writer never started (its journal is never opened): its set-up of ``writer`` only
+    prepared = LogWriter("", Path.cwd(), LogWriterConfig(wal=False), Metrics())
+    try:
+        await prepared._prepare(writer)
+        timings: dict[tuple[str, str], list[float]] = {}
+        for round_ in range(rounds + 1):
+            rows, answers = _merged(records, f"steps{round_}", batch)
+            for target, chunk in ((_REQUESTS, rows), (_ANSWERS, answers)):
+                steps: dict[str, float] = {}
+                started = time.perf_counter()
+                encoded = [target.row(record) for record in chunk]
+                steps["encode (client)"] = time.perf_counter() - started
+                await writer.execute(prepared._begin[target.name])  # BEGIN; CREATE … IF NOT …
+                started = time.perf_counter()
+                await writer.copy_records_to_table(
+                    target.batch_table, records=encoded, columns=target.columns
+                )
+                steps["COPY into the batch table"] = time.perf_counter() - started
+                started = time.perf_counter()
+                await writer.execute(target.upsert)
+                steps["INSERT … SELECT … ON CONFLICT"] = time.perf_counter() - started
+                started = time.perf_counter()
+                await writer.execute("COMMIT")
+                steps["COMMIT"] = time.perf_counter() - started
+                if round_:
+                    for step, seconds in steps.items():
+                        timings.setdefault((target.name, step), []).append(seconds)
+    finally:
+        await writer.close()
+    return [
+        {"table": table, "step": step, "ms_per_row": statistics.median(t) * 1000 / batch}
+        for (table, step), t in timings.items()
+    ]
 
 
 # -- 3. where Postgres's time goes -----------------------------------------------------------
@@ -487,35 +564,32 @@ async def postgres_share(
 
 
 def _print(
-    runs: list[dict[str, Any]],
-    ab: list[dict[str, Any]],
-    ab_batch: int,
-    share: list[dict[str, Any]],
+    runs: list[dict[str, Any]], steps: list[dict[str, Any]], share: list[dict[str, Any]]
 ) -> None:
     print()
     print(
-        "| batch | writers | student logprobs | rollup triggers | TOAST | rows | s | rows/s "
-        "| writer CPU s | Postgres CPU s | WAL B/row | heap B/row | index B/row |"
+        "| writer | TOAST | batch | writers | student logprobs | rollup triggers | rows | s "
+        "| rows/s | writer CPU ms/row | Postgres CPU ms/row | WAL B/row | heap B/row "
+        "| index B/row |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         print(
+            f"| {r['writer']} | {r['stored_compression'] or r['compression']} "
             f"| {r['batch_size']} | {r['writers']} | {r['logprobs']} tokens "
-            f"| {'on' if r['triggers'] else 'off'} | {r['compression']} | {r['rows']:,} "
-            f"| {r['seconds']:.2f} | {r['rows_per_s']:,.0f} | {r['writer_cpu_s']:.2f} "
-            f"| {r['postgres_cpu_s']:.2f} | {r['wal_bytes_per_row']:,.0f} "
+            f"| {'on' if r['triggers'] else 'off'} | {r['rows']:,} "
+            f"| {r['seconds']:.2f} | {r['rows_per_s']:,.0f} "
+            f"| {r['writer_cpu_s'] * 1000 / r['rows']:.3f} "
+            f"| {r['postgres_cpu_s'] * 1000 / r['rows']:.3f} | {r['wal_bytes_per_row']:,.0f} "
             f"| {r['heap_bytes_per_row']:,.0f} | {r['index_bytes_per_row']:,.0f} |"
         )
     print()
-    print(f"COPY A/B, batches of {ab_batch} rows, medians:")
+    print("A COPY batch's steps (lz4), ms per row, medians:")
     print()
-    print("| table | case | method | wall ms / 1,000 rows | client CPU ms / 1,000 | WAL B/row |")
-    print("|---|---|---|---|---|---|")
-    for r in sorted(ab, key=lambda r: (r["table"], r["case"], r["method"])):
-        print(
-            f"| {r['table']} | {r['case']} | {r['method']} | {r['wall_ms_per_1000']:.0f} "
-            f"| {r['client_cpu_ms_per_1000']:.0f} | {r['wal_bytes_per_row']:,.0f} |"
-        )
+    print("| table | step | ms per row |")
+    print("|---|---|---|")
+    for r in steps:
+        print(f"| {r['table']} | {r['step']} | {r['ms_per_row']:.3f} |")
     print()
     print(f"Postgres's share: the student's logprobs ({share[0]['json_bytes']:,} bytes of JSON)")
     print()
@@ -526,9 +600,10 @@ def _print(
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    url = _database_url(args.database_url, DATABASE)
-    await _admin(args.database_url, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-    await _admin(args.database_url, f"CREATE DATABASE {DATABASE}")
+    database = args.database
+    url = _database_url(args.database_url, database)
+    await _admin(args.database_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    await _admin(args.database_url, f"CREATE DATABASE {database}")
     try:
         await asyncio.to_thread(upgrade, url)
         records = Records(args.logprobs)
@@ -536,22 +611,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         connection = await asyncpg.connect(plain_dsn(url))
         try:
             runs = []
-            middle = args.batches[len(args.batches) // 2]
-            plan = [Run(size, logprobs=args.logprobs) for size in args.batches]
-            plan += [
-                Run(middle, triggers=False, logprobs=args.logprobs),
-                Run(middle, compression="lz4", logprobs=args.logprobs),
-                Run(middle, writers=2, logprobs=args.logprobs),
-                Run(middle, logprobs=0),
-            ]
-            for i, item in enumerate(plan):
+            for i, item in enumerate(plan_runs(args.batches, args.logprobs)):
                 print(f"writer run: {item}", flush=True)
+                # rows without logprobs are written in about a second: five times as many
+                rows = args.rows * (1 if item.logprobs else 5)
                 runs.append(
-                    await writer_run(url, connection, item, requests=args.rows // 2, name=f"w{i}")
+                    await writer_run(url, connection, item, requests=rows // 2, name=f"w{i}")
                 )
-            print("COPY A/B", flush=True)
-            ab = await copy_ab(
-                connection, records, batches=args.ab_batches + 1, batch_size=args.ab_batch
+            print("a batch's steps", flush=True)
+            steps = await batch_steps(
+                url, connection, records, batch=args.steps_batch, rounds=args.steps_rounds
             )
             print("Postgres's share", flush=True)
             share = await postgres_share(connection, records)
@@ -559,8 +628,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await connection.close()
     finally:
         if not args.keep_database:
-            await _admin(args.database_url, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-    _print(runs, ab, args.ab_batch, share)
+            await _admin(args.database_url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    _print(runs, steps, share)
     return {
         "at": datetime.now(UTC).isoformat(),
         "load_average": os.getloadavg(),
@@ -568,23 +637,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows_per_run": args.rows,
         "student_half_json_bytes": records.student_json_bytes,
         "writer_runs": runs,
-        "copy_ab": ab,
+        "batch_steps": steps,
         "postgres_share": share,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=10_000, help="rows per writer run")
+    parser.add_argument("--rows", type=int, default=10_000, help="rows per run with logprobs")
     parser.add_argument(
         "--batches",
         type=lambda s: [int(x) for x in s.split(",")],
         default=[200, 500, 1000],
-        help="writer batch sizes (the 2nd is also run without the rollup triggers)",
+        help="writer batch sizes (the 2nd also runs the variants)",
     )
     parser.add_argument("--logprobs", type=int, default=160, help="student tokens")
-    parser.add_argument("--ab-batch", type=int, default=500, help="rows per A/B statement")
-    parser.add_argument("--ab-batches", type=int, default=6, help="A/B rounds (+1 warm-up)")
+    parser.add_argument("--steps-batch", type=int, default=500, help="rows per timed batch")
+    parser.add_argument("--steps-rounds", type=int, default=6, help="timed batches (+1 warm-up)")
+    parser.add_argument("--database", default=DATABASE, help="made and dropped by the run")
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--keep-database", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the figures here")

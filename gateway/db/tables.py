@@ -1,7 +1,10 @@
 """Table definitions, kept equal to what the Alembic migrations create (a test compares them).
 
 The migrations are the truth for the schema; these objects exist so queries are written
-against typed columns, and so the log writer knows each column's Postgres type.
+against typed columns, and so the log writer knows each column's Postgres type. Not mirrored
+here (SQLAlchemy has no notion of it, the comparison does not see it): the lz4 TOAST
+compression of the log tables' large jsonb columns (migration 0016), which the log writer reads
+from the catalog.
 """
 
 from __future__ import annotations

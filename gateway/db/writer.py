@@ -7,15 +7,20 @@ pending map, keyed by the row's primary key less ``created_at`` (every half of a
 the same one): a bare request id for ``requests`` (the request path's key, as before answers
 existed), ``("student_answers", (request_id, student, source))`` for answers, so the halves
 of one row usually become one write. A single background task flushes on size or time; a
-batch may hold both tables and is written with one ``INSERT … SELECT FROM unnest(…) ON
-CONFLICT DO UPDATE SET c = COALESCE(EXCLUDED.c, t.c)`` statement per table, derived from the
-table's definition, which merges halves already in the table and makes every write idempotent.
+batch may hold both tables. Each table's rows are copied (binary ``COPY``, each JSON value
+encoded once, by orjson) into a TEMP table of the writer's connection (``writer_batch_<table>``,
+made with the connection, again by a batch that misses it, emptied at commit), then merged
+with one ``INSERT … SELECT … ON CONFLICT DO UPDATE SET c = COALESCE(EXCLUDED.c, t.c)``, in one
+transaction. Both statements are derived from the table's definition; the merge joins halves
+already in the table, makes every write idempotent, routes rows to their partitions and fires
+the tables' triggers as any ``INSERT`` does. The TEMP table compresses its values as the table
+does, so TOAST compresses each value once.
 
 When Postgres is unreachable, batches are appended to the local journal instead (an answer
 record carries its table's name, see :mod:`gateway.db.journal`), and the task probes Postgres
 every ``retry_interval_s``; once it answers, the journal (this process's file and any orphaned
-files of dead processes) is replayed before new batches. A row Postgres rejects for its
-content (not its availability) is retried alone and, if still refused, kept in
+files of dead processes) is replayed before new batches. A row Postgres or the driver rejects
+for its content (not Postgres's availability) is retried alone and, if still refused, kept in
 ``rejected.jsonl`` next to the journal: it is never silently dropped. ``queue_max`` and
 ``memory_max`` count the records of both tables.
 
@@ -28,11 +33,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import operator
 import re
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,22 +63,47 @@ _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
 _PARTITION_KEY = "created_at"
 # Postgres text and jsonb cannot hold NUL; an escaped \u0000 (not an escaped backslash) is cut.
 _JSON_NUL = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+# jsonb's binary wire format: this version byte, then the JSON text.
+_JSONB_VERSION = b"\x01"
+# A column's TOAST compression (pg_attribute.attcompression), where the table sets one.
+_COMPRESSION_OF = (
+    "SELECT attrelid::regclass::text AS relation, attname, attcompression FROM pg_attribute "
+    "WHERE attrelid IN (SELECT unnest($1::text[])::regclass) AND attnum > 0 "
+    "AND NOT attisdropped AND attcompression <> ''"
+)
+_COMPRESSION_NAMES = {b"l": "lz4", b"p": "pglz"}
+
+
+def batch_table(table: Table) -> str:
+    """The writer connection's TEMP table that a batch of ``table``'s rows is copied into."""
+    return f"writer_batch_{table.name}"
+
+
+def batch_table_statement(table: Table, compression: Mapping[str, str] | None = None) -> str:
+    """``CREATE TEMP TABLE IF NOT EXISTS`` for :func:`batch_table`: the table's columns and
+    types, without its constraints (Postgres checks those on the merge, as on any insert),
+    with the ``compression`` (column → method) the table's columns set, so TOAST compresses a
+    value once and the merge copies it compressed. Emptied at every commit."""
+    compression = compression or {}
+    columns = ", ".join(
+        f"{column.name} {column.type.compile(dialect=_DIALECT)}"
+        + (f" COMPRESSION {compression[column.name]}" if column.name in compression else "")
+        for column in table.columns
+    )
+    return f"CREATE TEMP TABLE IF NOT EXISTS {batch_table(table)} ({columns}) ON COMMIT DELETE ROWS"
 
 
 def upsert_statement(table: Table, *, if_absent: bool = False) -> str:
-    """``INSERT … SELECT FROM unnest(…) ON CONFLICT (primary key) DO UPDATE … COALESCE``;
-    with ``if_absent``, ``… DO NOTHING``: a row already there is left as it is.
+    """``INSERT … SELECT … FROM`` the batch table ``ON CONFLICT (primary key) DO UPDATE …
+    COALESCE``; with ``if_absent``, ``… DO NOTHING``: a row already there is left as it is.
 
-    One array parameter per column, in the table's order. Built from our own table definition,
-    never from input: no injection surface.
+    Built from our own table definition, never from input: no injection surface.
     """
-    columns = [column.name for column in table.columns]
-    types = [column.type.compile(dialect=_DIALECT) for column in table.columns]
+    columns = ", ".join(column.name for column in table.columns)
     key = [column.name for column in table.primary_key.columns]
-    arrays = ", ".join(f"${i}::{pg_type}[]" for i, pg_type in enumerate(types, 1))
     insert = (
-        f"INSERT INTO {table.name} ({', '.join(columns)}) "  # noqa: S608
-        f"SELECT * FROM unnest({arrays}) ON CONFLICT ({', '.join(key)}) DO "
+        f"INSERT INTO {table.name} ({columns}) "  # noqa: S608
+        f"SELECT {columns} FROM {batch_table(table)} ON CONFLICT ({', '.join(key)}) DO "
     )
     if if_absent:
         return insert + "NOTHING"
@@ -80,28 +111,62 @@ def upsert_statement(table: Table, *, if_absent: bool = False) -> str:
         insert
         + "UPDATE SET "
         + ", ".join(
-            f"{c} = COALESCE(EXCLUDED.{c}, {table.name}.{c})" for c in columns if c not in key
+            f"{c.name} = COALESCE(EXCLUDED.{c.name}, {table.name}.{c.name})"
+            for c in table.columns
+            if c.name not in key
         )
     )
 
 
+def _json(value: Any) -> bytes:
+    """A jsonb value's text, encoded once: the connection's codec sends these bytes as they are."""
+    dumped = orjson.dumps(value)
+    # The regex costs ~70 ns a byte (it is tried at every position): ~0.1 ms for an answer
+    # with logprobs. Only the rare document holding an escaped NUL needs it.
+    if b"\\u0000" in dumped:
+        dumped = _JSON_NUL.sub(rb"\1", dumped)
+    return dumped
+
+
+def _text(value: Any) -> Any:
+    return value.replace("\x00", "") if isinstance(value, str) else value
+
+
+def _jsonb_wire(value: bytes) -> bytes:
+    return _JSONB_VERSION + value
+
+
+def _jsonb_value(data: bytes) -> Any:
+    return orjson.loads(data[1:])
+
+
 @dataclass(frozen=True)
 class _Target:
-    """A table the writer fills: its upsert, how to lay a batch out for it, a row's key."""
+    """A table the writer fills: its batch table, its upserts, how to encode a record for the
+    ``COPY``, a row's key."""
 
-    name: str
+    table: Table
     upsert: str
-    columns: tuple[tuple[str, str], ...]  # (name, "json" | "text" | "") in the table's order
+    if_absent: str
+    columns: tuple[str, ...]  # in the table's order
+    # each column's encoder (None: the driver's own), applied to a value that is not None
+    encoders: tuple[Callable[[Any], Any] | None, ...]
     key: Callable[[Record], Hashable]  # the pending map's key of a record of this table
 
+    @property
+    def name(self) -> str:
+        return str(self.table.name)
+
+    @property
+    def batch_table(self) -> str:
+        return batch_table(self.table)
+
     @classmethod
-    def of(cls, table: Table, *, if_absent: bool = False) -> _Target:
-        kinds = []
+    def of(cls, table: Table) -> _Target:
+        encoders: list[Callable[[Any], Any] | None] = []
         for column in table.columns:
             pg_type = column.type.compile(dialect=_DIALECT)
-            kinds.append(
-                (column.name, "json" if pg_type == "JSONB" else "text" if pg_type == "TEXT" else "")
-            )
+            encoders.append(_json if pg_type == "JSONB" else _text if pg_type == "TEXT" else None)
         get = operator.itemgetter(
             *(c.name for c in table.primary_key.columns if c.name != _PARTITION_KEY)
         )
@@ -111,19 +176,24 @@ class _Target:
 
         # requests: a bare request id, what submit() uses inline
         key: Callable[[Record], Hashable] = get if table is requests else named
-        return cls(table.name, upsert_statement(table, if_absent=if_absent), tuple(kinds), key)
+        return cls(
+            table,
+            upsert_statement(table),
+            upsert_statement(table, if_absent=True),
+            tuple(column.name for column in table.columns),
+            tuple(encoders),
+            key,
+        )
 
-    def arrays(self, batch: list[Record]) -> list[list[Any]]:
-        """The batch as one array per column, the upsert's parameters."""
-        arrays = []
-        for column, kind in self.columns:
-            values = [record.get(column) for record in batch]
-            if kind == "json":
-                values = [_json(value) for value in values]
-            elif kind == "text":
-                values = [v.replace("\x00", "") if isinstance(v, str) else v for v in values]
-            arrays.append(values)
-        return arrays
+    def row(self, record: Record) -> tuple[Any, ...]:
+        """``record`` as the ``COPY`` sends it; raises TypeError or ValueError for a value
+        that JSON cannot hold (orjson: an integer past 64 bits, a lone surrogate, …)."""
+        get = record.get
+        values = []
+        for column, encode in zip(self.columns, self.encoders, strict=True):
+            value = get(column)
+            values.append(value if value is None or encode is None else encode(value))
+        return tuple(values)
 
 
 _REQUESTS = _Target.of(requests)
@@ -147,8 +217,6 @@ _FILL_STUDENT_HALF = (
     "WHERE r.request_id = m.request_id AND r.created_at = m.created_at "
     "AND r.student_status IS NULL"
 )
-_ANSWERS_IF_ABSENT = _Target.of(student_answers, if_absent=True)
-
 _ORPHAN_SCAN_INTERVAL_S = 60.0
 # Replayed records per statement: small enough that building one batch's parameters on the
 # event loop is a few milliseconds, even with logprobs (bench/replay_bench.py).
@@ -169,17 +237,6 @@ DB_UNAVAILABLE = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.CannotConnectNowError,
 )
-
-
-def _json(value: Any) -> str | None:
-    if value is None:
-        return None
-    dumped = orjson.dumps(value)
-    # The regex costs ~70 ns a byte (it is tried at every position): ~0.1 ms for an answer
-    # with logprobs. Only the rare document holding an escaped NUL needs it.
-    if b"\\u0000" in dumped:
-        dumped = _JSON_NUL.sub(rb"\1", dumped)
-    return dumped.decode()
 
 
 def merge(into: Record, update: Record) -> None:
@@ -223,6 +280,8 @@ class LogWriter:
         self._journal_retry_at = 0.0
         self._journal_backoff_s = 0.0
         self._observers: list[Callable[[list[Record]], None]] = []
+        # Each table's "BEGIN; CREATE TEMP TABLE IF NOT EXISTS <batch table>" (_prepare)
+        self._begin: dict[str, str] = {}
 
     # -- request path -----------------------------------------------------------------------
 
@@ -413,10 +472,36 @@ class LogWriter:
         self._next_probe = time.monotonic() + self._config.retry_interval_s
         try:
             self._conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout_s)
+            await asyncio.wait_for(self._prepare(self._conn), self._config.write_timeout_s)
         except (*DB_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            # a connection without its batch tables (the tables not migrated yet, say) takes
+            # no batch: journaled, and probed again like an outage
             self._set_database_up(False, exc)
             return
         self._set_database_up(True)
+
+    async def _prepare(self, connection: asyncpg.Connection) -> None:
+        """What a connection's batches need, made on each new one (a TEMP table lives as long
+        as its session): jsonb sent as the bytes :func:`_json` made, and the batch tables.
+        Each batch's transaction makes its table again if it is missing (``IF NOT EXISTS``):
+        behind a pool in transaction mode (PgBouncer), a transaction may run on a server
+        connection other than the one that made them here."""
+        await connection.set_type_codec(
+            "jsonb",
+            schema="pg_catalog",
+            format="binary",
+            encoder=_jsonb_wire,
+            decoder=_jsonb_value,
+        )
+        targets = (_REQUESTS, _ANSWERS)
+        compression: dict[str, dict[str, str]] = {}
+        for row in await connection.fetch(_COMPRESSION_OF, [t.name for t in targets]):
+            method = _COMPRESSION_NAMES.get(row["attcompression"])
+            if method is not None:
+                compression.setdefault(row["relation"], {})[row["attname"]] = method
+        made = {t.name: batch_table_statement(t.table, compression.get(t.name)) for t in targets}
+        await connection.execute("; ".join(made.values()))
+        self._begin = {name: f"BEGIN; {statement}" for name, statement in made.items()}
 
     def _set_database_up(self, up: bool, exc: BaseException | None = None) -> None:
         """Record Postgres's state; one log line per change, not one per failed probe."""
@@ -545,29 +630,76 @@ class LogWriter:
         return True
 
     async def _write_rows(self, target: _Target, batch: list[Record]) -> bool:
-        outcome = await self._upsert(target, batch)
-        if outcome is _WRITTEN:
-            return True
-        if outcome is _DOWN:
-            return False
-        self._metrics.db_write_errors.labels("rejected").inc()
-        _log.warning(
-            "Postgres refused a batch of %d (%s); writing rows one by one", len(batch), outcome
-        )
+        rows: list[tuple[Any, ...] | None] = []  # each record encoded once, None if it cannot be
         refused: list[Record] = []
         for record in batch:
-            outcome = await self._upsert(target, [record])
-            if outcome is _DOWN:
-                return False  # the caller journals the whole batch; upserts make that safe
-            if outcome is not _WRITTEN:
-                refused.append({**record, "_rejected_because": str(outcome)})
+            try:
+                rows.append(target.row(record))
+            except (TypeError, ValueError) as exc:
+                rows.append(None)
+                refused.append({**record, "_rejected_because": str(exc)})
+        encoded = [row for row in rows if row is not None]
+        outcome = await self._upsert(target, target.upsert, encoded) if encoded else _WRITTEN
+        if outcome is _WRITTEN:
+            self._metrics.log_rows_written.inc(len(encoded))
+        elif outcome is _DOWN:
+            return False
+        else:
+            self._metrics.db_write_errors.labels("rejected").inc()
+            _log.warning(
+                "Postgres refused a batch of %d (%s); writing rows one by one", len(batch), outcome
+            )
+            for record, row in zip(batch, rows, strict=True):
+                if row is None:
+                    continue
+                outcome = await self._upsert(target, target.upsert, [row])
+                if outcome is _WRITTEN:
+                    self._metrics.log_rows_written.inc()
+                elif outcome is _DOWN:
+                    return False  # the caller journals the whole batch; upserts make that safe
+                else:
+                    refused.append({**record, "_rejected_because": str(outcome)})
         if refused:
             self._keep_rejected(refused)
         return True
 
-    async def _upsert(self, target: _Target, batch: list[Record]) -> object:
-        """``_WRITTEN``, ``_DOWN``, or the error with which Postgres refused the content."""
-        return await self._execute(target.upsert, target.arrays(batch), len(batch))
+    async def _upsert(self, target: _Target, statement: str, rows: list[tuple[Any, ...]]) -> object:
+        """Copy ``rows`` into ``target``'s batch table and run ``statement`` (one of its
+        upserts) on them, in one transaction of at most ``write_timeout_s``: ``_WRITTEN``,
+        ``_DOWN``, or the error with which the driver or Postgres refused the content."""
+        connection = self._conn
+        assert connection is not None
+        timeout = self._config.write_timeout_s
+        deadline = time.monotonic() + timeout
+        try:
+            await connection.execute(self._begin[target.name], timeout=_left(deadline))
+        except Exception as exc:
+            # No batch table (the TEMP privilege revoked, say): not the rows' fault, so not
+            # rejected; journaled as in an outage (the dropped connection ends the transaction)
+            return self._down(exc)
+        try:
+            await connection.copy_records_to_table(
+                target.batch_table, records=rows, columns=target.columns, timeout=_left(deadline)
+            )
+            await connection.execute(statement, timeout=_left(deadline))
+        except Exception as exc:
+            if _refused_content(exc):
+                return await self._roll_back(connection, exc)
+            return self._failed(exc)
+        try:
+            await connection.execute("COMMIT", timeout=_left(deadline))
+        except Exception as exc:
+            return self._failed(exc)
+        return _WRITTEN
+
+    async def _roll_back(self, connection: asyncpg.Connection, refused: Exception) -> object:
+        """End a refused batch's transaction (aborted: left open, the connection would refuse
+        every later batch): ``refused``, or ``_DOWN`` if even that fails."""
+        try:
+            await connection.execute("ROLLBACK", timeout=self._config.write_timeout_s)
+        except Exception as exc:
+            return self._down(exc)
+        return refused
 
     async def _execute(self, statement: str, args: Iterable[Any], rows: int) -> object:
         """Run one statement of ``rows`` rows: ``_WRITTEN``, ``_DOWN``, or the error with which
@@ -575,29 +707,32 @@ class LogWriter:
         assert self._conn is not None
         try:
             await self._conn.execute(statement, *args, timeout=self._config.write_timeout_s)
-        except ValueError as exc:  # refused by the driver before sending (out of range, …)
-            return exc
-        except DB_UNAVAILABLE as exc:
-            self._metrics.db_write_errors.labels("unavailable").inc()
-            self._set_database_up(False, exc)
-            return _DOWN
-        except asyncpg.PostgresError as exc:
-            return exc
         except Exception as exc:
-            # Anything else (a driver left in a bad state, say) is handled as an outage: the
-            # batch goes to the journal and the connection is replaced; it is never dropped.
-            _log.exception("unexpected error writing to Postgres")
-            self._metrics.db_write_errors.labels("unavailable").inc()
-            self._set_database_up(False, exc)
-            return _DOWN
+            return self._failed(exc)
         self._metrics.log_rows_written.inc(rows)
         return _WRITTEN
+
+    def _failed(self, exc: Exception) -> object:
+        """A write's error: the content refused (returned as it is), else ``_DOWN`` (Postgres
+        marked down, its connection dropped)."""
+        if _refused_content(exc):
+            return exc
+        if not isinstance(exc, DB_UNAVAILABLE):
+            # Anything else (a driver left in a bad state, say) is handled as an outage: the
+            # batch goes to the journal and the connection is replaced; it is never dropped.
+            _log.error("unexpected error writing to Postgres", exc_info=exc)
+        return self._down(exc)
+
+    def _down(self, exc: Exception) -> object:
+        self._metrics.db_write_errors.labels("unavailable").inc()
+        self._set_database_up(False, exc)
+        return _DOWN
 
     def _keep_rejected(self, records: Iterable[Record]) -> None:
         records = list(records)
         _log.error("Postgres refused %d record(s); kept in %s", len(records), self._rejected_path)
         with self._rejected_path.open("ab") as handle:
-            handle.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
+            handle.write(b"".join(_rejected_line(r) for r in records))
 
     async def _replay(self) -> None:
         self._next_orphan_scan = time.monotonic() + _ORPHAN_SCAN_INTERVAL_S
@@ -682,22 +817,45 @@ class LogWriter:
                 [row.get(column) for row in champions]
                 for column in ("request_id", "created_at", "student_status", "student_error")
             ]
-            for statement, args in (
-                (_FILL_STUDENT_HALF, fill),
-                (_ANSWERS_IF_ABSENT.upsert, _ANSWERS_IF_ABSENT.arrays(chunk)),
-            ):
-                outcome = await self._execute(statement, args, 0)
-                if outcome is _DOWN:
-                    return False  # the marked files are kept for the next replay
-                if outcome is not _WRITTEN:  # refused for its content: set aside, not retried
-                    self._keep_rejected({**row, "_rejected_because": str(outcome)} for row in chunk)
-                    break
+            outcome = await self._execute(_FILL_STUDENT_HALF, fill, 0)
+            if outcome is _WRITTEN:
+                try:
+                    encoded = [_ANSWERS.row(row) for row in chunk]
+                except (TypeError, ValueError) as exc:
+                    outcome = exc
+                else:
+                    outcome = await self._upsert(_ANSWERS, _ANSWERS.if_absent, encoded)
+            if outcome is _DOWN:
+                return False  # the marked files are kept for the next replay
+            if outcome is not _WRITTEN:  # refused for its content: set aside, not retried
+                self._keep_rejected({**row, "_rejected_because": str(outcome)} for row in chunk)
         _log.warning(
             "%d student call(s) were in flight when their process ended; each row without "
             "its student half now says so",
             len(rows),
         )
         return True
+
+
+def _left(deadline: float) -> float:
+    """The seconds to ``deadline`` (monotonic), as a timeout: never 0, which means "none"."""
+    return max(deadline - time.monotonic(), 0.001)
+
+
+def _refused_content(exc: Exception) -> bool:
+    """Whether ``exc`` refuses a write's content rather than says Postgres is unavailable: the
+    driver's encoding errors (a value its column cannot hold: TypeError, OverflowError,
+    ValueError), or an error Postgres answered with that is not about the connection."""
+    if isinstance(exc, TypeError | ArithmeticError | ValueError):
+        return True
+    return isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, DB_UNAVAILABLE)
+
+
+def _rejected_line(record: Record) -> bytes:
+    try:
+        return orjson.dumps(record) + b"\n"
+    except TypeError:  # a value orjson cannot encode (the reason it was refused, perhaps)
+        return json.dumps(record, default=str).encode() + b"\n"
 
 
 def _read_batch(records: Iterator[Record], size: int) -> tuple[list[Record], list[Record]]:
