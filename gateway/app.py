@@ -22,6 +22,7 @@ from gateway.api.errors import (
     unexpected_error_handler,
     validation_error_handler,
 )
+from gateway.api.hotpath import GatewayApp
 from gateway.api.limits import BodyDeadline
 from gateway.api.state import GatewayState
 from gateway.clients.students import StudentPool
@@ -171,7 +172,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
                 await asyncio.to_thread(tracer_provider.shutdown)  # exports what is left
             _log.info("shadow-gateway stopped; log queue drained")
 
-    app = FastAPI(
+    server = settings.config.server
+    app = GatewayApp(
+        hot=openai.HOT,
+        body_timeout_s=server.body_timeout_s,
+        body_min_rate=server.body_min_rate_bytes_s,
         title="shadow-gateway",
         version=__version__,
         lifespan=lifespan,
@@ -180,7 +185,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     )
     app.router.routes.extend(openai.routes)
     openai.add_to_openapi(app)
-    server = settings.config.server
     app.add_middleware(
         BodyDeadline, timeout_s=server.body_timeout_s, min_rate=server.body_min_rate_bytes_s
     )

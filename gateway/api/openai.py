@@ -398,6 +398,15 @@ OPENAI_ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 
+# Answered ahead of FastAPI's layers (gateway.api.hotpath); the routes below serve the same
+# paths to anything else (another method, a root path), and describe them.
+HOT = {
+    "/v1/chat/completions": chat_completions,
+    "/v1/completions": completions,
+    "/v1/responses": responses,
+    "/v1/feedback": feedback,
+}
+
 routes = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
