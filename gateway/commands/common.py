@@ -2,6 +2,9 @@
 
 Every command that prints a result takes ``--json`` (:func:`add_json_option`) and then prints
 one JSON document on stdout (:func:`print_json`); its notes and warnings stay on stderr.
+
+SQLAlchemy and the config models are imported where a command first needs them, not here:
+``--help`` and argument errors need neither (docs/benchmarks.md, "The CLI's start-up").
 """
 
 from __future__ import annotations
@@ -12,15 +15,17 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from functools import wraps
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.config import Settings
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.logs import LOG_FORMAT_ENV, default_log_format, parse_log_format
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from gateway.config import Settings
 
 T = TypeVar("T")
 
@@ -43,6 +48,8 @@ def database_url(settings: Settings) -> tuple[str, bool]:
 
 
 def migrate(url: str) -> None:
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
     from gateway.db.migrate import upgrade
 
     try:
@@ -123,6 +130,8 @@ def default_actor() -> str:
 
 def with_engine(settings: Settings, operation: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     """Run ``operation`` on the configured database; its failures become CommandErrors."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
     from gateway.db.engine import create_engine
 
     url, embedded = database_url(settings)

@@ -7,6 +7,9 @@ too little data, a malformed reference file, an unknown dataset or another route
 ``--teacher-version`` (slices, disagreements, thresholds, candidates) keeps the requests
 whose teacher reported that fingerprint or model; ``report teacher-versions ROUTE`` lists
 them.
+
+The config models, SQLAlchemy and the report services are imported when a report runs, not
+when the parser is built: ``--help`` and a bad argument answer without them.
 """
 
 from __future__ import annotations
@@ -14,17 +17,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.commands.common import CommandError, arguments_checked, print_table, with_engine
-from gateway.config import load_settings
 from gateway.core.paired import MIN_PAIRS
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.protocol.reports import (
     DAY,
+    DEFAULT_MIN_ROWS,
+    DEFAULT_PSI_THRESHOLD,
     QUALITY_SPAN,
     WEEK,
     Window,
@@ -37,13 +40,11 @@ from gateway.protocol.reports import (
     parse_thresholds,
     window,
 )
-from gateway.services.reports import (
-    DEFAULT_MIN_ROWS,
-    DEFAULT_PSI_THRESHOLD,
-    Reports,
-    reference_dataset,
-)
-from gateway.services.teachers import route_versions
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from gateway.services.reports import Reports
 
 _checked = arguments_checked("report", "report")
 
@@ -54,6 +55,9 @@ def _teacher_version(args: argparse.Namespace) -> str | None:
 
 
 def _run(args: argparse.Namespace, work: Callable[[Reports], Any]) -> dict[str, Any]:
+    from gateway.config import load_settings
+    from gateway.services.reports import Reports
+
     settings = load_settings(args.config)
     try:
         settings.config.find_route(args.route)
@@ -153,6 +157,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
         reference = parse_reference_dataset(args.reference_dataset, "--reference-dataset")
 
     async def drift(reports: Reports) -> dict[str, Any]:
+        from gateway.services.reports import reference_dataset
+
         if not args.reference_file:
             return await reports.drift(
                 args.route,
@@ -197,6 +203,9 @@ def cmd_candidates(args: argparse.Namespace) -> int:
 
 @_checked
 def cmd_teacher_versions(args: argparse.Namespace) -> int:
+    from gateway.config import load_settings
+    from gateway.services.teachers import route_versions
+
     settings = load_settings(args.config)
     result = with_engine(
         settings, lambda engine: route_versions(engine, settings.config, args.route)

@@ -20,15 +20,17 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from gateway.core import statistics as stats
-from gateway.core.content import ContentShift
 from gateway.core.routing import judge_slice
 from gateway.core.slices import RouteSliceRules, last_user_text, slice_labels
 from gateway.errors import InvalidRequest
+
+if TYPE_CHECKING:  # only a type here; gateway.core.content imports numpy (CLI start-up)
+    from gateway.core.content import ContentShift
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -39,6 +41,8 @@ QUALITY_SPAN = timedelta(days=30)  # reviews and feedback are sparse: a month by
 LENGTH_DIMENSION = "_prompt_length"  # no slice dimension can take it (no leading _)
 CONTENT_DIMENSION = "_prompt_content"  # drift against a registered dataset: novelty distance
 CHAMPION_DATASET = "champion"  # reference_dataset=champion: the champion's training set
+DEFAULT_PSI_THRESHOLD = 0.2  # drift: a dimension at or above this PSI is flagged
+DEFAULT_MIN_ROWS = 50  # drift: fewest rows on each side
 
 
 def parse_duration(text: str, param: str) -> timedelta:

@@ -30,6 +30,35 @@ def test_a_command_imports_only_its_own_module() -> None:
         assert f"gateway.commands.{heavy}'" not in loaded, loaded
 
 
+def _loaded_after(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code``."""
+    probe = f"import sys\n{code}\nprint(' '.join(sorted(sys.modules)))\n"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    return set(done.stdout.strip().splitlines()[-1].split())
+
+
+def test_a_reports_help_needs_neither_sqlalchemy_nor_the_config_models() -> None:
+    loaded = _loaded_after(
+        "from gateway import cli\n"
+        "try:\n"
+        "    cli.main(['report', 'slices', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass"
+    )
+    for heavy in ("sqlalchemy", "pydantic", "gateway.config", "gateway.services.reports"):
+        assert heavy not in loaded, heavy
+
+
+def test_the_report_services_leave_out_what_no_report_query_needs() -> None:
+    """numpy (prompt content, drift against a dataset), the metrics and the shadow path are
+    imported only where used: a report from the command line does without them."""
+    loaded = _loaded_after("import gateway.services.reports, gateway.commands.report")
+    for heavy in ("numpy", "prometheus_client", "gateway.metrics", "gateway.shadow.analysis"):
+        assert heavy not in loaded, heavy
+
+
 def test_the_whole_help_still_lists_every_command() -> None:
     text = cli.build_parser().format_help()
     for command in cli._MODULES:

@@ -21,20 +21,23 @@ Drift's registered-dataset references are read by :mod:`.reference`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from gateway.protocol.reports import DEFAULT_MIN_ROWS, DEFAULT_PSI_THRESHOLD
 from gateway.services.reports.candidates import CandidateReport
 from gateway.services.reports.common import (
-    DEFAULT_MIN_ROWS,
-    DEFAULT_PSI_THRESHOLD,
     TEXT_PARTS_COUNTED,
     configured_dimensions,
     last_user_text_sql,
 )
 from gateway.services.reports.disagreements import DisagreementReport
 from gateway.services.reports.drift import DriftReport, reference_dataset
-from gateway.services.reports.monitor import DriftMonitor
 from gateway.services.reports.quality import QualityReport
 from gateway.services.reports.slices import SliceReport
 from gateway.services.reports.thresholds import ThresholdReport, calibrated_overrides
+
+if TYPE_CHECKING:
+    from gateway.services.reports.monitor import DriftMonitor
 
 __all__ = [
     "DEFAULT_MIN_ROWS",
@@ -54,3 +57,13 @@ class Reports(
 ):
     """Every report over one engine and config: ``slices``, ``disagreements``, ``thresholds``,
     ``drift``, ``candidates`` and ``quality``."""
+
+
+def __getattr__(name: str) -> Any:
+    # DriftMonitor is the server's: loaded on first use, so that a report run from the CLI
+    # does not import prometheus_client and the background loop (the CLI's start-up)
+    if name == "DriftMonitor":
+        from gateway.services.reports.monitor import DriftMonitor
+
+        return DriftMonitor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,10 +17,6 @@ from gateway.errors import NoData, NotEnoughData, UnknownDimension
 from gateway.protocol.reports import Window
 from gateway.services.reports.rollup import Coverage, coverage
 
-DEFAULT_PSI_THRESHOLD = 0.2
-DEFAULT_MIN_ROWS = 50
-
-
 TEXT_PARTS_COUNTED = 32
 
 

@@ -17,6 +17,8 @@ from gateway.config import RouteConfig
 from gateway.core import statistics as stats
 from gateway.protocol.reports import (
     CONTENT_DIMENSION,
+    DEFAULT_MIN_ROWS,
+    DEFAULT_PSI_THRESHOLD,
     LENGTH_DIMENSION,
     ReferenceDataset,
     Window,
@@ -25,8 +27,6 @@ from gateway.protocol.reports import (
     psi_json,
 )
 from gateway.services.reports.common import (
-    DEFAULT_MIN_ROWS,
-    DEFAULT_PSI_THRESHOLD,
     IN_WINDOW,
     LABELS,
     ReportsBase,
@@ -41,7 +41,6 @@ from gateway.services.reports.reference import (
     load_dataset,
 )
 from gateway.services.reports.rollup import IN_HOURS, Coverage
-from gateway.shadow.analysis import slice_rules
 
 # A reference: a window, an uploaded file, a registered dataset (loaded, or its id, or
 # "champion" for the champion's training set).
@@ -215,6 +214,10 @@ def _reference_json(
 
 def reference_dataset(route: RouteConfig, source: str) -> ReferenceDataset:
     """An empty reference dataset that labels prompts with the route's slice rules."""
+    # here, not at the top: gateway.shadow.analysis brings the metrics and the comparators,
+    # which no report but a reference file needs (the CLI's start-up)
+    from gateway.shadow.analysis import slice_rules
+
     return ReferenceDataset(slice_rules(route.slices), source)
 
 

@@ -15,8 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.background import BackgroundLoop, RecurringFailure
 from gateway.config import GatewayConfig, RouteConfig
 from gateway.errors import GatewayError, NoData, NotEnoughData
-from gateway.protocol.reports import CONTENT_DIMENSION, LENGTH_DIMENSION, Window
-from gateway.services.reports.common import DEFAULT_MIN_ROWS
+from gateway.protocol.reports import CONTENT_DIMENSION, DEFAULT_MIN_ROWS, LENGTH_DIMENSION, Window
 from gateway.services.reports.drift import DriftReport, Reference
 from gateway.services.reports.reference import RegisteredDataset
 

@@ -18,26 +18,29 @@ so the same data gives the same sample. The CPU work on them runs in a worker th
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.config import RouteConfig
-from gateway.core.content import DEFAULT_MAX_DISTANCE, ContentReference, ContentShift
-from gateway.core.novelty import MAX_CHARS
 from gateway.errors import InvalidRequest, NoData
 from gateway.protocol.reports import CHAMPION_DATASET, Window, iso_time
 from gateway.services.reports.common import IN_WINDOW, last_user_text_sql, window_params
+
+# The content figures need numpy (gateway.core.content, .novelty): imported where a content
+# figure is made, so the other reports, and the CLI's start-up, do without it.
+if TYPE_CHECKING:
+    from gateway.core.content import ContentReference, ContentShift
 
 REFERENCE_PROMPTS = 2500  # sampled from the dataset: 2,000 indexed, 500 held out
 CURRENT_PROMPTS = 500  # sampled from the current window
 _HASH_BITS = 20  # the sample keeps the rows whose request id hashes lowest, out of 2**20
 
-_PROMPT = f"left({last_user_text_sql('r.request_payload')}, {MAX_CHARS})"
 _DATASET = text("SELECT id, route, kind, items, created_at FROM datasets WHERE id = :dataset_id")
 _CHAMPION = text(
     "SELECT name, train_dataset_id FROM route_students WHERE route = :route AND status = 'champion'"
@@ -46,25 +49,34 @@ _CHAMPION_DATASETS = text(
     "SELECT route, train_dataset_id FROM route_students "
     "WHERE status = 'champion' AND train_dataset_id IS NOT NULL"
 )
-# The sample is drawn from the items first (a sort of ids, no payload read), then joined.
-_REFERENCE_PROMPTS = text(
-    f"SELECT {_PROMPT} AS prompt FROM (SELECT request_id, request_created_at, "
-    "hashtext(request_id) AS h FROM dataset_items WHERE dataset_id = :dataset_id "
-    "ORDER BY 3, 1 LIMIT :limit) AS d JOIN requests AS r "
-    "ON r.request_id = d.request_id AND r.created_at = d.request_created_at "
-    # the items' time range too, so Postgres reads only the partitions in it
-    "WHERE r.request_payload IS NOT NULL AND r.created_at >= (SELECT min(request_created_at) "
-    "FROM dataset_items WHERE dataset_id = :dataset_id) AND r.created_at <= "
-    "(SELECT max(request_created_at) FROM dataset_items WHERE dataset_id = :dataset_id) "
-    "ORDER BY d.h, d.request_id"
-)
-# A hash range first keeps about twice the sample (no sort of the whole window), then the
-# lowest hashes of those.
-_CURRENT_PROMPTS = text(
-    f"SELECT {_PROMPT} AS prompt FROM requests AS r WHERE {IN_WINDOW} "
-    f"AND r.request_payload IS NOT NULL AND (hashtext(r.request_id) & {2**_HASH_BITS - 1}) "
-    f"< :cut ORDER BY hashtext(r.request_id) & {2**_HASH_BITS - 1}, r.request_id LIMIT :limit"
-)
+
+
+@functools.cache
+def _prompt_samples() -> tuple[TextClause, TextClause]:
+    """The SQL of the two prompt samples: the dataset's and the current window's."""
+    from gateway.core.novelty import MAX_CHARS
+
+    prompt = f"left({last_user_text_sql('r.request_payload')}, {MAX_CHARS})"
+    # The sample is drawn from the items first (a sort of ids, no payload read), then joined.
+    reference = text(
+        f"SELECT {prompt} AS prompt FROM (SELECT request_id, request_created_at, "
+        "hashtext(request_id) AS h FROM dataset_items WHERE dataset_id = :dataset_id "
+        "ORDER BY 3, 1 LIMIT :limit) AS d JOIN requests AS r "
+        "ON r.request_id = d.request_id AND r.created_at = d.request_created_at "
+        # the items' time range too, so Postgres reads only the partitions in it
+        "WHERE r.request_payload IS NOT NULL AND r.created_at >= (SELECT min(request_created_at) "
+        "FROM dataset_items WHERE dataset_id = :dataset_id) AND r.created_at <= "
+        "(SELECT max(request_created_at) FROM dataset_items WHERE dataset_id = :dataset_id) "
+        "ORDER BY d.h, d.request_id"
+    )
+    # A hash range first keeps about twice the sample (no sort of the whole window), then the
+    # lowest hashes of those.
+    current = text(
+        f"SELECT {prompt} AS prompt FROM requests AS r WHERE {IN_WINDOW} "
+        f"AND r.request_payload IS NOT NULL AND (hashtext(r.request_id) & {2**_HASH_BITS - 1}) "
+        f"< :cut ORDER BY hashtext(r.request_id) & {2**_HASH_BITS - 1}, r.request_id LIMIT :limit"
+    )
+    return reference, current
 
 
 class Population(Protocol):
@@ -118,6 +130,8 @@ class RegisteredDataset:
 
 
 def _content(prompts: list[str]) -> ContentReference | str:
+    from gateway.core.content import ContentReference
+
     if not prompts:
         return "the dataset's requests have no stored prompt (log_writer.store_payloads)"
     try:
@@ -175,7 +189,7 @@ async def load_dataset(
 
     population = await dataset_reference(connection, chosen)
     sample = await connection.execute(
-        _REFERENCE_PROMPTS, {"dataset_id": chosen, "limit": REFERENCE_PROMPTS}
+        _prompt_samples()[0], {"dataset_id": chosen, "limit": REFERENCE_PROMPTS}
     )
     prompts = [row.prompt for row in sample]
     return RegisteredDataset(
@@ -198,13 +212,15 @@ async def content_shift(
 ) -> tuple[ContentShift | str, str]:
     """The window's content against the reference (or why not), and where its max_distance
     came from."""
+    from gateway.core.content import DEFAULT_MAX_DISTANCE
+
     novelty = route.scope.novelty
     distance = novelty.max_distance if novelty else DEFAULT_MAX_DISTANCE
     source = "scope.novelty.max_distance" if novelty else "default"
     share = min(1.0, 2 * CURRENT_PROMPTS / rows) if rows else 1.0
     cut = math.ceil(share * 2**_HASH_BITS)
     found = await connection.execute(
-        _CURRENT_PROMPTS, window_params(route, window, cut=cut, limit=CURRENT_PROMPTS)
+        _prompt_samples()[1], window_params(route, window, cut=cut, limit=CURRENT_PROMPTS)
     )
     prompts = [row.prompt for row in found]
     shift = await asyncio.to_thread(reference.compare, prompts, distance)
