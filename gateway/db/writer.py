@@ -149,8 +149,8 @@ class _Target:
     upsert: str
     if_absent: str
     columns: tuple[str, ...]  # in the table's order
-    # each column's encoder (None: the driver's own), applied to a value that is not None
-    encoders: tuple[Callable[[Any], Any] | None, ...]
+    # (position, encoder) of each column not left to the driver, applied to a value not None
+    encoders: tuple[tuple[int, Callable[[Any], Any]], ...]
     key: Callable[[Record], Hashable]  # the pending map's key of a record of this table
 
     @property
@@ -163,10 +163,11 @@ class _Target:
 
     @classmethod
     def of(cls, table: Table) -> _Target:
-        encoders: list[Callable[[Any], Any] | None] = []
-        for column in table.columns:
+        encoders: list[tuple[int, Callable[[Any], Any]]] = []
+        for position, column in enumerate(table.columns):
             pg_type = column.type.compile(dialect=_DIALECT)
-            encoders.append(_json if pg_type == "JSONB" else _text if pg_type == "TEXT" else None)
+            if pg_type in ("JSONB", "TEXT"):
+                encoders.append((position, _json if pg_type == "JSONB" else _text))
         get = operator.itemgetter(
             *(c.name for c in table.primary_key.columns if c.name != _PARTITION_KEY)
         )
@@ -188,11 +189,11 @@ class _Target:
     def row(self, record: Record) -> tuple[Any, ...]:
         """``record`` as the ``COPY`` sends it; raises TypeError or ValueError for a value
         that JSON cannot hold (orjson: an integer past 64 bits, a lone surrogate, …)."""
-        get = record.get
-        values = []
-        for column, encode in zip(self.columns, self.encoders, strict=True):
-            value = get(column)
-            values.append(value if value is None or encode is None else encode(value))
+        values = list(map(record.get, self.columns))  # a loop in C: this runs for every row
+        for position, encode in self.encoders:
+            value = values[position]
+            if value is not None:
+                values[position] = encode(value)
         return tuple(values)
 
 
