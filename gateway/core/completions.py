@@ -85,6 +85,8 @@ def usage(endpoint: Endpoint, body: object) -> Usage:
 
 
 def _float(value: object) -> float | None:
+    if type(value) is float:  # what JSON's numbers almost always are: checked first
+        return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     return None
