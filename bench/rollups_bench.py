@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/rollups_bench.py [--rows 10000000] [--days 30] [--keep]
 
-Makes the database ``bench_rollups`` on the machine's Postgres (``--admin-url``), migrates it,
-makes daily partitions, and fills it in SQL (``INSERT … SELECT generate_series``, one day per
-statement, not through the gateway): ``--rows`` requests evenly over the last ``--days`` days
-(four tiers, three categories, chat payloads of 60-500 characters, two teacher versions,
-confidence, agreement, fallbacks, student-served rows) and, for one request in five, the
-answers of two students (``default`` and ``rival``) in ``student_answers``. Then:
+Makes the database ``--database`` (``bench_rollups``) on the machine's Postgres
+(``--admin-url``), migrates it, makes daily partitions, and fills it in SQL (``INSERT …
+SELECT generate_series``, one day per statement, not through the gateway): ``--rows``
+requests evenly over the last ``--days`` days (four tiers, three categories, chat payloads of
+60-500 characters, two teacher versions, confidence, agreement, fallbacks, student-served
+rows) and, for one request in five, the answers of two students (``default`` and ``rival``)
+in ``student_answers``. Then:
 
 1. one rollup round over every hour (``gateway.services.rollups.refresh``), timed;
 2. a gateway (``shadow-gateway serve``) on 127.0.0.1, and each report through the admin API
@@ -44,7 +45,7 @@ import yaml
 from gateway.config import GatewayConfig, PartitionsConfig
 from gateway.db.engine import create_engine, plain_dsn
 from gateway.db.migrate import upgrade
-from gateway.db.partitions import maintain
+from gateway.db.partitions import ROLLUP_TABLES, maintain
 from gateway.protocol.reports import Window
 from gateway.services.reports import Reports
 from gateway.services.rollups import refresh
@@ -221,18 +222,20 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--admin-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--database", default=DATABASE, help="the database to make (dropped)")
     parser.add_argument("--keep", action="store_true", help="keep the database")
     parser.add_argument("--reuse", action="store_true", help="use the kept database as it is")
     parser.add_argument("--no-raw", action="store_true", help="skip the raw-rows comparison")
     args = parser.parse_args()
-    url = args.admin_url.rsplit("/", 1)[0] + f"/{DATABASE}"
+    database = args.database
+    url = args.admin_url.rsplit("/", 1)[0] + f"/{database}"
     config = GatewayConfig.model_validate({"routes": ROUTES})
     if args.reuse:
         end = asyncio.run(sql(url, "SELECT max(created_at) AS m FROM requests"))[0]["m"]
     else:
         end = datetime.now(UTC)
-        asyncio.run(sql(args.admin_url, f"DROP DATABASE IF EXISTS {DATABASE}"))
-        asyncio.run(sql(args.admin_url, f"CREATE DATABASE {DATABASE}"))
+        asyncio.run(sql(args.admin_url, f'DROP DATABASE IF EXISTS "{database}"'))
+        asyncio.run(sql(args.admin_url, f'CREATE DATABASE "{database}"'))
         upgrade(url)
 
         async def partition() -> None:
@@ -264,15 +267,11 @@ def main() -> None:
         buckets = asyncio.run(roll())
         print(f"rollups: {buckets} hour buckets in {time.perf_counter() - started:.0f} s")
     answers = asyncio.run(sql(url, "SELECT count(*) AS n FROM student_answers"))[0]["n"]
-    sizes = asyncio.run(
-        sql(
-            url,
-            "SELECT sum(pg_total_relation_size(c.oid)) AS bytes, "
-            "sum(c.reltuples)::bigint AS rows FROM pg_class c "
-            "WHERE c.relname LIKE 'rollup\\_%' AND c.relkind = 'r'",
-        )
-    )[0]
-    print(f"{answers:,} student answers; rollups {sizes['rows']:,} rows, {sizes['bytes']:,} bytes")
+    print(f"{answers:,} student answers; rollup tables (rows, bytes):")
+    for table in ROLLUP_TABLES:
+        count = f"SELECT count(*) AS n, pg_total_relation_size($1) AS bytes FROM {table}"  # noqa: S608
+        size = asyncio.run(sql(url, count, table))[0]
+        print(f"  {table}: {size['n']:,} rows, {size['bytes']:,} bytes")
     try:
         with tempfile.TemporaryDirectory() as workdir:
             config_path = Path(workdir) / "gateway.yaml"
@@ -296,7 +295,7 @@ def main() -> None:
             measure(url, config, config_path, end, args)
     finally:
         if not args.keep and not args.reuse:
-            asyncio.run(sql(args.admin_url, f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
+            asyncio.run(sql(args.admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
 
 
 def measure(url: str, config: GatewayConfig, config_path: Path, end: datetime, args: Any) -> None:

@@ -385,7 +385,8 @@ rollout_plans = Table(
 )
 
 
-# Hourly rollups (migration 0015; gateway.db.rollups computes them, reports read them).
+# Hourly rollups (migrations 0015, 0017; gateway.services.rollups computes them, reports read
+# them).
 # Triggers on requests and student_answers mark a changed (route, hour) in rollup_dirty.
 rollup_dirty = Table(
     "rollup_dirty",
@@ -441,12 +442,21 @@ rollup_requests = Table(
     Index("ix_rollup_requests_route_hour", "route", "hour"),
 )
 
+
+def _rollup_bins(*counts: str) -> list[Column[Any]]:
+    """The occupied bins, ascending, and each count per bin in the same order (migration
+    0017: one row per key rather than one per bin)."""
+    return [
+        Column("bins", ARRAY(SmallInteger), nullable=False),
+        *[Column(name, ARRAY(BigInteger), nullable=False) for name in counts],
+    ]
+
+
 rollup_confidence = Table(
     "rollup_confidence",
     metadata,
     *_rollup_key(),
-    Column("bin", SmallInteger, nullable=False),
-    *_rollup_counts("compared", "agreed"),
+    *_rollup_bins("compared", "agreed"),
     Index("ix_rollup_confidence_route_hour", "route", "hour"),
 )
 
@@ -482,8 +492,7 @@ rollup_answer_latency = Table(
     "rollup_answer_latency",
     metadata,
     *_rollup_key("source", "student"),
-    Column("bin", SmallInteger, nullable=False),
-    *_rollup_counts("answers"),
+    *_rollup_bins("answers"),
     Index("ix_rollup_answer_latency_route_hour", "route", "hour"),
 )
 

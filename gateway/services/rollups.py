@@ -3,7 +3,8 @@
 A *bucket* is one route's UTC hour. Its rollup (the ``rollup_*`` tables of migration 0015)
 holds, per teacher version and slice label (and the route as a whole), the counts the slices,
 thresholds, drift and candidates reports and the console's trend add up: requests, compared,
-agreed, fallbacks, confidence bins, prompt lengths, paired tables, latency bins.
+agreed, fallbacks, confidence bins, prompt lengths, paired tables, latency bins (the binned
+tables one row per key, the bins and their counts as arrays: migration 0017).
 
 Invariants:
 
@@ -57,6 +58,13 @@ _ANSWERS_FROM = (
 )
 _TEACHER = "q.teacher_model_reported, q.teacher_fingerprint"
 
+
+def _arrays(*counts: str) -> str:
+    """A binned rollup's arrays from per-bin rows ``b`` (migration 0017): the bins ascending,
+    each count in the same order."""
+    return ", ".join(f"array_agg(b.{name} ORDER BY b.bin)" for name in ("bin", *counts))
+
+
 _RECOMPUTE = [
     text(
         "INSERT INTO rollup_requests (route, hour, teacher_model_reported, teacher_fingerprint, "
@@ -72,13 +80,15 @@ _RECOMPUTE = [
     # shadow comparisons only, as the threshold report counts them
     text(
         "INSERT INTO rollup_confidence (route, hour, teacher_model_reported, "
-        "teacher_fingerprint, dimension, value, bin, compared, agreed) "
-        "SELECT :route, :hour, r.teacher_model_reported, r.teacher_fingerprint, s.dim, s.val, "
-        "width_bucket(r.student_confidence, CAST(:grid AS float8[])), count(*), "
-        f"count(*) FILTER (WHERE r.agree) FROM requests AS r {_ALL_LABELS} WHERE {_BUCKET} "
+        "teacher_fingerprint, dimension, value, bins, compared, agreed) "
+        f"SELECT :route, :hour, b.tm, b.tf, b.dim, b.val, {_arrays('compared', 'agreed')} "
+        "FROM (SELECT r.teacher_model_reported AS tm, r.teacher_fingerprint AS tf, s.dim, s.val, "
+        "width_bucket(r.student_confidence, CAST(:grid AS float8[])) AS bin, "
+        "count(*) AS compared, count(*) FILTER (WHERE r.agree) AS agreed "
+        f"FROM requests AS r {_ALL_LABELS} WHERE {_BUCKET} "
         "AND r.student_confidence IS NOT NULL AND r.agree IS NOT NULL "
         "AND r.served_by IS DISTINCT FROM 'student' AND r.fallback_reason IS NULL "
-        "GROUP BY 3, 4, 5, 6, 7"
+        "GROUP BY 1, 2, 3, 4, 5) AS b GROUP BY 3, 4, 5, 6"
     ),
     text(
         "INSERT INTO rollup_prompt_lengths (route, hour, length, requests) "
@@ -115,11 +125,13 @@ _RECOMPUTE = [
     ),
     text(
         "INSERT INTO rollup_answer_latency (route, hour, source, student, "
-        "teacher_model_reported, teacher_fingerprint, dimension, value, bin, answers) "
-        f"SELECT :route, :hour, r.source, r.student, {_TEACHER}, s.dim, s.val, {LATENCY_BIN}, "
-        f"count(*) {_ANSWERS_FROM} {_ALL_LABELS} WHERE {_BUCKET} "
+        "teacher_model_reported, teacher_fingerprint, dimension, value, bins, answers) "
+        f"SELECT :route, :hour, b.source, b.student, b.tm, b.tf, b.dim, b.val, "
+        f"{_arrays('answers')} FROM (SELECT r.source, r.student, q.teacher_model_reported AS tm, "
+        f"q.teacher_fingerprint AS tf, s.dim, s.val, {LATENCY_BIN} AS bin, count(*) AS answers "
+        f"{_ANSWERS_FROM} {_ALL_LABELS} WHERE {_BUCKET} "
         "AND r.student_status = 'ok' AND r.student_latency_ms IS NOT NULL "
-        "GROUP BY 3, 4, 5, 6, 7, 8, 9"
+        "GROUP BY 1, 2, 3, 4, 5, 6, 7) AS b GROUP BY 3, 4, 5, 6, 7, 8"
     ),
 ]
 FACT_TABLES = (

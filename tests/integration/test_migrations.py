@@ -603,6 +603,20 @@ def test_0014_adds_datasets_and_distill_runs_and_takes_them_away(scratch_url: st
     assert "train_dataset_id" not in columns
 
 
+# The binned rollups as 0015 made them: a row per bin (0017 makes the bins arrays).
+_KEY_0015 = ["route", "hour", "teacher_model_reported", "teacher_fingerprint", "dimension"]
+BINNED_AT_0015 = {
+    "rollup_confidence": [*_KEY_0015, "value", "bin", "compared", "agreed"],
+    "rollup_answer_latency": [
+        *_KEY_0015[:2],
+        "source",
+        "student",
+        *_KEY_0015[2:],
+        "value",
+        "bin",
+        "answers",
+    ],
+}
 ROLLUPS = (
     rollup_dirty,
     rollup_buckets,
@@ -626,7 +640,7 @@ def test_0015_adds_the_rollups_marks_logged_hours_and_takes_them_away(scratch_ur
     command.upgrade(config, "0015")
     for table in ROLLUPS:
         columns = [r["attname"] for r in fetch(scratch_url, COLUMNS_OF, table.name)]
-        assert columns == [c.name for c in table.columns]
+        assert columns == BINNED_AT_0015.get(table.name, [c.name for c in table.columns])
         assert fetch(scratch_url, UNCOMMENTED, table.name) == []
     marked = fetch(scratch_url, "SELECT route, hour FROM rollup_dirty")
     assert [(r["route"], r["hour"].isoformat()) for r in marked] == [
@@ -641,3 +655,63 @@ def test_0015_adds_the_rollups_marks_logged_hours_and_takes_them_away(scratch_ur
     triggers = fetch(scratch_url, "SELECT tgname FROM pg_trigger WHERE tgname LIKE 'rollup%'")
     assert triggers == []
     execute(scratch_url, "UPDATE requests SET mode = 'teacher'")  # no trigger left behind
+
+
+# Per-bin rows as 0015 keeps them: two keys of rollup_confidence (one the route as a whole,
+# with NULL teacher and slice), one of rollup_answer_latency, bins given out of order.
+BINNED_ROWS = (
+    "INSERT INTO rollup_confidence (route, hour, teacher_model_reported, teacher_fingerprint, "
+    "dimension, value, bin, compared, agreed) VALUES "
+    "('r', '2026-12-01 10:00+00', 'm', 'fp', 'tier', 'gold', 57, 4, 3), "
+    "('r', '2026-12-01 10:00+00', 'm', 'fp', 'tier', 'gold', 3, 2, 0), "
+    "('r', '2026-12-01 10:00+00', NULL, NULL, NULL, NULL, 101, 5, 5), "
+    "('r', '2026-12-01 10:00+00', NULL, NULL, NULL, NULL, 0, 1, 0); "
+    "INSERT INTO rollup_answer_latency (route, hour, source, student, teacher_model_reported, "
+    "teacher_fingerprint, dimension, value, bin, answers) VALUES "
+    "('r', '2026-12-01 11:00+00', 'live', 's', 'm', NULL, NULL, NULL, 300, 7), "
+    "('r', '2026-12-01 11:00+00', 'live', 's', 'm', NULL, NULL, NULL, 32767, 1), "
+    "('r', '2026-12-01 11:00+00', 'live', 's', 'm', NULL, NULL, NULL, 12, 2)"
+)
+BINNED_AS_ROWS = (
+    "SELECT route, hour, NULL AS source, NULL AS student, teacher_model_reported, "
+    "teacher_fingerprint, dimension, value, bin, compared, agreed FROM rollup_confidence "
+    "UNION ALL SELECT route, hour, source, student, teacher_model_reported, teacher_fingerprint, "
+    "dimension, value, bin, answers, NULL FROM rollup_answer_latency ORDER BY 1, 2, 3, 4, 7, 9"
+)
+
+
+def test_0017_turns_the_bins_into_arrays_and_back_keeping_every_count(scratch_url: str) -> None:
+    config = alembic_config(scratch_url)
+    command.upgrade(config, "0016")
+    execute(scratch_url, BINNED_ROWS)
+    before = fetch(scratch_url, BINNED_AS_ROWS)
+    command.upgrade(config, "0017")
+    for table in (rollup_confidence, rollup_answer_latency):
+        columns = [r["attname"] for r in fetch(scratch_url, COLUMNS_OF, table.name)]
+        assert columns == [c.name for c in table.columns]
+        assert fetch(scratch_url, UNCOMMENTED, table.name) == []
+    confidence = fetch(
+        scratch_url,
+        "SELECT dimension, bins, compared, agreed FROM rollup_confidence ORDER BY dimension",
+    )
+    assert confidence == [
+        {"dimension": "tier", "bins": [3, 57], "compared": [2, 4], "agreed": [0, 3]},
+        {"dimension": None, "bins": [0, 101], "compared": [1, 5], "agreed": [0, 5]},
+    ]
+    latency = fetch(scratch_url, "SELECT student, bins, answers FROM rollup_answer_latency")
+    assert latency == [{"student": "s", "bins": [12, 300, 32767], "answers": [2, 7, 1]}]
+    command.downgrade(config, "0016")
+    assert fetch(scratch_url, BINNED_AS_ROWS) == before
+    for name, columns_then in BINNED_AT_0015.items():
+        columns = [r["attname"] for r in fetch(scratch_url, COLUMNS_OF, name)]
+        assert columns == columns_then
+        assert fetch(scratch_url, UNCOMMENTED, name) == []
+    indexes = fetch(
+        scratch_url,
+        "SELECT indexname FROM pg_indexes WHERE tablename IN "
+        "('rollup_confidence', 'rollup_answer_latency') ORDER BY 1",
+    )
+    assert [row["indexname"] for row in indexes] == [
+        "ix_rollup_answer_latency_route_hour",
+        "ix_rollup_confidence_route_hour",
+    ]

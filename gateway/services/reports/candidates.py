@@ -102,10 +102,11 @@ _ROLLUP_FIGURES = text(
     "sum(r.confidences)::bigint AS confidences FROM rollup_answers AS r "
     f"WHERE {IN_HOURS} AND {TEACHER_VERSION} GROUP BY 1, 2, 3, 4"
 )
+# A row per hour, teacher version and slice, its bins and counts as arrays: Python adds them
+# up (in SQL they would be unnested back into one row per bin, what cost the time).
 _ROLLUP_LATENCY = text(
-    "SELECT r.source, r.student, r.dimension AS dim, r.value AS val, r.bin, "
-    "sum(r.answers)::bigint AS n FROM rollup_answer_latency AS r "
-    f"WHERE {IN_HOURS} AND {TEACHER_VERSION} GROUP BY 1, 2, 3, 4, 5"
+    "SELECT r.source, r.student, r.dimension AS dim, r.value AS val, r.bins, r.answers "
+    f"FROM rollup_answer_latency AS r WHERE {IN_HOURS} AND {TEACHER_VERSION}"
 )
 _ROLLUP_PAIRS = text(
     "SELECT r.source, r.student, r.dimension AS dim, r.value AS val, "
@@ -238,21 +239,32 @@ async def _figures(
 ) -> list[_Figures]:
     """Each student's figures over the rollup hours and the raw parts of the window."""
     found: dict[tuple[Any, ...], _Figures] = {}
-    parts = [(_ROLLUP_FIGURES, _ROLLUP_LATENCY, {**params, **cover.params(params["route"])})]
-    parts += [(_RAW_FIGURES, _RAW_LATENCY, window_params_of(params, p)) for p in cover.raw]
-    for figures, latency, part in parts:
-        for row in (await connection.execute(figures, part)).all():
-            key = (row.source, row.student, row.dim, row.val)
-            entry = found.setdefault(key, _Figures(*key))
-            entry.answers += int(row.answers)
-            entry.compared += int(row.compared)
-            entry.agreed += int(row.agreed)
-            entry.confidence_sum += float(row.confidence_sum)
-            entry.confidences += int(row.confidences)
-        for row in (await connection.execute(latency, part)).all():
-            key = (row.source, row.student, row.dim, row.val)
-            entry = found.setdefault(key, _Figures(*key))
-            entry.latency[row.bin] = entry.latency.get(row.bin, 0) + int(row.n)
+
+    def entry(row: Any) -> _Figures:
+        key = (row.source, row.student, row.dim, row.val)
+        figures = found.get(key)
+        if figures is None:
+            figures = found[key] = _Figures(*key)
+        return figures
+
+    rollup = {**params, **cover.params(params["route"])}
+    raw = [window_params_of(params, part) for part in cover.raw]
+    for query, part in [(_ROLLUP_FIGURES, rollup), *[(_RAW_FIGURES, p) for p in raw]]:
+        for row in (await connection.execute(query, part)).all():
+            counts = entry(row)
+            counts.answers += int(row.answers)
+            counts.compared += int(row.compared)
+            counts.agreed += int(row.agreed)
+            counts.confidence_sum += float(row.confidence_sum)
+            counts.confidences += int(row.confidences)
+    for row in (await connection.execute(_ROLLUP_LATENCY, rollup)).all():
+        latency = entry(row).latency
+        for bin_, answers in zip(row.bins, row.answers, strict=True):
+            latency[bin_] = latency.get(bin_, 0) + answers
+    for part in raw:
+        for row in (await connection.execute(_RAW_LATENCY, part)).all():
+            latency = entry(row).latency
+            latency[row.bin] = latency.get(row.bin, 0) + int(row.n)
     return list(found.values())
 
 

@@ -42,8 +42,13 @@ _CLEAN = text(
     "AND b.hour < :last AND NOT b.stale AND NOT EXISTS (SELECT 1 FROM rollup_dirty AS d "
     "WHERE d.route = b.route AND d.hour = b.hour) ORDER BY b.hour"
 )
-# What a rollup query filters on: the route and the clean hours.
-IN_HOURS = "r.route = :route AND r.hour = ANY(CAST(:hours AS timestamptz[]))"
+# What a rollup query filters on: the route and the clean hours. The range makes the index
+# scan read the window's hours whatever the table's statistics say (stale after a big round,
+# or with autovacuum off, the planner scanned the route's every hour and filtered).
+IN_HOURS = (
+    "r.route = :route AND r.hour >= :first_hour AND r.hour <= :last_hour "
+    "AND r.hour = ANY(CAST(:hours AS timestamptz[]))"
+)
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,8 @@ class Coverage:
     raw: list[Window]
 
     def params(self, route: str) -> dict[str, object]:
-        return {"route": route, "hours": self.hours}
+        first, last = (self.hours[0], self.hours[-1]) if self.hours else (None, None)
+        return {"route": route, "hours": self.hours, "first_hour": first, "last_hour": last}
 
 
 def all_raw(window: Window) -> Coverage:

@@ -27,7 +27,7 @@ from gateway.services.reports.common import (
     window_params,
     window_params_of,
 )
-from gateway.services.reports.rollup import IN_HOURS, all_raw, grid_buckets, regrid
+from gateway.services.reports.rollup import GRID, IN_HOURS, all_raw, grid_buckets, regrid
 
 # Shadow comparisons only: the teacher answered and the student was not chosen. Fallbacks and
 # student-served rows are selected by the live threshold, so they would bias the curve.
@@ -44,12 +44,14 @@ _CALIBRATION = text(
 )
 
 
-# The same from the rollups' confidence bins (:data:`~.rollup.GRID`), for the clean hours.
+# The same from the rollups' confidence bins (:data:`~.rollup.GRID`), for the clean hours: a
+# row per hour, teacher version and slice, its bins and counts as arrays that Python adds up
+# (summing them in SQL would unnest them back into one row per bin, what cost the time).
 _ROLLUP_CALIBRATION = text(
-    "SELECT r.dimension AS dim, r.value AS val, r.bin, sum(r.compared)::bigint AS samples, "
-    "sum(r.agreed)::bigint AS agreed FROM rollup_confidence AS r "
-    f"WHERE {IN_HOURS} AND (CAST(:dimensions AS text[]) IS NULL OR r.dimension IS NULL "
-    f"OR r.dimension = ANY(CAST(:dimensions AS text[]))) AND {TEACHER_VERSION} GROUP BY 1, 2, 3"
+    "SELECT r.dimension AS dim, r.value AS val, r.bins, r.compared, r.agreed "
+    f"FROM rollup_confidence AS r WHERE {IN_HOURS} AND (CAST(:dimensions AS text[]) IS NULL "
+    "OR r.dimension IS NULL OR r.dimension = ANY(CAST(:dimensions AS text[]))) "
+    f"AND {TEACHER_VERSION}"
 )
 
 DEFAULT_MIN_SERVED = stats.MIN_SERVED
@@ -81,8 +83,15 @@ class ThresholdReport(ReportsBase):
 
         if cover.hours and places is not None:
             rollup = {**params, **cover.params(route.name)}
+            bucket_of = [regrid(grid_bin, places) for grid_bin in range(len(GRID) + 1)]
             for row in (await connection.execute(_ROLLUP_CALIBRATION, rollup)).all():
-                add(row.dim, row.val, regrid(row.bin, places), row.samples, row.agreed)
+                counts = found.setdefault((row.dim, row.val), {})
+                for grid_bin, samples, agreed in zip(
+                    row.bins, row.compared, row.agreed, strict=True
+                ):
+                    bucket = bucket_of[grid_bin]
+                    before = counts.get(bucket, (0, 0))
+                    counts[bucket] = (before[0] + samples, before[1] + agreed)
         for part in cover.raw:
             raw = window_params_of(params, part)
             for row in (await connection.execute(_CALIBRATION, raw)).all():
