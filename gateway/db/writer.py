@@ -8,8 +8,9 @@ the same one): a bare request id for ``requests`` (the request path's key, as be
 existed), ``("student_answers", (request_id, student, source))`` for answers, so the halves
 of one row usually become one write. A single background task flushes on size or time; a
 batch may hold both tables. Each table's rows are copied (binary ``COPY``, each JSON value
-encoded once, by orjson) into a TEMP table of the writer's connection (``writer_batch_<table>``,
-made with the connection, again by a batch that misses it, emptied at commit), then merged
+encoded once, by orjson, when its record is submitted: :func:`_encode_json`) into a TEMP
+table of the writer's connection (``writer_batch_<table>``, made with the connection, again
+by a batch that misses it, emptied at commit), then merged
 with one ``INSERT … SELECT … ON CONFLICT DO UPDATE SET c = COALESCE(EXCLUDED.c, t.c)``, in one
 transaction. Both statements are derived from the table's definition; the merge joins halves
 already in the table, makes every write idempotent, routes rows to their partitions and fires
@@ -128,6 +129,19 @@ def _json(value: Any) -> bytes:
     return dumped
 
 
+def _encode_json(record: Record, columns: tuple[str, ...]) -> None:
+    """Encode ``record``'s jsonb values once, in place, as orjson fragments: while they are still
+    in the CPU's caches (the batch that writes them runs later, on values long out of them), and
+    once for every copy of the record (the write-ahead log, a ``requests`` half's answer row,
+    the COPY, a journal). A value orjson cannot encode is left as it is: the batch's encoding
+    sets its record aside (``rejected.jsonl``)."""
+    for column in columns:
+        value = record.get(column)
+        if value is not None and type(value) is not orjson.Fragment:
+            with contextlib.suppress(TypeError):
+                record[column] = orjson.Fragment(_json(value))
+
+
 def _text(value: Any) -> Any:
     return value.replace("\x00", "") if isinstance(value, str) else value
 
@@ -151,6 +165,7 @@ class _Target:
     columns: tuple[str, ...]  # in the table's order
     # (position, encoder) of each column not left to the driver, applied to a value not None
     encoders: tuple[tuple[int, Callable[[Any], Any]], ...]
+    json_columns: tuple[str, ...]  # encoded at submit (_encode_json)
     key: Callable[[Record], Hashable]  # the pending map's key of a record of this table
 
     @property
@@ -183,6 +198,11 @@ class _Target:
             upsert_statement(table, if_absent=True),
             tuple(column.name for column in table.columns),
             tuple(encoders),
+            tuple(
+                column.name
+                for column in table.columns
+                if column.type.compile(dialect=_DIALECT) == "JSONB"
+            ),
             key,
         )
 
@@ -290,6 +310,7 @@ class LogWriter:
         """Queue a ``requests`` row, or a half of one; the writer owns ``record`` from here.
         It is in the write-ahead log (on disk, in the page cache) when this returns."""
         # _enqueue's body, inlined: this runs on the request path, twice per request.
+        _encode_json(record, _REQUESTS.json_columns)
         segment = self.wal.append(record) if self.wal is not None else None
         key = record["request_id"]
         pending = self._pending.get(key)
@@ -314,6 +335,7 @@ class LogWriter:
         refuses (into ``rejected.jsonl``) a half without them.
         """
         record = {**record, TABLE_KEY: _ANSWERS.name}
+        _encode_json(record, _ANSWERS.json_columns)
         self._enqueue(_ANSWERS.key(record), record)
 
     def _enqueue(self, key: Hashable, record: Record) -> None:
@@ -856,7 +878,12 @@ def _rejected_line(record: Record) -> bytes:
     try:
         return orjson.dumps(record) + b"\n"
     except TypeError:  # a value orjson cannot encode (the reason it was refused, perhaps)
-        return json.dumps(record, default=str).encode() + b"\n"
+        return json.dumps(record, default=_plain).encode() + b"\n"
+
+
+def _plain(value: Any) -> Any:
+    """What ``json`` writes of a value it cannot: a fragment's JSON as its value, else text."""
+    return orjson.loads(orjson.dumps(value)) if type(value) is orjson.Fragment else str(value)
 
 
 def _read_batch(records: Iterator[Record], size: int) -> tuple[list[Record], list[Record]]:

@@ -313,7 +313,9 @@ def test_answers_are_redacted_like_a_requests_student_columns(tmp_path: Path) ->
     text = orjson.dumps(stored).decode()
     assert "ann@example.com" not in text
     assert stored["student_output"] == f"write to {EMAIL}"
-    assert stored["student_logprobs"] == [{"token": None, "logprob": -0.5, "top_logprobs": []}]
+    # jsonb values are encoded at submit (orjson fragments): read back as JSON
+    logprobs_stored = orjson.loads(orjson.dumps(stored["student_logprobs"]))
+    assert logprobs_stored == [{"token": None, "logprob": -0.5, "top_logprobs": []}]
     assert stored[TABLE_KEY] == "student_answers"
     assert plain["student_output"] == mail  # a route without redactors is stored as sent
 
@@ -363,3 +365,14 @@ def test_a_sealed_journal_is_replayed_apart_while_new_records_go_to_a_new_file(
     again[1].close()
     assert journal.seal() is None  # nothing since
     journal.close()
+
+
+def test_a_rejected_line_keeps_encoded_json_values_as_json() -> None:
+    """jsonb values are orjson fragments from submit on; a record set aside for a value orjson
+    cannot encode is written by ``json``, which must keep the fragments' JSON, not their repr."""
+    from gateway.db.writer import _rejected_line
+
+    line = _rejected_line(
+        {"request_id": "r", "teacher_response": orjson.Fragment(b'{"id":"x"}'), "odd": 2**70}
+    )
+    assert orjson.loads(line) == {"request_id": "r", "teacher_response": {"id": "x"}, "odd": 2**70}
