@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from configs import ROUTE_FAST, gateway_config, nginx_conf
+from configs import ROUTE_FAST, gateway_config
 from sysutil import (
     API_KEY,
     REPO,
@@ -44,6 +44,7 @@ from sysutil import (
     psql,
     raise_interrupted,
     run_checked,
+    start_nginx,
     wait_until,
 )
 
@@ -151,35 +152,7 @@ def main() -> int:
             "A": source_tree(args.a, workdir / "tree-a"),
             "B": source_tree(args.b, workdir / "tree-b"),
         }
-        (workdir / "nginx-tmp").mkdir()
-        conf = workdir / "nginx.conf"
-        conf.write_text(nginx_conf(workdir, args.upstream_port, args.upstream_port + 1))
-        nginx = procs.start(
-            "nginx",
-            [
-                "taskset",
-                "-c",
-                args.load_cpus,
-                "nginx",
-                "-p",
-                str(workdir),
-                "-c",
-                str(conf),
-                "-e",
-                str(workdir / "nginx-error.log"),
-                "-g",
-                "daemon off;",
-            ],
-            workdir / "nginx.log",
-            stop_signal=signal.SIGQUIT,
-        )
-        upstream = f"http://127.0.0.1:{args.upstream_port}/v1/chat/completions"
-        wait_until(
-            "nginx",
-            lambda: http("POST", upstream, chat_request("bench"))[0] == 200,
-            10,
-            alive=nginx,
-        )
+        start_nginx(procs, workdir, args.load_cpus, args.upstream_port)
         pin.pin()
         targets: dict[str, Started] = {}
         for offset, name in enumerate(("A", "B")):

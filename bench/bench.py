@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from configs import ECHO_MODULE, ROUTE_FAST, ROUTE_SLOW, gateway_config, nginx_conf
+from configs import ECHO_MODULE, ROUTE_FAST, ROUTE_SLOW, gateway_config
 from hotspots import summarise
 from hotspots import table as profile_table
 from report import Result, gateway_metrics, machine_info, metric_by_label, report
@@ -62,6 +62,7 @@ from sysutil import (
     psql,
     raise_interrupted,
     run_checked,
+    start_nginx,
     status_field,
     tail,
     wait_until,
@@ -590,39 +591,11 @@ def main() -> int:
         machine = machine_info()
         print(f"workdir {workdir}", flush=True)
 
-        (workdir / "nginx-tmp").mkdir()
-        conf = workdir / "nginx.conf"
-        conf.write_text(nginx_conf(workdir, port_fast, port_slow))
-        nginx = procs.start(
-            "nginx",
-            [
-                "taskset",
-                "-c",
-                args.load_cpus,
-                "nginx",
-                "-p",
-                str(workdir),
-                "-c",
-                str(conf),
-                "-e",
-                str(workdir / "nginx-error.log"),
-                "-g",
-                "daemon off;",
-            ],
-            workdir / "nginx.log",
-            stop_signal=signal.SIGQUIT,
-        )
+        start_nginx(procs, workdir, args.load_cpus, port_fast)
         upstream = {
             0: f"http://127.0.0.1:{port_fast}/v1/chat/completions",
             50: f"http://127.0.0.1:{port_slow}/v1/chat/completions",
         }
-        for url in upstream.values():
-            wait_until(
-                f"nginx at {url}",
-                lambda u=url: http("POST", u, chat_request("bench"))[0] == 200,
-                10,
-                alive=nginx,
-            )
         began = time.monotonic()
         http("POST", upstream[50], chat_request("bench"))
         print(

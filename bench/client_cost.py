@@ -14,16 +14,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import uvloop
-from configs import nginx_conf
-from sysutil import Processes, chat_request, http, wait_until
+from sysutil import Processes, chat_request, start_nginx
 
 from gateway.clients.upstream import make_upstream, new_session
 
@@ -32,7 +31,7 @@ async def cost(style: str, url: str, calls: int, in_flight: int) -> float:
     body = chat_request("bench")
     if style == "bare":
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        options: dict[str, object] = {"headers": {"content-type": "application/json"}}
+        options: dict[str, Any] = {"headers": {"content-type": "application/json"}}
     else:
         session = new_session(max_connections=0)
         upstream = make_upstream(url, "", None, 30.0, 5.0)
@@ -65,18 +64,8 @@ def main() -> None:
     procs = Processes()
     workdir = Path(tempfile.mkdtemp(prefix="sgw-client-cost-"))
     try:
-        (workdir / "nginx-tmp").mkdir()
-        conf = workdir / "nginx.conf"
-        conf.write_text(nginx_conf(workdir, args.port, args.port + 1))
-        command = ["taskset", "-c", args.load_cpus, "nginx", "-p", str(workdir), "-c", str(conf)]
-        nginx = procs.start(
-            "nginx",
-            [*command, "-e", str(workdir / "nginx-error.log"), "-g", "daemon off;"],
-            workdir / "nginx.log",
-            stop_signal=signal.SIGQUIT,
-        )
+        start_nginx(procs, workdir, args.load_cpus, args.port)
         url = f"http://127.0.0.1:{args.port}/v1/chat/completions"
-        wait_until("nginx", lambda: http("POST", url, chat_request("bench"))[0] == 200, 10, nginx)
         found: dict[str, list[float]] = {"bare": [], "gateway": []}
         for _ in range(args.rounds):
             for style in found:

@@ -61,7 +61,7 @@ import aiohttp
 from configs import ECHO_MODULE, ROUTE_SLOW, gateway_config
 from loadgen import Progress, fixed_rate
 from report import fault_latency, fault_tables, log_summary, machine_info, metric_by_label
-from soak import COUNTERS, query, start_nginx, taskset
+from soak import COUNTERS, query, taskset
 from sysutil import (
     API_KEY,
     BenchError,
@@ -78,6 +78,7 @@ from sysutil import (
     process_tree,
     raise_interrupted,
     signal_each,
+    start_nginx,
     tail,
     unmount,
     wait_until,
@@ -729,7 +730,7 @@ def run(args: argparse.Namespace, procs: Processes, root: Path) -> list[dict[str
         url = pg.start()
         upgrade(url)
         print(f"embedded Postgres up in {root / 'pg'}, migrated", flush=True)
-        start_nginx(procs, root, args)
+        start_nginx(procs, root, args.load_cpus, args.upstream_port)
         for name in args.scenario or list(SCENARIOS):
             results.append(run_scenario(name, args, procs, root, pg))
             print(fault_tables(results[-1:], args.window), flush=True)

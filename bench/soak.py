@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from configs import ECHO_MODULE, ROUTE_FAST, ROUTE_SLOW, gateway_config, nginx_conf
+from configs import ECHO_MODULE, ROUTE_FAST, ROUTE_SLOW, gateway_config
 from report import fmt, gateway_metrics, machine_info, metric_by_label
 from sysutil import (
     API_KEY,
@@ -56,6 +56,7 @@ from sysutil import (
     port_free,
     process_tree,
     raise_interrupted,
+    start_nginx,
     status_field,
     tail,
     wait_until,
@@ -144,27 +145,6 @@ def read_loadgen(log: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None
 
 
 # --------------------------------------------------------------------------- start-up
-
-
-def start_nginx(procs: Processes, workdir: Path, args: argparse.Namespace) -> None:
-    (workdir / "nginx-tmp").mkdir()
-    conf = workdir / "nginx.conf"
-    conf.write_text(nginx_conf(workdir, args.upstream_port, args.upstream_port + 1))
-    cmd = ["nginx", "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "nginx-error.log")]
-    nginx = procs.start(
-        "nginx",
-        [*taskset(args.load_cpus), *cmd, "-g", "daemon off;"],
-        workdir / "nginx.log",
-        stop_signal=signal.SIGQUIT,
-    )
-    for port in (args.upstream_port, args.upstream_port + 1):
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        wait_until(
-            f"nginx at {url}",
-            lambda u=url: http("POST", u, chat_request("bench"))[0] == 200,
-            10,
-            alive=nginx,
-        )
 
 
 def taskset(cpus: str) -> list[str]:
@@ -498,7 +478,7 @@ def run(args: argparse.Namespace, procs: Processes, workdir: Path) -> dict[str, 
         url = pg.start()
         upgrade(url)
         print(f"embedded Postgres up in {workdir / 'pg'}, migrated", flush=True)
-        start_nginx(procs, workdir, args)
+        start_nginx(procs, workdir, args.load_cpus, args.upstream_port)
         gateway, check_ids = start_gateway(procs, workdir, args, url)
         print(f"gateway up: {process_tree(gateway.proc.pid)}", flush=True)
         result = soak(args, procs, workdir, gateway, pg, url)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from configs import nginx_conf
 
 REPO = Path(__file__).resolve().parent.parent
 API_KEY = "bench-key"
@@ -364,3 +365,29 @@ def fill_disk(path: Path) -> int:
     finally:
         os.close(fd)
     return written
+
+
+def start_nginx(procs: Processes, workdir: Path, load_cpus: str, port: int) -> Started:
+    """The benchmark's upstream (bench/configs.py): nginx answering at once on ``port`` and
+    after 50 ms on the next one, pinned to ``load_cpus`` ('' for no pinning); returns once
+    both answer."""
+    (workdir / "nginx-tmp").mkdir()
+    conf = workdir / "nginx.conf"
+    conf.write_text(nginx_conf(workdir, port, port + 1))
+    cmd = ["nginx", "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "nginx-error.log")]
+    pinned = ["taskset", "-c", load_cpus] if load_cpus else []
+    nginx = procs.start(
+        "nginx",
+        [*pinned, *cmd, "-g", "daemon off;"],
+        workdir / "nginx.log",
+        stop_signal=signal.SIGQUIT,
+    )
+    for each in (port, port + 1):
+        url = f"http://127.0.0.1:{each}/v1/chat/completions"
+        wait_until(
+            f"nginx at {url}",
+            lambda u=url: http("POST", u, chat_request("bench"))[0] == 200,
+            10,
+            alive=nginx,
+        )
+    return nginx
