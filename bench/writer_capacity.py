@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import os
 import statistics
 import tempfile
@@ -55,6 +54,7 @@ from typing import Any
 import asyncpg
 import orjson
 import psutil
+from alembic.script import ScriptDirectory
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql
@@ -63,7 +63,7 @@ from gateway.clients.upstream import StudentReply
 from gateway.config.sections import LogWriterConfig
 from gateway.core.confidence import confidence
 from gateway.db.engine import plain_dsn
-from gateway.db.migrate import migrations_dir, upgrade
+from gateway.db.migrate import alembic_config, upgrade
 from gateway.db.writer import _ANSWERS, _JSON_NUL, _REQUESTS, LogWriter, _Target, merge
 from gateway.metrics import Metrics
 from gateway.shadow.answers import answer_row
@@ -273,13 +273,8 @@ def _postgres_processes(backend_pids: list[int]) -> list[psutil.Process]:
 
 def _migration_0016() -> ModuleType:
     """Migration 0016, whose statement sets the large jsonb columns' compression."""
-    path = next(migrations_dir().glob("versions/0016_*.py"))
-    spec = importlib.util.spec_from_file_location("_shadow_gateway_migration_0016", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    script = ScriptDirectory.from_config(alembic_config("postgresql://unused"))
+    return script.get_revision("0016").module
 
 
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]

@@ -408,10 +408,7 @@ HOT = {
 }
 
 routes = [
-    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-    Route("/v1/completions", completions, methods=["POST"]),
-    Route("/v1/responses", responses, methods=["POST"]),
-    Route("/v1/feedback", feedback, methods=["POST"]),
+    *(Route(path, endpoint, methods=["POST"]) for path, endpoint in HOT.items()),
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
 ]
