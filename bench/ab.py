@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,18 +36,17 @@ from sysutil import (
     PostgresPin,
     Processes,
     Started,
-    chat_request,
     cpu_seconds,
     http,
     process_tree,
     psql,
-    raise_interrupted,
     run_checked,
     start_nginx,
+    trap_signals,
     wait_until,
 )
 
-from bench import BENCH_DIR, cpu_list, run_rate, run_wrk, settle
+from bench import cpu_list, run_rate, run_wrk, settle, start_bare
 
 
 def source_tree(spec: str, into: Path) -> Path:
@@ -141,9 +139,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, raise_interrupted)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    trap_signals()
     procs = Processes()
     workdir = Path(tempfile.mkdtemp(prefix="sgw-ab-"))
     pin = PostgresPin(args.pg_url, cpu_list(args.load_cpus))
@@ -159,28 +155,13 @@ def main() -> int:
             targets[name] = start_gateway(
                 args, procs, workdir, name, trees[name], args.port + offset, args.upstream_port
             )
-        targets["bare"] = procs.start(
-            "bare proxy",
-            [
-                "taskset",
-                "-c",
-                args.gateway_cpu,
-                sys.executable,
-                str(BENCH_DIR / "bare_proxy.py"),
-                "--port",
-                str(args.port + 2),
-                "--upstream",
-                f"{ROUTE_FAST}=http://127.0.0.1:{args.upstream_port}",
-            ],
-            workdir / "bare.log",
+        targets["bare"], _ = start_bare(
+            procs, workdir, args.gateway_cpu, args.port + 2, {ROUTE_FAST: args.upstream_port}
         )
         ports = {"A": args.port, "B": args.port + 1, "bare": args.port + 2}
         urls = {
             name: f"http://127.0.0.1:{port}/v1/chat/completions" for name, port in ports.items()
         }
-        wait_until(
-            "bare proxy", lambda: http("POST", urls["bare"], chat_request(ROUTE_FAST))[0] == 200, 30
-        )
         names = list(targets)
         for name in names:  # warm-up
             run_wrk(args, urls[name], ROUTE_FAST, 2)

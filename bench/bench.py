@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -53,18 +52,21 @@ from sysutil import (
     Interrupted,
     PostgresPin,
     Processes,
+    Started,
     chat_request,
+    clean_up,
     cmdline,
     cpu_seconds,
     http,
+    interrupted,
     port_free,
     process_tree,
     psql,
-    raise_interrupted,
     run_checked,
     start_nginx,
     status_field,
     tail,
+    trap_signals,
     wait_until,
 )
 
@@ -422,32 +424,29 @@ def run_gateway(
 # --------------------------------------------------------------------------- bare reference
 
 
+def start_bare(
+    procs: Processes, workdir: Path, cpu: str, port: int, upstreams: dict[str, int]
+) -> tuple[Started, str]:
+    """bench/bare_proxy.py on ``cpu``, relaying each model to its nginx port; the process and
+    its chat URL, once it answers."""
+    command = [sys.executable, str(BENCH_DIR / "bare_proxy.py"), "--port", str(port)]
+    for model, upstream in upstreams.items():
+        command += ["--upstream", f"{model}=http://127.0.0.1:{upstream}"]
+    bare = procs.start("bare proxy", ["taskset", "-c", cpu, *command], workdir / "bare.log")
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    first = next(iter(upstreams))
+    wait_until(
+        "bare proxy", lambda: http("POST", url, chat_request(first))[0] == 200, 30, alive=bare
+    )
+    return bare, url
+
+
 def run_bare(
     args: argparse.Namespace, procs: Processes, workdir: Path, port_fast: int, port_slow: int
 ) -> list[Result]:
     """The floor: bench/bare_proxy.py on the gateway's core, the same two calls, no logging."""
-    base = f"http://127.0.0.1:{args.bare_port}"
-    bare = procs.start(
-        "bare proxy",
-        [
-            "taskset",
-            "-c",
-            args.gateway_cpu,
-            sys.executable,
-            str(BENCH_DIR / "bare_proxy.py"),
-            "--port",
-            str(args.bare_port),
-            "--upstream",
-            f"{ROUTE_FAST}=http://127.0.0.1:{port_fast}",
-            "--upstream",
-            f"{ROUTE_SLOW}=http://127.0.0.1:{port_slow}",
-        ],
-        workdir / "bare.log",
-    )
-    url = f"{base}/v1/chat/completions"
-    wait_until(
-        "bare proxy", lambda: http("POST", url, chat_request(ROUTE_FAST))[0] == 200, 30, alive=bare
-    )
+    upstreams = {ROUTE_FAST: port_fast, ROUTE_SLOW: port_slow}
+    bare, url = start_bare(procs, workdir, args.gateway_cpu, args.bare_port, upstreams)
     pids = process_tree(bare.proc.pid)
     results, _ = measure_target(
         args, "bare", {0: url, 50: url}, {0: ROUTE_FAST, 50: ROUTE_SLOW}, pids
@@ -572,10 +571,7 @@ def main() -> int:
     port_fast, port_slow = args.upstream_port, args.upstream_port + 1
     ports = [port_fast, port_slow] + ([] if args.direct_only else [args.gateway_port])
     ports += [] if args.direct_only or args.no_bare else [args.bare_port]
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, raise_interrupted)
-    # A shell starts background jobs with SIGINT ignored; Ctrl-C / kill -INT must still clean up.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    trap_signals()
 
     try:
         preflight(args, ports)
@@ -635,17 +631,10 @@ def main() -> int:
         print(f"\nbenchmark failed: {exc}", file=sys.stderr, flush=True)
         return 1
     except (KeyboardInterrupt, Interrupted) as exc:
-        print(f"\ninterrupted ({str(exc) or 'SIGINT'}); cleaning up", file=sys.stderr, flush=True)
-        return 130
+        return interrupted(exc)
     finally:
-        # Ignore further Ctrl-C while cleaning up, so no process is left behind.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        procs.stop_all()
+        clean_up(procs, workdir, keep=not succeeded or args.keep_workdir)
         pin.restore()
-        if succeeded and not args.keep_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"configs and logs kept in {workdir}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -69,17 +69,19 @@ from sysutil import (
     Processes,
     Started,
     alive,
+    clean_up,
     cmdline,
     fill_disk,
     http,
+    interrupted,
     mount_tmpfs,
     port_free,
     postmaster_tree,
     process_tree,
-    raise_interrupted,
     signal_each,
     start_nginx,
     tail,
+    trap_signals,
     unmount,
     wait_until,
 )
@@ -782,9 +784,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["load-child"]:
         return load_child(argv[1:])
     args = parse_args(argv)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, raise_interrupted)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    trap_signals()
     ports = [args.upstream_port, args.upstream_port + 1, args.gateway_port, args.gateway_port + 1]
     problems = [] if shutil.which("nginx") else ["nginx missing"]
     problems += [] if ECHO_MODULE.exists() else [f"{ECHO_MODULE} missing"]
@@ -817,15 +817,9 @@ def main(argv: list[str]) -> int:
         print(f"\nfaults failed: {exc}", file=sys.stderr, flush=True)
         return 1
     except (KeyboardInterrupt, Interrupted) as exc:
-        print(f"\ninterrupted ({str(exc) or 'SIGINT'}); cleaning up", file=sys.stderr, flush=True)
-        return 130
+        return interrupted(exc)
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        procs.stop_all()
-        if succeeded and not args.keep_workdir:
-            shutil.rmtree(root, ignore_errors=True)
-        else:
-            print(f"configs and logs kept in {root}", file=sys.stderr, flush=True)
+        clean_up(procs, root, keep=not succeeded or args.keep_workdir)
 
 
 if __name__ == "__main__":

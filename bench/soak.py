@@ -31,7 +31,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,15 +49,17 @@ from sysutil import (
     Processes,
     Started,
     chat_request,
+    clean_up,
     cmdline,
     cpu_seconds,
     http,
+    interrupted,
     port_free,
     process_tree,
-    raise_interrupted,
     start_nginx,
     status_field,
     tail,
+    trap_signals,
     wait_until,
 )
 
@@ -546,9 +547,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, raise_interrupted)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    trap_signals()
     ports = [args.upstream_port, args.upstream_port + 1, args.gateway_port]
     problems = [f"{tool} missing" for tool in ("nginx",) if not shutil.which(tool)]
     problems += [] if ECHO_MODULE.exists() else [f"{ECHO_MODULE} missing"]
@@ -578,15 +577,9 @@ def main() -> int:
         print(f"\nsoak failed: {exc}", file=sys.stderr, flush=True)
         return 1
     except (KeyboardInterrupt, Interrupted) as exc:
-        print(f"\ninterrupted ({str(exc) or 'SIGINT'}); cleaning up", file=sys.stderr, flush=True)
-        return 130
+        return interrupted(exc)
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        procs.stop_all()
-        if succeeded and not args.keep_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"configs and logs kept in {workdir}", file=sys.stderr, flush=True)
+        clean_up(procs, workdir, keep=not succeeded or args.keep_workdir)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -95,6 +97,32 @@ class Interrupted(Exception):
 
 def raise_interrupted(signum: int, _frame: object) -> None:
     raise Interrupted(signal.Signals(signum).name)
+
+
+def trap_signals() -> None:
+    """SIGTERM and SIGHUP raise :class:`Interrupted`, SIGINT KeyboardInterrupt: a shell starts
+    background jobs with SIGINT ignored, and Ctrl-C / kill -INT must still clean up."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, raise_interrupted)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def interrupted(exc: BaseException) -> int:
+    """Say a run was interrupted (by what); the exit status to return."""
+    print(f"\ninterrupted ({str(exc) or 'SIGINT'}); cleaning up", file=sys.stderr, flush=True)
+    return 130
+
+
+def clean_up(procs: Processes, workdir: Path, *, keep: bool) -> None:
+    """Stop every process started, further Ctrl-C ignored meanwhile so none is left behind;
+    then remove ``workdir``, unless ``keep`` (a failed run, or --keep-workdir): its path is
+    printed instead."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    procs.stop_all()
+    if keep:
+        print(f"configs and logs kept in {workdir}", file=sys.stderr, flush=True)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def tail(path: Path, lines: int = 30) -> str:
