@@ -530,6 +530,15 @@ class LogWriter:
         if up and not self.database_up:
             _log.info("log writer connected to Postgres")
             self._next_orphan_scan = 0.0  # a reconnect is a good moment to look for orphans
+        elif not up and isinstance(exc, asyncpg.InsufficientPrivilegeError):
+            if self.database_up or not self._reported_down:
+                _log.error(
+                    "Postgres refused the log writer (%s): grant its user what docs/deploy.md "
+                    "lists (TEMPORARY on the database for the batch tables, INSERT and UPDATE "
+                    "on the log tables); journaling log records to %s until then",
+                    exc,
+                    self.journal.directory,
+                )
         elif not up and (self.database_up or not self._reported_down):
             _log.error(
                 "Postgres unreachable (%s); journaling log records to %s until it returns",

@@ -157,7 +157,7 @@ def test_a_batch_table_missing_from_the_session_is_made_again(
 
 
 def test_without_the_temp_privilege_rows_are_journaled_not_rejected(
-    scratch_url: str, tmp_path: Path
+    scratch_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A writer that cannot make its batch tables takes Postgres as down: rows go to the
     journal (never to rejected.jsonl), and are written once the privilege is back."""
@@ -189,6 +189,7 @@ def test_without_the_temp_privilege_rows_are_journaled_not_rejected(
         log = asyncio.run(write(half("a", teacher_output="t")))
         assert not log.database_up
         assert log.journal.records == 1
+        assert "TEMPORARY on the database" in caplog.text  # the log line says what to grant
         assert fetch(scratch_url, "SELECT 1 FROM requests") == []
         execute(scratch_url, f'GRANT TEMPORARY ON DATABASE "{database}" TO {role}')
         asyncio.run(write(rows=1))  # replays the journal
