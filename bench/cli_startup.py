@@ -35,9 +35,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
+from rollups_bench import ROUTE, fill
 
 DATABASE = "cli_helper_bench"
-ROUTE = "support-bot"
 BIN = Path(sys.executable).parent
 CONFIG = f"""\
 routes:
@@ -48,36 +48,6 @@ routes:
       - {{name: default, base_urls: ["http://127.0.0.1:9/v1"], model: s}}
       - {{name: rival, base_urls: ["http://127.0.0.1:9/v1"], model: r}}
     champion: default
-"""
-REQUESTS_SQL = """
-INSERT INTO requests (request_id, route, endpoint, created_at, mode, served_by, slices,
-    request_payload, teacher_status, teacher_output, teacher_model_reported,
-    teacher_fingerprint, student_output, student_confidence, agree, agreement_score,
-    teacher_latency_ms, student_latency_ms)
-SELECT 'c-' || g, $4::text, 'chat', $1::timestamptz - g * $2::float8 * interval '1 second',
-    'shadow', 'teacher',
-    jsonb_build_object('tier', (ARRAY['free', 'pro', 'enterprise', 'gold'])[1 + g % 4],
-        'category', (ARRAY['billing', 'tech', 'sales'])[1 + g % 3]),
-    jsonb_build_object('model', $4::text, 'messages', jsonb_build_array(
-        jsonb_build_object('role', 'user', 'content', 'Customer question number ' || g
-            || ': ' || repeat('my invoice looks wrong, ', 1 + g % 20)))),
-    200, 'The answer to question ' || g, 'big-model',
-    CASE WHEN g % 2 = 0 THEN 'fp-new' ELSE 'fp-old' END,
-    'The answer to question ' || (g % 7), ((g * 37) % 100) / 100.0, g % 7 <> 0, (g % 10) / 10.0,
-    300 + g % 700, 40 + (g * 13) % 160
-FROM generate_series(1, $3::int) AS g
-"""
-ANSWERS_SQL = """
-INSERT INTO student_answers (request_id, student, source, created_at, answered_at, route,
-    endpoint, slices, student_model, student_status, student_output, student_latency_ms,
-    student_confidence, agree, agreement_score)
-SELECT r.request_id, s.name, 'live', r.created_at, r.created_at, r.route, r.endpoint, r.slices,
-    s.name, 'ok', 'an answer', 30 + (n * 13 + s.k * 41) % 300 + 0.5, (n % 100) / 100.0,
-    (n * (3 + s.k)) % 10 < 7 + s.k, 0.5
-FROM (SELECT request_id, created_at, route, endpoint, slices,
-        substr(request_id, 3)::int AS n FROM requests) AS r
-CROSS JOIN (VALUES ('default', 0), ('rival', 1)) AS s(name, k)
-WHERE r.n % 5 = 0
 """
 
 
@@ -153,9 +123,7 @@ def main() -> None:
             config.write_text(CONFIG)
             env = {**os.environ, "DATABASE_URL": url, "SHADOW_GATEWAY_CONFIG": str(config)}
             subprocess.run([str(BIN / "shadow-gateway"), "migrate"], env=env, check=True)
-            step_s = 8 * 86400 / args.rows
-            asyncio.run(sql(url, REQUESTS_SQL, end, step_s, args.rows, ROUTE))
-            asyncio.run(sql(url, ANSWERS_SQL))
+            asyncio.run(fill(url, args.rows, end, days=8))  # rollups_bench's rows
             asyncio.run(sql(url, "ANALYZE"))
             # name → (command, env); with --before, the other copy first, found by PYTHONPATH
             trees = {"": ([str(BIN / "shadow-gateway")], env)}
